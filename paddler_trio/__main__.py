@@ -1,0 +1,5 @@
+import sys
+
+from paddler_trio.cli import main
+
+sys.exit(main())
