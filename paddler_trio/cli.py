@@ -16,6 +16,9 @@ from paddler_trio import __version__
 
 Handler = Callable[[argparse.Namespace], int]
 
+# Each module defines `add_parser(subcommands)` and sets `handler` on its parser.
+_SUBCOMMAND_MODULES = ("balancer_cli", "agent_cli", "bundled_models_cli")
+
 
 def _configure_logging() -> None:
     level_name = os.environ.get("PADDLER_LOG", "info").upper()
@@ -34,9 +37,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"paddler {__version__}")
     subcommands = parser.add_subparsers(dest="command", metavar="<command>")
 
-    from paddler_trio import bundled_models_cli
+    import importlib
 
-    bundled_models_cli.add_parser(subcommands)
+    for module_name in _SUBCOMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"paddler_trio.{module_name}")
+        except ModuleNotFoundError as error:
+            if error.name != f"paddler_trio.{module_name}":
+                raise
+            continue  # a subcommand still being built in this tree
+        module.add_parser(subcommands)
     return parser
 
 

@@ -1,0 +1,49 @@
+"""Value parsers shared by the subcommands: Paddler's millisecond durations and host:port."""
+
+from __future__ import annotations
+
+import argparse
+import socket
+
+import attrs
+
+
+@attrs.frozen
+class SocketAddress:
+    """`host:port` as the user wrote it (what dashboards display) plus its parts."""
+
+    text: str
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def socket_address(text: str) -> SocketAddress:
+    host, separator, port_text = text.rpartition(":")
+    if not separator or not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT (e.g. 127.0.0.1:8060), got {text!r}")
+    host = host.strip("[]")
+    try:
+        socket.getaddrinfo(host, int(port_text))
+    except socket.gaierror as error:
+        raise argparse.ArgumentTypeError(f"cannot resolve host {host!r}: {error.strerror}") from error
+    return SocketAddress(text=text, host=host, port=int(port_text))
+
+
+def milliseconds(text: str) -> float:
+    """A duration given in integer milliseconds, returned in seconds."""
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a duration in whole milliseconds (e.g. 1500), got {text!r}")
+    return int(text) / 1000.0
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected at least 1, got {value}")
+    return value
