@@ -1,0 +1,350 @@
+"""The engine's front door: load a model once, then run generations and embeddings on it.
+
+    async with Engine.open(EngineSettings(model_path, slots=4)) as engine:
+        async with engine.continue_from_raw_prompt(params) as stream:
+            async for result in stream:      # protocol GeneratedTokenResult values
+                ...
+
+Leaving a stream's `async with` early (break, exception, Trio cancellation) cancels the
+request: its slot is free at the next step boundary. `stream.stop()` ends it gracefully
+with `Done` and the usage so far, as Paddler's StopRespondingTo does.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import resource
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import attrs
+import trio
+
+from paddler_trio.engine.chat_template import ChatTemplate, ChatTemplateRenderError
+from paddler_trio.engine.context import DecodingContext
+from paddler_trio.engine.embeddings import embed_pack, pack_documents, split_oversized
+from paddler_trio.engine.engine_errors import (
+    EngineError,
+    InvalidEngineSettings,
+    InvalidRequest,
+    UnableToFindChatTemplate,
+)
+from paddler_trio.engine.model import LoadedModel
+from paddler_trio.engine.request_rejection import RequestRejected
+from paddler_trio.engine.sampling import SamplingSettings, gbnf_for_constraint
+from paddler_trio.engine.scheduler import OUTPUT_CHANNEL_SIZE, Scheduler
+from paddler_trio.engine.slot import Generation, TextGenerationRequest
+from paddler_trio.engine.token_classifier import SectionMarkers
+from paddler_trio.engine.tool_calls import ToolCallParser
+from paddler_trio.protocol import (
+    ChatTemplateError,
+    ContinueFromConversationHistoryParams,
+    ContinueFromRawPromptParams,
+    EmbeddingDone,
+    EmbeddingError,
+    EmbeddingProduced,
+    EmbeddingResult,
+    EmbeddingsDisabled,
+    GeneratedTokenResult,
+    GenerateEmbeddingBatchParams,
+    GrammarIncompatibleWithThinking,
+    ImageUrlPart,
+    InferenceParameters,
+    MultimodalNotSupported,
+    NoEmbeddingsProduced,
+    TextPart,
+    TokenGenerationDisabled,
+    unstructure,
+)
+
+_logger = logging.getLogger(__name__)
+
+TOKEN_GENERATION_DISABLED_MESSAGE = "Token generation is disabled while the cluster is configured for embeddings"
+
+
+@attrs.frozen
+class EngineSettings:
+    model_path: str
+    slots: int
+    inference_parameters: InferenceParameters = attrs.field(factory=InferenceParameters)
+    chat_template_override: str | None = None
+    n_threads: int | None = None
+
+    def check(self) -> None:
+        if self.slots < 1:
+            raise InvalidEngineSettings(f"slots must be at least 1 (got {self.slots})")
+        problems = self.inference_parameters.validate()
+        if self.inference_parameters.context_size < self.slots:
+            problems.append(
+                f"context_size {self.inference_parameters.context_size} is smaller than the {self.slots} slots"
+            )
+        if problems:
+            raise InvalidEngineSettings("invalid inference parameters: " + "; ".join(problems))
+
+
+class GenerationStream:
+    """The results of one generation; iterate it inside the `async with` that opened it."""
+
+    def __init__(
+        self,
+        receive: trio.MemoryReceiveChannel[GeneratedTokenResult],
+        scheduler: Scheduler | None = None,
+        generation: Generation | None = None,
+    ) -> None:
+        self._receive = receive
+        self._scheduler = scheduler
+        self._generation = generation
+
+    def stop(self) -> None:
+        """Finish at the next step boundary with Done and the usage so far."""
+        if self._scheduler is not None and self._generation is not None:
+            self._scheduler.stop(self._generation)
+
+    def __aiter__(self) -> "GenerationStream":
+        return self
+
+    async def __anext__(self) -> GeneratedTokenResult:
+        try:
+            result = await self._receive.receive()
+        except trio.EndOfChannel:
+            raise StopAsyncIteration from None
+        if self._scheduler is not None and self._generation is not None:
+            self._scheduler.consumer_made_room(self._generation)
+        return result
+
+
+def _single_result_stream(result: GeneratedTokenResult) -> GenerationStream:
+    send, receive = trio.open_memory_channel[GeneratedTokenResult](1)
+    send.send_nowait(result)
+    send.close()
+    return GenerationStream(receive)
+
+
+def _message_text(content: object) -> tuple[str, bool]:
+    """Flatten message content to text; report whether it carried an image."""
+    if isinstance(content, str):
+        return content, False
+    parts = tuple(content)  # type: ignore[arg-type]
+    text = "".join(part.text for part in parts if isinstance(part, TextPart))
+    return text, any(isinstance(part, ImageUrlPart) for part in parts)
+
+
+class Engine:
+    def __init__(
+        self,
+        settings: EngineSettings,
+        model: LoadedModel,
+        context: DecodingContext,
+        scheduler: Scheduler,
+    ) -> None:
+        self.settings = settings
+        self.model = model
+        self.context = context
+        self.scheduler = scheduler
+        self._markers = SectionMarkers.of_model(model)
+        self.chat_template: ChatTemplate | None = None
+        self.chat_template_problem: EngineError | None = None
+        source = settings.chat_template_override or model.chat_template
+        if source is None:
+            self.chat_template_problem = UnableToFindChatTemplate(settings.model_path)
+        else:
+            try:
+                self.chat_template = ChatTemplate(source, bos_token=model.bos_text, eos_token=model.eos_text)
+            except EngineError as problem:
+                self.chat_template_problem = problem
+
+    @property
+    def embeddings_mode(self) -> bool:
+        return self.settings.inference_parameters.enable_embeddings
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        return self.model.metadata
+
+    @classmethod
+    @asynccontextmanager
+    async def open(cls, settings: EngineSettings) -> AsyncIterator["Engine"]:
+        """Load the model and create the context (in a worker thread), run the scheduler."""
+        settings.check()
+        parameters = settings.inference_parameters
+        model = await trio.to_thread.run_sync(
+            functools.partial(LoadedModel.load, settings.model_path, n_gpu_layers=parameters.n_gpu_layers)
+        )
+        context: DecodingContext | None = None
+        try:
+            context = await trio.to_thread.run_sync(
+                functools.partial(DecodingContext, model, parameters, slots=settings.slots, n_threads=settings.n_threads)
+            )
+            await trio.to_thread.run_sync(context.warm_up)
+            _logger.info(
+                "engine ready: %d slots x %d tokens, n_batch %d, %d threads, %s mode, peak RSS %.0f MiB",
+                settings.slots,
+                context.tokens_per_slot,
+                context.n_batch,
+                context.threads,
+                "embeddings" if parameters.enable_embeddings else "generation",
+                resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            )
+            scheduler = Scheduler(model, context)
+            engine = cls(settings, model, context, scheduler)
+            async with trio.open_nursery() as nursery:
+                await nursery.start(scheduler.run)
+                try:
+                    yield engine
+                finally:
+                    nursery.cancel_scope.cancel()
+        finally:
+            if context is not None:
+                await trio.to_thread.run_sync(context.close)
+            await trio.to_thread.run_sync(model.close)
+
+    # --- token generation ------------------------------------------------------------
+
+    @asynccontextmanager
+    async def continue_from_raw_prompt(
+        self, params: ContinueFromRawPromptParams, *, ignore_eos: bool = False
+    ) -> AsyncIterator[GenerationStream]:
+        """`ignore_eos` is for benchmarks: generate exactly max_tokens tokens."""
+        try:
+            request = attrs.evolve(self._raw_prompt_request(params), ignore_eos=ignore_eos)
+        except RequestRejected as rejection:
+            yield _single_result_stream(rejection.result)
+            return
+        async with self._run(request) as stream:
+            yield stream
+
+    @asynccontextmanager
+    async def continue_from_conversation_history(
+        self, params: ContinueFromConversationHistoryParams
+    ) -> AsyncIterator[GenerationStream]:
+        try:
+            request = self._conversation_request(params)
+        except RequestRejected as rejection:
+            yield _single_result_stream(rejection.result)
+            return
+        async with self._run(request) as stream:
+            yield stream
+
+    @asynccontextmanager
+    async def _run(self, request: TextGenerationRequest) -> AsyncIterator[GenerationStream]:
+        send, receive = trio.open_memory_channel[GeneratedTokenResult](OUTPUT_CHANNEL_SIZE)
+        generation = Generation(request=request, output=send)
+        self.scheduler.submit(generation)
+        try:
+            yield GenerationStream(receive, self.scheduler, generation)
+        finally:
+            if not generation.finished or generation.outbox:
+                self.scheduler.cancel(generation)
+            receive.close()
+
+    def _check_generation_allowed(self, max_tokens: int) -> None:
+        if max_tokens < 0:
+            raise InvalidRequest(f"max_tokens must be 0 or more (got {max_tokens})")
+        if self.embeddings_mode:
+            raise RequestRejected(TokenGenerationDisabled(TOKEN_GENERATION_DISABLED_MESSAGE))
+
+    def _sampling(self, params: ContinueFromRawPromptParams | ContinueFromConversationHistoryParams) -> SamplingSettings:
+        return SamplingSettings.from_parameters(
+            self.settings.inference_parameters,
+            temperature=params.temperature,
+            top_k=params.top_k,
+            top_p=params.top_p,
+            min_p=params.min_p,
+            seed=params.seed,
+        )
+
+    def _raw_prompt_request(self, params: ContinueFromRawPromptParams) -> TextGenerationRequest:
+        self._check_generation_allowed(params.max_tokens)
+        return TextGenerationRequest(
+            prompt=params.raw_prompt,
+            max_tokens=params.max_tokens,
+            sampling=self._sampling(params),
+            grammar=gbnf_for_constraint(params.grammar) if params.grammar is not None else None,
+            stop=tuple(params.stop or ()),
+        )
+
+    def render_conversation(self, params: ContinueFromConversationHistoryParams) -> str:
+        """The prompt text the model sees for a conversation (raises RequestRejected)."""
+        if self.chat_template is None:
+            problem = self.chat_template_problem
+            raise RequestRejected(ChatTemplateError(str(problem) if problem else "no chat template"))
+        messages = []
+        for message in params.conversation_history:
+            text, has_image = _message_text(message.content)
+            if has_image:
+                raise RequestRejected(
+                    MultimodalNotSupported("this agent's model has no multimodal projection; send text only")
+                )
+            messages.append({"role": message.role, "content": text})
+        tools = [unstructure(tool) for tool in params.tools] if params.tools else None
+        try:
+            return self.chat_template.render(
+                messages,
+                add_generation_prompt=params.add_generation_prompt,
+                enable_thinking=params.enable_thinking,
+                tools=tools,
+            )
+        except ChatTemplateRenderError as error:
+            raise RequestRejected(ChatTemplateError(str(error))) from error
+
+    def _conversation_request(self, params: ContinueFromConversationHistoryParams) -> TextGenerationRequest:
+        self._check_generation_allowed(params.max_tokens)
+        if params.grammar is not None and params.enable_thinking:
+            raise RequestRejected(
+                GrammarIncompatibleWithThinking(
+                    "a grammar cannot constrain a reply that starts with reasoning; set enable_thinking to false"
+                )
+            )
+        grammar = gbnf_for_constraint(params.grammar) if params.grammar is not None else None
+        parser = ToolCallParser(tuple(params.tools)) if params.parse_tool_calls and params.tools else None
+        prompt = self.render_conversation(params)
+        return TextGenerationRequest(
+            prompt=prompt,
+            max_tokens=params.max_tokens,
+            sampling=self._sampling(params),
+            grammar=grammar,
+            stop=tuple(params.stop or ()),
+            tool_call_parser=parser,
+            starts_in_reasoning=params.enable_thinking and self._markers.prompt_opens_reasoning(prompt),
+        )
+
+    # --- embeddings ------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def generate_embedding_batch(
+        self, params: GenerateEmbeddingBatchParams
+    ) -> AsyncIterator[AsyncIterator[EmbeddingResult]]:
+        results = self._embedding_results(params)
+        try:
+            yield results
+        finally:
+            await results.aclose()
+
+    async def _embedding_results(self, params: GenerateEmbeddingBatchParams) -> AsyncIterator[EmbeddingResult]:
+        if not self.embeddings_mode:
+            yield EmbeddingsDisabled()
+            return
+        limiter = self.scheduler.limiter
+        documents = list(params.input_batch)
+        tokenized = await trio.to_thread.run_sync(
+            lambda: [tuple(self.model.tokenize(document.content, add_special=True)) for document in documents],
+            limiter=limiter,
+        )
+        fitting, oversized = split_oversized(documents, tokenized, self.context.n_batch)
+        for problem in oversized:
+            yield problem
+        produced = 0
+        pooling = self.settings.inference_parameters.pooling_type
+        for pack in pack_documents(fitting, n_batch=self.context.n_batch, max_sequences=self.context.slots):
+            try:
+                embeddings = await trio.to_thread.run_sync(
+                    embed_pack, self.context, pack, params.normalization_method, pooling, limiter=limiter
+                )
+            except RuntimeError as error:
+                yield EmbeddingError(str(error))
+                return
+            for embedding in embeddings:
+                produced += 1
+                yield EmbeddingProduced(embedding)
+        yield EmbeddingDone() if produced else NoEmbeddingsProduced()

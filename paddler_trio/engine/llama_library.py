@@ -1,0 +1,52 @@
+"""Process-wide llama.cpp set-up: backend initialisation and log routing.
+
+llama.cpp logs through a C callback; ours forwards each line to Python logging (debug
+for chatter, warning and error as such). The ctypes callback object is kept in a module
+global on purpose: if it were garbage-collected, the next log line would segfault.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import threading
+
+import llama_cpp
+
+_logger = logging.getLogger("paddler_trio.llama_cpp")
+_init_lock = threading.Lock()
+_initialised = False
+
+# ggml_log_level: NONE 0, DEBUG 1, INFO 2, WARN 3, ERROR 4, CONT 5 (continues the last line).
+# llama.cpp's INFO is chatter for us (tensor dumps, timings): it goes to debug.
+_GGML_LEVELS = {3: logging.WARNING, 4: logging.ERROR}
+_GGML_CONTINUE = 5
+_pending_line: list[str] = []
+_pending_level = [logging.DEBUG]
+
+
+def _forward_log(level: int, text: bytes, _user_data: ctypes.c_void_p) -> None:
+    message = text.decode("utf-8", errors="replace")
+    if not _pending_line and level != _GGML_CONTINUE:
+        _pending_level[0] = _GGML_LEVELS.get(level, logging.DEBUG)
+    _pending_line.append(message)
+    if not message.endswith("\n"):
+        return
+    line = "".join(_pending_line).rstrip()
+    _pending_line.clear()
+    if line:
+        _logger.log(_pending_level[0], "%s", line)
+
+
+_LOG_CALLBACK = llama_cpp.llama_log_callback(_forward_log)
+
+
+def ensure_backend_initialised() -> None:
+    """Initialise the llama.cpp backend once per process and route its logs."""
+    global _initialised
+    with _init_lock:
+        if _initialised:
+            return
+        llama_cpp.llama_log_set(_LOG_CALLBACK, ctypes.c_void_p(0))
+        llama_cpp.llama_backend_init()
+        _initialised = True

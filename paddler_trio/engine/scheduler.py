@@ -1,0 +1,339 @@
+"""The continuous-batching loop over one llama_context.
+
+Each step, at a step boundary (never inside a decode):
+1. apply cancellations (slot freed, its KV dropped) and explicit stops (Done with usage so far);
+2. admit every waiting request into a free slot, reusing the longest cached token prefix;
+3. assemble one batch: one token per generating slot first, then prompt chunks of
+   prefilling slots up to `n_batch` (chunked prefill, several slots per batch);
+4. one `llama_decode`; then per slot with logits: sample, detokenise, check stops;
+5. back in Trio, hand each generation's events to its output channel.
+
+Steps 1-4 run in one worker-thread call behind a CapacityLimiter(1): the context is only
+ever touched by one thread, and the Trio loop keeps serving while a step runs. A slot whose
+consumer is not reading is paused (left out of batches) until it drains, so one slow
+client holds back nothing but its own stream.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+import attrs
+import trio
+
+from paddler_trio.engine.context import DecodingContext
+from paddler_trio.engine.model import LoadedModel
+from paddler_trio.engine.request_rejection import RequestRejected
+from paddler_trio.engine.sampling import SamplerChain
+from paddler_trio.engine.slot import Generation, Slot
+from paddler_trio.engine.token_classifier import Section, SectionMarkers, TokenClassifier
+from paddler_trio.protocol import GeneratedTokenResult, SamplerError
+
+_logger = logging.getLogger(__name__)
+
+# Events a slot may have waiting for its consumer before the slot stops generating.
+OUTBOX_PAUSE_THRESHOLD = 32
+OUTPUT_CHANNEL_SIZE = 64
+
+KV_PRESSURE_MESSAGE = "Request evicted due to KV cache pressure"
+
+
+@attrs.define(eq=False)
+class _StepInput:
+    admissions: list[Generation]
+    cancellations: list[Generation]
+    stops: list[Generation]
+
+
+class Scheduler:
+    def __init__(self, model: LoadedModel, context: DecodingContext) -> None:
+        self._model = model
+        self._context = context
+        self._markers = SectionMarkers.of_model(model)
+        self._slots = [Slot(index) for index in range(context.slots)]
+        self._limiter = trio.CapacityLimiter(1)
+        self._admissions: list[Generation] = []
+        self._cancellations: list[Generation] = []
+        self._stops: list[Generation] = []
+        self._live: list[Generation] = []
+        self._wake = trio.Event()
+        self.steps = 0
+
+    @property
+    def limiter(self) -> trio.CapacityLimiter:
+        """The one-thread-at-a-time gate of this context (embeddings use it too)."""
+        return self._limiter
+
+    @property
+    def slots_busy(self) -> int:
+        return sum(1 for slot in self._slots if slot.generation is not None)
+
+    # --- Trio side -------------------------------------------------------------------
+
+    def submit(self, generation: Generation) -> None:
+        self._admissions.append(generation)
+        self._live.append(generation)
+        self._poke()
+
+    def stop(self, generation: Generation) -> None:
+        if not generation.finished and not generation.stop_requested:
+            generation.stop_requested = True
+            self._stops.append(generation)
+            self._poke()
+
+    def cancel(self, generation: Generation) -> None:
+        if not generation.cancelled:
+            generation.cancelled = True
+            self._cancellations.append(generation)
+            self._poke()
+
+    def consumer_made_room(self, generation: Generation) -> None:
+        if generation.outbox:
+            self._poke()
+
+    def _poke(self) -> None:
+        self._wake.set()
+
+    def _has_work(self) -> bool:
+        if self._admissions or self._cancellations or self._stops:
+            return True
+        return any(
+            slot.generation is not None and len(slot.generation.outbox) < OUTBOX_PAUSE_THRESHOLD
+            for slot in self._slots
+        )
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        try:
+            while True:
+                self._deliver()
+                if not self._has_work():
+                    await self._wake.wait()
+                    self._wake = trio.Event()
+                    continue
+                step = _StepInput(self._admissions, self._cancellations, self._stops)
+                self._admissions, self._cancellations, self._stops = [], [], []
+                await trio.to_thread.run_sync(self._step, step, limiter=self._limiter)
+                self.steps += 1
+                await trio.lowlevel.checkpoint()
+        finally:
+            for generation in self._live:
+                generation.output.close()
+            self._live.clear()
+
+    def _deliver(self) -> None:
+        still_live: list[Generation] = []
+        for generation in self._live:
+            if generation.cancelled:
+                generation.output.close()
+                if generation.slot is not None and not generation.finished:
+                    still_live.append(generation)  # the worker thread still has to free its slot
+                continue
+            outbox = generation.outbox
+            try:
+                while outbox:
+                    generation.output.send_nowait(outbox[0])
+                    outbox.popleft()
+            except trio.WouldBlock:
+                pass
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                outbox.clear()
+                self.cancel(generation)
+            if generation.finished and not outbox:
+                generation.output.close()
+            else:
+                still_live.append(generation)
+        self._live = still_live
+
+    # --- worker thread side ----------------------------------------------------------
+
+    def _step(self, step: _StepInput) -> None:
+        cancelled = set(step.cancellations)
+        for generation in step.cancellations:
+            self._drop(generation)
+        for generation in step.stops:
+            if generation in cancelled or generation.finished:
+                continue
+            if generation.slot is None:
+                generation.outbox.extend(generation.stop_now())
+            else:
+                generation.outbox.extend(generation.stop_now())
+                self._release(generation)
+        for generation in step.admissions:
+            if generation in cancelled or generation.finished:
+                continue
+            self._admit(generation)
+        self._decode_and_sample()
+
+    def _admit(self, generation: Generation) -> None:
+        request = generation.request
+        free_slots = [slot for slot in self._slots if slot.generation is None]
+        if not free_slots:
+            self._reject(generation, SamplerError("no available sequence slots, all slots are busy"))
+            return
+        prompt_tokens = self._model.tokenize(request.prompt, add_special=True)
+        if not prompt_tokens:
+            self._reject(generation, SamplerError("the prompt is empty: there is nothing to continue from"))
+            return
+        room = self._context.tokens_per_slot
+        if len(prompt_tokens) >= room:
+            self._reject(
+                generation,
+                SamplerError(
+                    f"the prompt has {len(prompt_tokens)} tokens but a slot holds at most {room} "
+                    f"(context_size / slots); shorten the prompt or raise context_size"
+                ),
+            )
+            return
+        slot, reused = self._best_slot(free_slots, prompt_tokens)
+        try:
+            sampler = SamplerChain(self._model, request.sampling, request.grammar, context_tokens=room)
+        except RequestRejected as rejection:
+            self._reject(generation, rejection.result)
+            return
+        reused = self._trim_cache(slot, reused)
+        generation.slot = slot
+        slot.generation = generation
+        generation.sampler = sampler
+        generation.prompt_tokens = prompt_tokens
+        generation.prefilled = reused
+        generation.usage = attrs.evolve(generation.usage, prompt_tokens=len(prompt_tokens), cached_prompt_tokens=reused)
+        start = Section.REASONING if request.starts_in_reasoning else Section.CONTENT
+        generation.classifier = TokenClassifier(self._markers, start)
+        if request.max_tokens == 0:
+            generation.outbox.extend(generation.stop_now())
+            self._release(generation)
+
+    def _best_slot(self, free_slots: list[Slot], prompt_tokens: list[int]) -> tuple[Slot, int]:
+        """The free slot sharing the longest token prefix with the prompt (ties: least cache lost)."""
+        best, best_common = free_slots[0], -1
+        for slot in free_slots:
+            common = _common_prefix_length(slot.cached_tokens, prompt_tokens)
+            if common > best_common or (common == best_common and len(slot.cached_tokens) < len(best.cached_tokens)):
+                best, best_common = slot, common
+        # At least one prompt token must be decoded to get logits for the first sample.
+        return best, min(best_common, len(prompt_tokens) - 1)
+
+    def _trim_cache(self, slot: Slot, reused: int) -> int:
+        """Cut the slot's KV back to the reused prefix; returns how many tokens are really kept."""
+        context = self._context
+        if reused > 0 and context.is_sliding_window and context.first_position(slot.index) > 0:
+            reused = 0  # the sliding window already dropped the start of this sequence
+        if reused > 0 and not context.forget(slot.index, reused):
+            reused = 0
+        if reused == 0:
+            context.forget(slot.index)
+        del slot.cached_tokens[reused:]
+        return reused
+
+    def _reject(self, generation: Generation, result: GeneratedTokenResult) -> None:
+        generation.outbox.append(result)
+        generation.finished = True
+
+    def _release(self, generation: Generation) -> None:
+        """Free the slot; its KV stays as a prompt cache for the next request."""
+        slot = generation.slot
+        if slot is not None and slot.generation is generation:
+            slot.generation = None
+        if generation.sampler is not None:
+            generation.sampler.close()
+            generation.sampler = None
+
+    def _drop(self, generation: Generation) -> None:
+        """Cancellation: free the slot and forget its KV."""
+        slot = generation.slot
+        generation.finished = True
+        if slot is not None and slot.generation is generation:
+            self._context.forget(slot.index)
+            slot.cached_tokens.clear()
+        self._release(generation)
+
+    def _evict(self, generation: Generation) -> None:
+        _logger.warning(
+            "evicting the request in slot %d at %d tokens: %s",
+            generation.slot.index if generation.slot else -1,
+            generation.position,
+            KV_PRESSURE_MESSAGE,
+        )
+        generation.outbox.append(SamplerError(KV_PRESSURE_MESSAGE))
+        self._drop(generation)
+
+    def _decode_and_sample(self) -> None:
+        while True:
+            planned = self._assemble_batch()
+            if not planned:
+                return
+            status = self._context.decode()
+            if status == 0:
+                break
+            if status == 1:
+                # No KV cell left: evict the longest sequence of this batch and try again.
+                longest = max((generation for generation, _ in planned), key=lambda g: g.position)
+                self._evict(longest)
+                continue
+            _logger.error("llama_decode failed with status %d; ending the requests of this batch", status)
+            for generation, _ in planned:
+                generation.outbox.append(SamplerError(f"llama.cpp failed to decode (status {status})"))
+                self._drop(generation)
+            return
+        self._commit_and_sample(planned)
+
+    def _assemble_batch(self) -> list[tuple[Generation, list[int]]]:
+        batch = self._context.batch
+        batch.clear()
+        room = self._context.tokens_per_slot
+        planned: list[tuple[Generation, list[int]]] = []
+        active = [slot.generation for slot in self._slots if slot.generation is not None]
+        for generation in active:
+            if generation.pending_token is None or len(generation.outbox) >= OUTBOX_PAUSE_THRESHOLD:
+                continue
+            if generation.position + 1 > room:
+                self._evict(generation)
+                continue
+            tokens = [generation.pending_token]
+            generation.logits_index = batch.add(tokens, generation.position, generation.slot.index, True)
+            planned.append((generation, tokens))
+        for generation in sorted(
+            (g for g in active if g.is_prefilling and not g.finished), key=lambda g: self._live_order(g)
+        ):
+            if batch.free_space == 0:
+                break
+            remaining = generation.prompt_tokens[generation.prefilled :]
+            chunk = remaining[: batch.free_space]
+            last = len(chunk) == len(remaining)
+            index = batch.add(chunk, generation.position, generation.slot.index, last)
+            generation.logits_index = index if last else None
+            planned.append((generation, chunk))
+        return planned
+
+    def _live_order(self, generation: Generation) -> int:
+        try:
+            return self._live.index(generation)
+        except ValueError:
+            return len(self._live)
+
+    def _commit_and_sample(self, planned: Iterable[tuple[Generation, list[int]]]) -> None:
+        context, model = self._context, self._model
+        for generation, tokens in planned:
+            generation.slot.cached_tokens.extend(tokens)
+            if generation.is_prefilling:
+                generation.prefilled += len(tokens)
+        for generation, _ in planned:
+            index = generation.logits_index
+            if index is None or generation.finished:
+                continue
+            generation.logits_index = None
+            generation.pending_token = None
+            token = generation.sampler.sample(context.pointer, index)
+            generation.outbox.extend(generation.accept_token(token, model))
+            if generation.finished:
+                self._release(generation)
+
+
+def _common_prefix_length(left: list[int], right: list[int]) -> int:
+    length = min(len(left), len(right))
+    for index in range(length):
+        if left[index] != right[index]:
+            return index
+    return length

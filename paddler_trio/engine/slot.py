@@ -1,0 +1,177 @@
+"""Per-sequence state: the slot (sequence id + the tokens its KV holds) and the generation
+running in it (prompt progress, sampler chain, limits, section state, output queue).
+
+Everything here runs inside the scheduler's worker thread, except `outbox` draining and the
+`stop_requested` / `cancelled` flags, which the Trio side sets between steps.
+"""
+
+from __future__ import annotations
+
+import codecs
+import collections
+from typing import TYPE_CHECKING
+
+import attrs
+
+from paddler_trio.engine.sampling import GbnfSource, SamplerChain, SamplingSettings
+from paddler_trio.engine.token_classifier import Section, TokenClassifier
+from paddler_trio.engine.tool_calls import ToolCallParser
+from paddler_trio.protocol import (
+    ContentToken,
+    GeneratedTokenResult,
+    GenerationDone,
+    ReasoningToken,
+    TokenUsage,
+    ToolCallToken,
+)
+
+if TYPE_CHECKING:
+    import trio
+
+    from paddler_trio.engine.model import LoadedModel
+
+
+@attrs.frozen
+class TextGenerationRequest:
+    """What the scheduler needs to run one generation (templating already done)."""
+
+    prompt: str
+    max_tokens: int
+    sampling: SamplingSettings
+    grammar: GbnfSource | None = None
+    stop: tuple[str, ...] = ()
+    tool_call_parser: ToolCallParser | None = None
+    starts_in_reasoning: bool = False
+    # Benchmarks only: keep generating through end-of-generation tokens up to max_tokens.
+    ignore_eos: bool = False
+
+
+@attrs.define(eq=False)
+class Slot:
+    """Sequence id `index` of the context; `cached_tokens` are the tokens whose KV it holds."""
+
+    index: int
+    cached_tokens: list[int] = attrs.field(factory=list)
+    generation: "Generation | None" = None
+
+
+@attrs.define(eq=False)
+class Generation:
+    """One request from admission to its terminal result."""
+
+    request: TextGenerationRequest
+    output: "trio.MemorySendChannel[GeneratedTokenResult]"
+    outbox: collections.deque[GeneratedTokenResult] = attrs.field(factory=collections.deque)
+    stop_requested: bool = False
+    cancelled: bool = False
+    finished: bool = False
+    # Set at admission, in the worker thread.
+    slot: Slot | None = None
+    prompt_tokens: list[int] = attrs.field(factory=list)
+    prefilled: int = 0
+    sampler: SamplerChain | None = None
+    pending_token: int | None = None
+    logits_index: int | None = None
+    usage: TokenUsage = attrs.field(factory=TokenUsage)
+    classifier: TokenClassifier | None = None
+    _decoder: codecs.IncrementalDecoder = attrs.field(factory=lambda: codecs.getincrementaldecoder("utf-8")("replace"))
+    _held_text: str = ""
+    _tool_call_text: list[str] = attrs.field(factory=list)
+    _counted_tokens: int = 0
+    _counts: dict[Section, int] = attrs.field(factory=lambda: dict.fromkeys(Section, 0))
+
+    @property
+    def is_prefilling(self) -> bool:
+        return self.prefilled < len(self.prompt_tokens)
+
+    @property
+    def position(self) -> int:
+        """Tokens of this sequence already in the KV cache."""
+        assert self.slot is not None
+        return len(self.slot.cached_tokens)
+
+    def accept_token(self, token: int, model: "LoadedModel") -> list[GeneratedTokenResult]:
+        """Turn a sampled token into result events; marks the generation finished when it ends."""
+        if token in model.eog_tokens and not self.request.ignore_eos:
+            return self._finish_events()
+        assert self.classifier is not None
+        section, visible, closed = self.classifier.classify(token)
+        self._counts[section] += 1
+        if section is not Section.TOOL_CALL:
+            self._counted_tokens += 1
+        events: list[GeneratedTokenResult] = []
+        text = self._decoder.decode(model.pieces[token]) if visible else ""
+        if section is Section.TOOL_CALL:
+            if text:
+                events.append(ToolCallToken(text))
+                self._tool_call_text.append(text)
+            if closed is Section.TOOL_CALL:
+                events.extend(self._flush_tool_call())
+        elif section is Section.REASONING:
+            if text:
+                events.append(ReasoningToken(text))
+        elif text:
+            stopped = self._append_content(text, events)
+            if stopped:
+                return events + self._finish_events()
+        self.pending_token = token
+        if self._counted_tokens >= self.request.max_tokens:
+            return events + self._finish_events()
+        return events
+
+    def _append_content(self, text: str, events: list[GeneratedTokenResult]) -> bool:
+        """Emit content, holding back any tail that could start a stop string; True if stopped."""
+        stops = self.request.stop
+        if not stops:
+            events.append(ContentToken(text))
+            return False
+        buffered = self._held_text + text
+        for stop in stops:
+            found = buffered.find(stop)
+            if found >= 0:
+                if found:
+                    events.append(ContentToken(buffered[:found]))
+                self._held_text = ""
+                return True
+        hold = 0
+        for stop in stops:
+            for length in range(min(len(stop) - 1, len(buffered)), 0, -1):
+                if buffered.endswith(stop[:length]):
+                    hold = max(hold, length)
+                    break
+        emit = buffered[: len(buffered) - hold]
+        self._held_text = buffered[len(buffered) - hold :]
+        if emit:
+            events.append(ContentToken(emit))
+        return False
+
+    def _flush_tool_call(self) -> list[GeneratedTokenResult]:
+        raw = "".join(self._tool_call_text)
+        self._tool_call_text.clear()
+        if self.request.tool_call_parser is None or not raw:
+            return []
+        return self.request.tool_call_parser.parse_section(raw)
+
+    def _finish_events(self) -> list[GeneratedTokenResult]:
+        events: list[GeneratedTokenResult] = []
+        if self._held_text:
+            events.append(ContentToken(self._held_text))
+            self._held_text = ""
+        if self._tool_call_text:
+            events.extend(self._flush_tool_call())
+        self.pending_token = None
+        events.append(GenerationDone(self.final_usage()))
+        self.finished = True
+        return events
+
+    def stop_now(self) -> list[GeneratedTokenResult]:
+        """End on request (StopRespondingTo): Done with the usage so far."""
+        return self._finish_events()
+
+    def final_usage(self) -> TokenUsage:
+        return attrs.evolve(
+            self.usage,
+            content_tokens=self._counts[Section.CONTENT],
+            reasoning_tokens=self._counts[Section.REASONING],
+            tool_call_tokens=self._counts[Section.TOOL_CALL],
+        )

