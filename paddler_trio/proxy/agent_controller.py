@@ -1,0 +1,137 @@
+"""The balancer's view of one connected agent: its reported status, the balancer's own
+count of requests dispatched to it, the queue of messages to send it, and the routes
+that carry each in-flight request's replies back to the task serving it."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import attrs
+import trio
+
+from paddler_trio.protocol import (
+    AgentControllerSnapshot,
+    ChatTemplateDoesNotCompile,
+    ErrorEnvelope,
+    ResponseEnvelope,
+    SlotAggregatedStatusSnapshot,
+    UnableToFindChatTemplate,
+)
+
+_logger = logging.getLogger(__name__)
+
+# What the agent socket reader hands to the task serving one request.
+AgentReply = ResponseEnvelope[Any] | ErrorEnvelope
+
+# Replies buffered per request before the request is declared too slow to follow.
+ROUTE_CAPACITY = 4096
+
+# Issues that stop an agent from serving. A missing or broken chat template does not:
+# raw prompts still work, and conversation requests get a clear ChatTemplateError.
+_NON_BLOCKING_ISSUES = (ChatTemplateDoesNotCompile, UnableToFindChatTemplate)
+
+
+class RouteOverflow(Exception):
+    """A request's consumer fell `ROUTE_CAPACITY` replies behind the agent."""
+
+
+class DuplicateRoute(Exception):
+    """A request id that is already in flight on this agent."""
+
+
+@attrs.define(eq=False)
+class AgentController:
+    id: str
+    name: str | None
+    status: SlotAggregatedStatusSnapshot
+    # Messages for the agent; the socket writer task drains the receive side.
+    outbox: trio.MemorySendChannel[Any]
+    slots_processing: int = 0
+    connection_closed: trio.Event = attrs.field(factory=trio.Event)
+    _routes: dict[str, trio.MemorySendChannel[AgentReply]] = attrs.field(factory=dict)
+
+    @property
+    def slots_total(self) -> int:
+        return self.status.slots_total
+
+    @property
+    def free_slots(self) -> int:
+        return self.slots_total - self.slots_processing
+
+    @property
+    def accepts_work(self) -> bool:
+        """Loaded, not draining (a draining agent reports slots_total 0), no blocking issue."""
+        if self.connection_closed.is_set() or self.slots_total <= 0 or self.status.model_path is None:
+            return False
+        return all(isinstance(issue, _NON_BLOCKING_ISSUES) for issue in self.status.issues)
+
+    @property
+    def busy_share(self) -> float:
+        return self.slots_processing / self.slots_total if self.slots_total > 0 else 1.0
+
+    def update_status(self, status: SlotAggregatedStatusSnapshot) -> bool:
+        """Take a newer snapshot; returns whether anything the pool cares about changed.
+
+        The agent's own `slots_processing` is ignored: the balancer keeps its own count.
+        """
+        if status.version < self.status.version:
+            return False
+        changed = attrs.evolve(status, version=0, slots_processing=0) != attrs.evolve(
+            self.status, version=0, slots_processing=0
+        )
+        self.status = status
+        return changed
+
+    def snapshot(self) -> AgentControllerSnapshot:
+        status = self.status
+        return AgentControllerSnapshot(
+            desired_slots_total=status.desired_slots_total,
+            download_current=status.download_current,
+            download_filename=status.download_filename,
+            download_indeterminate=status.download_indeterminate,
+            download_total=status.download_total,
+            id=self.id,
+            issues=status.issues,
+            model_path=status.model_path,
+            name=self.name,
+            slots_processing=self.slots_processing,
+            slots_total=status.slots_total,
+            state_application_status=status.state_application_status,
+            uses_chat_template_override=status.uses_chat_template_override,
+        )
+
+    # --- per-request reply routes ------------------------------------------------------
+
+    def open_route(self, request_id: str) -> trio.MemoryReceiveChannel[AgentReply]:
+        if request_id in self._routes:
+            raise DuplicateRoute(request_id)
+        send, receive = trio.open_memory_channel[AgentReply](ROUTE_CAPACITY)
+        self._routes[request_id] = send
+        return receive
+
+    def close_route(self, request_id: str) -> None:
+        send = self._routes.pop(request_id, None)
+        if send is not None:
+            send.close()
+
+    def deliver(self, request_id: str, reply: AgentReply) -> None:
+        """Hand a reply to its request without ever blocking the socket reader."""
+        send = self._routes.get(request_id)
+        if send is None:
+            return  # the request already ended (cancelled, timed out): late replies are dropped
+        try:
+            send.send_nowait(reply)
+        except trio.WouldBlock:
+            _logger.warning("request %s on agent %s fell %d replies behind: ending it", request_id, self.id, ROUTE_CAPACITY)
+            self.close_route(request_id)
+        except trio.BrokenResourceError:
+            self.close_route(request_id)
+
+    def close_all_routes(self) -> None:
+        for request_id in list(self._routes):
+            self.close_route(request_id)
+
+    @property
+    def in_flight_request_ids(self) -> list[str]:
+        return list(self._routes)
