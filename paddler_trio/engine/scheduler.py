@@ -58,7 +58,8 @@ class Scheduler:
         self._stops: list[Generation] = []
         self._live: list[Generation] = []
         self._wake = trio.Event()
-        self.steps = 0
+        # Steps started so far; a cancellation or stop is applied by the next step started.
+        self.steps_started = 0
 
     @property
     def limiter(self) -> trio.CapacityLimiter:
@@ -114,8 +115,8 @@ class Scheduler:
                     continue
                 step = _StepInput(self._admissions, self._cancellations, self._stops)
                 self._admissions, self._cancellations, self._stops = [], [], []
+                self.steps_started += 1
                 await trio.to_thread.run_sync(self._step, step, limiter=self._limiter)
-                self.steps += 1
                 await trio.lowlevel.checkpoint()
         finally:
             for generation in self._live:

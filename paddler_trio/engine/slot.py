@@ -15,7 +15,7 @@ import attrs
 
 from paddler_trio.engine.sampling import GbnfSource, SamplerChain, SamplingSettings
 from paddler_trio.engine.token_classifier import Section, TokenClassifier
-from paddler_trio.engine.tool_calls import ToolCallParser
+from paddler_trio.engine.tool_calls import BARE_TOOL_CALL_OPENINGS, ToolCallParser
 from paddler_trio.protocol import (
     ContentToken,
     GeneratedTokenResult,
@@ -78,6 +78,11 @@ class Generation:
     _held_text: str = ""
     _tool_call_text: list[str] = attrs.field(factory=list)
     _counted_tokens: int = 0
+    # With tools, a reply that opens like JSON may be a tool call written without markers:
+    # it is held back until it ends, then sent as a tool call or as content.
+    _content_started: bool = False
+    _held_reply: list[str] = attrs.field(factory=list)
+    _held_reply_tokens: int = 0
     _counts: dict[Section, int] = attrs.field(factory=lambda: dict.fromkeys(Section, 0))
 
     @property
@@ -111,13 +116,39 @@ class Generation:
             if text:
                 events.append(ReasoningToken(text))
         elif text:
-            stopped = self._append_content(text, events)
-            if stopped:
+            if self._holds_bare_tool_call(text):
+                text = ""
+            elif self._held_reply:
+                text = "".join(self._held_reply)
+                self._held_reply.clear()
+            if text and self._append_content(text, events):
                 return events + self._finish_events()
         self.pending_token = token
         if self._counted_tokens >= self.request.max_tokens:
             return events + self._finish_events()
         return events
+
+    def _holds_bare_tool_call(self, text: str) -> bool:
+        if self.request.tool_call_parser is None or self._content_started:
+            return False
+        self._held_reply.append(text)
+        self._held_reply_tokens += 1
+        opening = "".join(self._held_reply).lstrip()
+        if not opening or opening.startswith(BARE_TOOL_CALL_OPENINGS) or "```".startswith(opening):
+            return True
+        self._content_started = True
+        return False
+
+    def _release_held_reply(self) -> list[GeneratedTokenResult]:
+        raw = "".join(self._held_reply)
+        self._held_reply.clear()
+        assert self.request.tool_call_parser is not None
+        parsed = self.request.tool_call_parser.parse_bare_reply(raw)
+        if parsed is None:
+            return [ContentToken(raw)]
+        self._counts[Section.CONTENT] -= self._held_reply_tokens
+        self._counts[Section.TOOL_CALL] += self._held_reply_tokens
+        return [ToolCallToken(raw), *parsed]
 
     def _append_content(self, text: str, events: list[GeneratedTokenResult]) -> bool:
         """Emit content, holding back any tail that could start a stop string; True if stopped."""
@@ -154,6 +185,8 @@ class Generation:
 
     def _finish_events(self) -> list[GeneratedTokenResult]:
         events: list[GeneratedTokenResult] = []
+        if self._held_reply:
+            events.extend(self._release_held_reply())
         if self._held_text:
             events.append(ContentToken(self._held_text))
             self._held_text = ""

@@ -28,6 +28,40 @@ from paddler_trio.protocol import (
 from paddler_trio.engine.request_rejection import RequestRejected
 
 _MARKERS = ("<tool_call>", "</tool_call>")
+_FENCE = "```"
+
+# Replies that may be a tool call written without markers start like this.
+BARE_TOOL_CALL_OPENINGS = ("{", "[", _FENCE)
+
+
+def _strip_wrappers(text: str) -> str:
+    for marker in _MARKERS:
+        text = text.replace(marker, "")
+    text = text.strip()
+    if text.startswith(_FENCE):
+        text = text[len(_FENCE) :]
+        text = text[text.find("\n") + 1 :] if "\n" in text else ""
+        if text.rstrip().endswith(_FENCE):
+            text = text.rstrip()[: -len(_FENCE)]
+    return text.strip()
+
+
+def _json_objects(text: str) -> list[Any] | None:
+    """One JSON value, a JSON list of calls, or several values one after another."""
+    if not text:
+        return None
+    decoder = json.JSONDecoder()
+    values: list[Any] = []
+    position = 0
+    while position < len(text):
+        try:
+            value, position = decoder.raw_decode(text, position)
+        except json.JSONDecodeError:
+            return None
+        values.extend(value if isinstance(value, list) else [value])
+        while position < len(text) and text[position] in " \t\r\n,":
+            position += 1
+    return values
 
 
 def _call_id() -> str:
@@ -54,36 +88,50 @@ class ToolCallParser:
             self._validators[tool.function.name] = validator_class(schema)
 
     def parse_section(self, raw_text: str) -> list[GeneratedTokenResult]:
-        text = raw_text
-        for marker in _MARKERS:
-            text = text.replace(marker, "")
-        text = text.strip()
-        try:
-            decoded = json.loads(text)
-        except json.JSONDecodeError as error:
-            return [UnrecognizedToolCallFormat(text=raw_text, ffi_error_message=f"not JSON: {error}")]
-        if not isinstance(decoded, dict) or not isinstance(decoded.get("name"), str):
-            return [
-                UnrecognizedToolCallFormat(
-                    text=raw_text, ffi_error_message='expected a JSON object with a string "name"'
-                )
-            ]
+        """Events for one `<tool_call>` section (or a duck-typed reply, see `parse_bare_reply`)."""
+        objects = _json_objects(_strip_wrappers(raw_text))
+        if objects is None:
+            return [UnrecognizedToolCallFormat(text=raw_text, ffi_error_message="the tool call is not valid JSON")]
+        calls: list[ParsedToolCall] = []
+        problems: list[str] = []
+        for decoded in objects:
+            if not isinstance(decoded, dict) or not isinstance(decoded.get("name"), str):
+                return [
+                    UnrecognizedToolCallFormat(
+                        text=raw_text, ffi_error_message='expected JSON objects with a string "name"'
+                    )
+                ]
+            call, problem = self._call(decoded)
+            calls.append(call)
+            if problem is not None:
+                problems.append(problem)
+        results: list[GeneratedTokenResult] = [ToolCallParsed(tuple(calls))]
+        if problems:
+            results.append(ToolCallValidationFailed(tuple(problems)))
+        return results
+
+    def parse_bare_reply(self, text: str) -> list[GeneratedTokenResult] | None:
+        """Models that skip the markers write the call as the whole reply (`{"name": ...}`,
+        possibly fenced). Returns the events when the reply calls a known tool, else None."""
+        objects = _json_objects(_strip_wrappers(text))
+        if not objects or not all(
+            isinstance(decoded, dict) and decoded.get("name") in self._validators for decoded in objects
+        ):
+            return None
+        return self.parse_section(text)
+
+    def _call(self, decoded: dict[str, Any]) -> tuple[ParsedToolCall, str | None]:
         name: str = decoded["name"]
         raw_arguments: Any = decoded.get("arguments", decoded.get("parameters", {}))
         if isinstance(raw_arguments, str):
             try:
                 arguments_value: Any = json.loads(raw_arguments)
             except json.JSONDecodeError:
-                call = ParsedToolCall(id=_call_id(), name=name, arguments=InvalidJsonArguments(raw_arguments))
-                return [ToolCallParsed((call,))]
+                return ParsedToolCall(id=_call_id(), name=name, arguments=InvalidJsonArguments(raw_arguments)), None
         else:
             arguments_value = raw_arguments
         call = ParsedToolCall(id=_call_id(), name=name, arguments=ValidJsonArguments(arguments_value))
-        results: list[GeneratedTokenResult] = [ToolCallParsed((call,))]
-        problem = self._validation_problem(name, arguments_value)
-        if problem is not None:
-            results.append(ToolCallValidationFailed((problem,)))
-        return results
+        return call, self._validation_problem(name, arguments_value)
 
     def _validation_problem(self, name: str, arguments: Any) -> str | None:
         if name not in self._validators:

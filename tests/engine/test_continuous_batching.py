@@ -28,7 +28,7 @@ async def test_each_slot_continues_its_own_sequence_under_batching(gemma_model_p
         outcomes: dict[int, object] = {}
 
         async def run(start: int) -> None:
-            params = ContinueFromRawPromptParams(raw_prompt=counting_prompt(start), max_tokens=12)
+            params = ContinueFromRawPromptParams(raw_prompt=counting_prompt(start), max_tokens=16)
             outcomes[start] = await raw(engine, params)
 
         async with trio.open_nursery() as nursery:
@@ -54,13 +54,15 @@ async def test_cancellation_frees_the_slot_at_the_next_step_and_the_slot_is_clea
                 received += 1
                 if received == 5:
                     break
-            steps_at_cancel = scheduler.steps
+            steps_at_cancel = scheduler.steps_started
         with trio.fail_after(10):
             while scheduler.slots_busy:
-                await trio.sleep(0.001)
-        assert scheduler.steps - steps_at_cancel <= 1
+                await trio.sleep(0)
+            freed_by_step = scheduler.steps_started
+        # A step may be running when the cancel lands; the next one to start frees the slot.
+        assert freed_by_step <= steps_at_cancel + 1
         # The next request in the same (only) slot is unaffected by the cancelled one.
-        outcome = await raw(engine, ContinueFromRawPromptParams(raw_prompt=counting_prompt(20), max_tokens=6))
+        outcome = await raw(engine, ContinueFromRawPromptParams(raw_prompt=counting_prompt(20), max_tokens=12))
         assert numbers_in(outcome.content)[:2] == [32, 33]
         assert outcome.usage.cached_prompt_tokens == 0
 
@@ -98,7 +100,7 @@ async def test_prompt_cache_reuses_a_shared_prefix(gemma_model_path):
         first = await raw(engine, ContinueFromRawPromptParams(raw_prompt=counting_prompt(100, 30), max_tokens=4))
         assert first.usage.cached_prompt_tokens == 0
         follow_up = counting_prompt(100, 40)
-        second = await raw(engine, ContinueFromRawPromptParams(raw_prompt=follow_up, max_tokens=6))
+        second = await raw(engine, ContinueFromRawPromptParams(raw_prompt=follow_up, max_tokens=12))
         assert second.usage.cached_prompt_tokens > 0
         assert second.usage.cached_prompt_tokens < second.usage.prompt_tokens
         assert numbers_in(second.content)[:2] == [140, 141]
@@ -123,9 +125,10 @@ async def test_stop_strings_end_the_reply_before_the_stop_text(gemma_model_path)
 
 
 async def test_kv_exhaustion_evicts_the_long_sequence_and_others_continue(gemma_model_path):
-    tiny = attrs.evolve(GREEDY, context_size=256, n_batch=64)
+    # llama.cpp rounds each slot's share up to a multiple of 256 tokens.
+    tiny = attrs.evolve(GREEDY, context_size=512, n_batch=64)
     async with Engine.open(EngineSettings(str(gemma_model_path), slots=2, inference_parameters=tiny)) as engine:
-        assert engine.context.tokens_per_slot == 128
+        assert engine.context.tokens_per_slot == 256
         long_params = ContinueFromRawPromptParams(raw_prompt="Once upon a time", max_tokens=1000)
         short_params = ContinueFromRawPromptParams(raw_prompt=counting_prompt(1), max_tokens=20)
         outcomes = {}
@@ -143,7 +146,7 @@ async def test_kv_exhaustion_evicts_the_long_sequence_and_others_continue(gemma_
         assert outcomes["short"].usage.content_tokens == 20
         assert engine.scheduler.slots_busy == 0
         # The evicted slot serves again.
-        again = await raw(engine, ContinueFromRawPromptParams(raw_prompt=counting_prompt(5), max_tokens=3))
+        again = await raw(engine, ContinueFromRawPromptParams(raw_prompt=counting_prompt(5), max_tokens=6))
         assert numbers_in(again.content)[:1] == [17]
 
 
