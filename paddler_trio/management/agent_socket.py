@@ -1,0 +1,133 @@
+"""The agents' WebSocket, `/api/v1/agent_socket/{agent_id}` on the management service (spec 5).
+
+The balancer sends `Version` first and expects `RegisterAgent`; the agent then joins the
+pool (a duplicate id is refused and the socket closed with 1008) and receives the current
+applicable state. From then on a writer task drains the agent's outbox (requests,
+`StopRespondingTo`, `SetState`) while the reader applies status updates (newer versions
+only; the balancer's own `slots_processing` is never overwritten) and routes every
+`Response`/`Error` envelope to the request it answers. Hypercorn pings every 3 s. When
+the socket ends, for whatever reason, the agent leaves the pool, which ends every request
+still streaming from it with "Agent controller connection closed".
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import trio
+from quart import Websocket
+
+from paddler_trio import PADDLER_COMPATIBLE_VERSION
+from paddler_trio.management.reconciliation import Reconciliation
+from paddler_trio.proxy.agent_controller import AgentController
+from paddler_trio.proxy.agent_pool import AgentPool, DuplicateAgent
+from paddler_trio.proxy.shutdown_signal import ShutdownSignal
+from paddler_trio.protocol import (
+    BalancerBoundMessage,
+    DeregisterAgentNotification,
+    ErrorEnvelope,
+    RegisterAgentNotification,
+    ResponseEnvelope,
+    UpdateAgentStatusNotification,
+    VersionNotification,
+    WireFormatError,
+    from_json,
+    to_json,
+)
+
+_logger = logging.getLogger(__name__)
+
+# Messages queued for one agent: requests are bounded by its slots, so this is never reached
+# by a healthy agent; a full queue means the agent stopped reading.
+OUTBOX_CAPACITY = 1024
+REGISTRATION_TIMEOUT = 10.0
+
+CLOSE_GOING_AWAY = 1001
+CLOSE_POLICY_VIOLATION = 1008
+
+
+class AgentSocket:
+    def __init__(self, pool: AgentPool, reconciliation: Reconciliation, shutdown: ShutdownSignal) -> None:
+        self._pool = pool
+        self._reconciliation = reconciliation
+        self._shutdown = shutdown
+
+    async def serve(self, websocket: Websocket, agent_id: str) -> None:
+        await websocket.accept()
+        await websocket.send(to_json(VersionNotification(version=PADDLER_COMPATIBLE_VERSION)))
+        with self._shutdown.cancel_scope():
+            registration = await self._receive_registration(websocket, agent_id)
+            if registration is None:
+                return
+            outbox_send, outbox_receive = trio.open_memory_channel[Any](OUTBOX_CAPACITY)
+            agent = AgentController(
+                id=agent_id,
+                name=registration.name,
+                status=registration.slot_aggregated_status_snapshot,
+                outbox=outbox_send,
+            )
+            try:
+                self._pool.register(agent)
+            except DuplicateAgent:
+                _logger.warning("refused agent %s: an agent with this id is already connected", agent_id)
+                await websocket.close(CLOSE_POLICY_VIOLATION, f"agent id {agent_id} is already registered")
+                return
+            _logger.info("agent %s (%s) registered", agent_id, agent.name or "unnamed")
+            try:
+                self._reconciliation.send_state_to(agent)
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._write, websocket, outbox_receive)
+                    await self._read(websocket, agent)
+                    nursery.cancel_scope.cancel()
+            finally:
+                self._pool.deregister(agent_id)
+                outbox_send.close()
+                _logger.info("agent %s left", agent_id)
+        if self._shutdown.triggered:
+            await websocket.close(CLOSE_GOING_AWAY, "Server shutting down")
+        else:
+            await websocket.close(1000, "")
+
+    async def _receive_registration(self, websocket: Websocket, agent_id: str) -> RegisterAgentNotification | None:
+        with trio.move_on_after(REGISTRATION_TIMEOUT):
+            while True:
+                message = await _receive_message(websocket, agent_id)
+                if isinstance(message, RegisterAgentNotification):
+                    return message
+                if message is not None:
+                    _logger.warning("agent %s sent %s before RegisterAgent: ignored", agent_id, type(message).__name__)
+        _logger.warning("agent %s did not register within %.0f s: closing", agent_id, REGISTRATION_TIMEOUT)
+        await websocket.close(CLOSE_POLICY_VIOLATION, "expected RegisterAgent")
+        return None
+
+    async def _read(self, websocket: Websocket, agent: AgentController) -> None:
+        while True:
+            message = await _receive_message(websocket, agent.id)
+            if isinstance(message, (ResponseEnvelope, ErrorEnvelope)):
+                agent.deliver(message.request_id, message)
+            elif isinstance(message, UpdateAgentStatusNotification):
+                if agent.update_status(message.slot_aggregated_status_snapshot):
+                    self._pool.notify_changed()
+            elif isinstance(message, DeregisterAgentNotification):
+                return
+            elif isinstance(message, RegisterAgentNotification):
+                _logger.warning("agent %s registered twice on one connection: ignored", agent.id)
+
+    async def _write(self, websocket: Websocket, outbox: trio.MemoryReceiveChannel[Any]) -> None:
+        async with outbox:
+            async for message in outbox:
+                await websocket.send(to_json(message))
+
+
+async def _receive_message(websocket: Websocket, agent_id: str) -> Any:
+    """The next message, or None for a frame that is not one (logged)."""
+    data = await websocket.receive()
+    if isinstance(data, bytes):
+        _logger.warning("agent %s sent a binary frame: ignored", agent_id)
+        return None
+    try:
+        return from_json(data, BalancerBoundMessage)
+    except WireFormatError as error:
+        _logger.warning("agent %s sent an invalid message (%s): ignored", agent_id, error)
+        return None

@@ -1,0 +1,194 @@
+"""The balancer's supervision tree.
+
+    run_balancer                     SIGINT/SIGTERM -> graceful shutdown (a second signal exits at once)
+    └── serve_balancer
+        ├── background nursery        reconciliation, StatsD reporter, NDJSON request tasks, slot drains
+        └── servers nursery           management service, inference service (Hypercorn, trio worker)
+
+Each service is started with `nursery.start` and counts as started once it listens.
+Shutdown: the `ShutdownSignal` fires; every buffered or streaming request answers with
+the 503 "balancer is shutting down" envelope, SSE streams end, WebSockets close with
+1001, Hypercorn stops accepting and waits (at most `HTTP_GRACEFUL_TIMEOUT`) for its
+connections to finish; the servers get `SHUTDOWN_GRACE` seconds in all before they are
+cancelled, then the background work
+is cancelled (slot drains release their claims as they end).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+import attrs
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve
+from quart_trio import QuartTrio
+
+from paddler_trio.balancer_config import BalancerConfig
+from paddler_trio.cli_values import SocketAddress
+from paddler_trio.management.management_routes import ManagementService
+from paddler_trio.management.reconciliation import Reconciliation
+from paddler_trio.management.state_database import MemoryStateDatabase, open_state_database
+from paddler_trio.management.statsd_reporter import report_to_statsd
+from paddler_trio.nursery.signals import cancel_on_signals
+from paddler_trio.proxy.agent_pool import AgentPool
+from paddler_trio.proxy.buffer import RequestBuffer
+from paddler_trio.proxy.forwarding import RequestForwarder
+from paddler_trio.proxy.inference_routes import InferenceService
+from paddler_trio.proxy.shutdown_signal import ShutdownSignal
+
+_logger = logging.getLogger(__name__)
+
+SHUTDOWN_GRACE = 3.0
+# Hypercorn's wait for open connections after shutdown. Our handlers end at once on shutdown;
+# what this bounds is Hypercorn's WebSocket ping task, which sleeps a whole ping interval
+# before it notices that its connection closed.
+HTTP_GRACEFUL_TIMEOUT = 1.0
+KEEP_ALIVE_TIMEOUT = 5.0
+WEBSOCKET_PING_INTERVAL = 3.0
+WEBSOCKET_MAX_MESSAGE_BYTES = 50 * 1024 * 1024
+
+
+class BalancerConfigError(Exception):
+    """A configuration this balancer refuses to start with; the message says why."""
+
+
+@attrs.frozen
+class BalancerAddresses:
+    """Where the services listen (`host:port`; the real port when port 0 was asked for)."""
+
+    inference: str
+    management: str
+
+
+async def run_balancer(
+    config: BalancerConfig, *, task_status: trio.TaskStatus[BalancerAddresses] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """The balancer, until SIGINT or SIGTERM asks it to stop."""
+    state_database = _open_state_database(config)
+    shutdown = ShutdownSignal()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(_shutdown_on_signals, shutdown)
+        await _serve(config, state_database, shutdown, task_status=task_status)
+        nursery.cancel_scope.cancel()
+
+
+async def serve_balancer(
+    config: BalancerConfig,
+    shutdown: ShutdownSignal,
+    *,
+    task_status: trio.TaskStatus[BalancerAddresses] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """The balancer, until `shutdown` fires (for embedding it in a larger Trio program, and for tests)."""
+    await _serve(config, _open_state_database(config), shutdown, task_status=task_status)
+
+
+def _open_state_database(config: BalancerConfig) -> MemoryStateDatabase:
+    """Refuses what this balancer cannot run with (`StateDatabaseError`, `BalancerConfigError`), before anything starts."""
+    if config.compat_openai_addr is not None:
+        raise BalancerConfigError(
+            "the OpenAI-compatible service (--compat-openai-addr) is not available in this version yet"
+        )
+    return open_state_database(config.state_database)
+
+
+async def _serve(
+    config: BalancerConfig,
+    state_database: MemoryStateDatabase,
+    shutdown: ShutdownSignal,
+    *,
+    task_status: trio.TaskStatus[BalancerAddresses],
+) -> None:
+    pool = AgentPool()
+    buffer = RequestBuffer(
+        pool,
+        max_buffered_requests=config.max_buffered_requests,
+        buffered_request_timeout=config.buffered_request_timeout,
+    )
+    reconciliation = Reconciliation(state_database, pool)
+    try:
+        async with trio.open_nursery() as background:
+            await background.start(reconciliation.run)
+            forwarder = RequestForwarder(
+                buffer=buffer, shutdown=shutdown, item_timeout=config.inference_item_timeout, drain_nursery=background
+            )
+            management = ManagementService(
+                pool=pool,
+                buffer=buffer,
+                state_database=state_database,
+                reconciliation=reconciliation,
+                shutdown=shutdown,
+                metrics_prefix=config.statsd_prefix,
+            )
+            inference = InferenceService(
+                forwarder=forwarder, pool=pool, cluster=reconciliation, shutdown=shutdown, request_nursery=background
+            )
+            async with trio.open_nursery() as servers:
+                management_bound = await servers.start(
+                    _serve_http,
+                    "management",
+                    management.create_app(config.management_cors_origins),
+                    config.management_addr,
+                    shutdown,
+                )
+                inference_bound = await servers.start(
+                    _serve_http,
+                    "inference",
+                    inference.create_app(config.inference_cors_origins),
+                    config.inference_addr,
+                    shutdown,
+                )
+                if config.statsd_addr is not None:
+                    await background.start(
+                        functools.partial(
+                            report_to_statsd,
+                            config.statsd_addr,
+                            prefix=config.statsd_prefix,
+                            interval=config.statsd_reporting_interval,
+                            pool=pool,
+                            buffer=buffer,
+                        )
+                    )
+                task_status.started(BalancerAddresses(inference=inference_bound, management=management_bound))
+                await shutdown.wait()
+                _logger.info("shutting down")
+                servers.cancel_scope.deadline = trio.current_time() + SHUTDOWN_GRACE
+            background.cancel_scope.cancel()
+    finally:
+        buffer.close()
+    _logger.info("balancer stopped")
+
+
+async def _serve_http(
+    name: str,
+    app: QuartTrio,
+    address: SocketAddress,
+    shutdown: ShutdownSignal,
+    *,
+    task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    config = HypercornConfig()
+    host = f"[{address.host}]" if ":" in address.host else address.host
+    config.bind = [f"{host}:{address.port}"]
+    config.keep_alive_timeout = KEEP_ALIVE_TIMEOUT
+    config.graceful_timeout = HTTP_GRACEFUL_TIMEOUT
+    config.websocket_ping_interval = WEBSOCKET_PING_INTERVAL
+    config.websocket_max_message_size = WEBSOCKET_MAX_MESSAGE_BYTES
+    config.accesslog = None
+    config.errorlog = logging.getLogger(f"{__name__}.{name}_http")
+    async with trio.open_nursery() as nursery:
+        binds: list[str] = await nursery.start(functools.partial(serve, app, config, shutdown_trigger=shutdown.wait))
+        bound = binds[0].removeprefix("http://")
+        _logger.info("%s service listening on http://%s", name, bound)
+        task_status.started(bound)
+
+
+async def _shutdown_on_signals(shutdown: ShutdownSignal, *, task_status: trio.TaskStatus[None]) -> None:
+    async with trio.open_nursery() as nursery:
+        with trio.CancelScope() as until_signal:
+            # cancel_on_signals stays on: a second signal while draining exits at once.
+            await nursery.start(cancel_on_signals, until_signal)
+            task_status.started()
+            await trio.sleep_forever()
+        shutdown.trigger()

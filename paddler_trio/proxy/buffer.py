@@ -1,0 +1,111 @@
+"""Requests waiting for a free slot: a strict FIFO queue with a size bound and a timeout.
+
+Spec 6.2 plus "Where we go beyond Paddler", item 2: a request first tries to claim a slot
+directly (only when nobody is waiting, so nobody jumps the queue); otherwise it joins the
+queue, unless the queue is full (`BufferOverflow`, the 503 envelope). Every pool change
+hands free slots to the oldest waiters, one slot each, so waiters never wake up to race
+for a slot (no thundering herd). A waiter that times out (`BufferTimeout`, the 504
+envelope) or whose task is cancelled (its client left) leaves the queue at once.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+
+import attrs
+import trio
+
+from paddler_trio.proxy.agent_pool import AgentPool, SlotClaim
+
+_logger = logging.getLogger(__name__)
+
+
+class BufferOverflow(Exception):
+    """The queue already holds `max_buffered_requests` waiters (or buffering is off)."""
+
+
+class BufferTimeout(Exception):
+    """No slot was handed to the waiter within `buffered_request_timeout`."""
+
+
+@attrs.define(eq=False)
+class _Waiter:
+    handed: trio.Event = attrs.field(factory=trio.Event)
+    claim: SlotClaim | None = None
+
+
+class RequestBuffer:
+    def __init__(self, pool: AgentPool, *, max_buffered_requests: int, buffered_request_timeout: float) -> None:
+        self._pool = pool
+        self._max = max_buffered_requests
+        self._timeout = buffered_request_timeout
+        self._waiters: OrderedDict[int, _Waiter] = OrderedDict()
+        self._next_ticket = 0
+        self._handing_out = False
+        self._changed = trio.Event()
+        self.version = 0
+        pool.add_listener(self._hand_out_free_slots)
+
+    def close(self) -> None:
+        self._pool.remove_listener(self._hand_out_free_slots)
+
+    @property
+    def current(self) -> int:
+        """How many requests are waiting now."""
+        return len(self._waiters)
+
+    async def claim(self) -> SlotClaim:
+        """A slot for one request; waits in line when none is free."""
+        if not self._waiters:
+            claim = self._pool.try_claim()
+            if claim is not None:
+                return claim
+        if len(self._waiters) >= self._max:
+            raise BufferOverflow
+        ticket = self._next_ticket
+        self._next_ticket += 1
+        waiter = _Waiter()
+        self._waiters[ticket] = waiter
+        self._count_changed()
+        try:
+            with trio.move_on_after(self._timeout):
+                await waiter.handed.wait()
+            claim, waiter.claim = waiter.claim, None
+            if claim is None:
+                raise BufferTimeout
+            return claim
+        finally:
+            if self._waiters.pop(ticket, None) is not None:
+                self._count_changed()
+            if waiter.claim is not None:
+                # Handed a slot in the same instant the waiter was cancelled: pass it on.
+                waiter.claim.release()
+
+    def _hand_out_free_slots(self) -> None:
+        # Pool listener: also called from inside try_claim/release below; one pass at a time.
+        if self._handing_out:
+            return
+        self._handing_out = True
+        try:
+            while self._waiters:
+                claim = self._pool.try_claim()
+                if claim is None:
+                    break
+                _, waiter = self._waiters.popitem(last=False)
+                waiter.claim = claim
+                waiter.handed.set()
+                self._count_changed()
+        finally:
+            self._handing_out = False
+
+    def _count_changed(self) -> None:
+        self.version += 1
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def wait_changed(self, seen_version: int) -> int:
+        """Return once the waiting count changed after `seen_version` (for SSE streams)."""
+        while self.version == seen_version:
+            await self._changed.wait()
+        return self.version

@@ -1,0 +1,210 @@
+"""One request's journey through the balancer: buffer, dispatch, and the relay of the
+agent's replies to the client (spec 6.3, 2.5, 2.8).
+
+Every outcome reaches the client as a message through `emit`: the agent's replies (with
+`generated_by` set to the agent's name and the client's request id), or one of the
+spec's error envelopes. The agent sees a fresh balancer-made id per dispatch, so ids
+chosen by different WebSocket clients can never collide on one agent, and late replies
+of an abandoned dispatch can never mix into a re-dispatched one.
+
+When the client leaves (its task is cancelled, or `emit` finds it gone) or the agent
+falls silent for `--inference-item-timeout`, the request is handed to a drain task
+owned by the balancer: it tells the agent `StopRespondingTo`, waits for the agent's
+terminal message (at most another item timeout), and only then releases the slot.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import trio
+
+from paddler_trio.proxy.agent_controller import AgentController, AgentReply
+from paddler_trio.proxy.agent_pool import SlotClaim
+from paddler_trio.proxy.buffer import BufferOverflow, BufferTimeout, RequestBuffer
+from paddler_trio.proxy.request_id import new_request_id
+from paddler_trio.proxy.shutdown_signal import ShutdownSignal
+from paddler_trio.protocol import (
+    AgentRequest,
+    ErrorDetails,
+    ErrorEnvelope,
+    InferenceClientBoundMessage,
+    RequestEnvelope,
+    ResponseEnvelope,
+    StopRespondingToNotification,
+    is_terminal,
+)
+
+_logger = logging.getLogger(__name__)
+
+Emit = Callable[[InferenceClientBoundMessage], Awaitable[None]]
+
+# What `emit` raises when the client cannot take more messages (its stream or socket is gone).
+CLIENT_GONE_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError)
+
+
+def error_envelope(request_id: str, code: int, description: str) -> ErrorEnvelope:
+    return ErrorEnvelope(request_id=request_id, error=ErrorDetails(code=code, description=description))
+
+
+def item_timeout_description(item_timeout: float) -> str:
+    return (
+        f"Inference timed out after {round(item_timeout * 1000)}ms waiting for next token. "
+        "Increase --inference-item-timeout if the prompt requires longer processing."
+    )
+
+
+def ends_stream(reply: AgentReply) -> bool:
+    return isinstance(reply, ErrorEnvelope) or is_terminal(reply.response)
+
+
+class _Outcome(enum.Enum):
+    FINISHED = enum.auto()
+    AGENT_LOST_BEFORE_OUTPUT = enum.auto()
+
+
+class RequestForwarder:
+    """Serves requests for the inference routes; one per balancer."""
+
+    def __init__(
+        self,
+        *,
+        buffer: RequestBuffer,
+        shutdown: ShutdownSignal,
+        item_timeout: float,
+        drain_nursery: trio.Nursery,
+    ) -> None:
+        self._buffer = buffer
+        self._shutdown = shutdown
+        self._item_timeout = item_timeout
+        self._drain_nursery = drain_nursery
+
+    async def serve(self, request_id: str, request: AgentRequest, emit: Emit) -> None:
+        """Relay one request's replies to `emit` until its stream ends.
+
+        Returns normally for every outcome the client is told about; a client that is gone
+        ends it quietly. Cancellation (the client left) propagates after the hand-off to a drain.
+        """
+        try:
+            with self._shutdown.cancel_scope() as shutdown_scope:
+                await self._serve(request_id, request, emit)
+            if shutdown_scope.cancelled_caught:
+                await emit(error_envelope(request_id, 503, "balancer is shutting down"))
+        except CLIENT_GONE_ERRORS:
+            _logger.debug("client of request %s is gone", request_id)
+
+    async def _serve(self, request_id: str, request: AgentRequest, emit: Emit) -> None:
+        redispatched = False
+        while True:
+            try:
+                claim = await self._buffer.claim()
+            except BufferOverflow:
+                _logger.warning("too many buffered requests, refusing request %s", request_id)
+                await emit(error_envelope(request_id, 503, "Buffered requests overflow"))
+                return
+            except BufferTimeout:
+                _logger.warning("request %s timed out waiting for a free slot", request_id)
+                await emit(error_envelope(request_id, 504, "Waiting for available slot timed out"))
+                return
+            outcome = await self._forward(claim, request_id, request, emit)
+            if outcome is _Outcome.FINISHED:
+                return
+            if redispatched:
+                await emit(error_envelope(request_id, 502, "Agent controller connection closed"))
+                return
+            _logger.info("agent %s left before answering request %s: dispatching it again", claim.agent.id, request_id)
+            redispatched = True
+
+    async def _forward(self, claim: SlotClaim, request_id: str, request: AgentRequest, emit: Emit) -> _Outcome:
+        agent = claim.agent
+        agent_request_id = new_request_id()
+        route = agent.open_route(agent_request_id)
+        settled = False  # the agent owes us nothing more: release at once instead of draining
+        try:
+            try:
+                agent.outbox.send_nowait(RequestEnvelope(id=agent_request_id, request=request))
+            except (trio.WouldBlock, *CLIENT_GONE_ERRORS):
+                _logger.error("could not send request %s to agent %s", request_id, agent.id)
+                settled = True
+                await emit(error_envelope(request_id, 500, "Failed to generate response"))
+                return _Outcome.FINISHED
+            produced_output = False
+            while True:
+                reply: AgentReply | None = None
+                try:
+                    with trio.move_on_after(self._item_timeout):
+                        reply = await route.receive()
+                except trio.EndOfChannel:
+                    settled = True
+                    if agent.connection_closed.is_set():
+                        if not produced_output:
+                            return _Outcome.AGENT_LOST_BEFORE_OUTPUT
+                        await emit(error_envelope(request_id, 502, "Agent controller connection closed"))
+                    else:
+                        await emit(error_envelope(request_id, 502, "Response channel closed before terminator"))
+                    return _Outcome.FINISHED
+                if reply is None:
+                    _logger.warning(
+                        "request %s: agent %s sent nothing for %.0f ms (--inference-item-timeout)",
+                        request_id,
+                        agent.id,
+                        self._item_timeout * 1000,
+                    )
+                    await emit(error_envelope(request_id, 504, item_timeout_description(self._item_timeout)))
+                    return _Outcome.FINISHED
+                if isinstance(reply, ErrorEnvelope):
+                    settled = True
+                    await emit(error_envelope(request_id, reply.error.code, reply.error.description))
+                    return _Outcome.FINISHED
+                if ends_stream(reply):
+                    settled = True
+                produced_output = True
+                await emit(_to_client(agent, request_id, reply))
+                if settled:
+                    return _Outcome.FINISHED
+        finally:
+            if settled:
+                agent.close_route(agent_request_id)
+                claim.release()
+            else:
+                self._drain(agent, agent_request_id, route, claim)
+
+    def _drain(
+        self,
+        agent: AgentController,
+        agent_request_id: str,
+        route: trio.MemoryReceiveChannel[AgentReply],
+        claim: SlotClaim,
+    ) -> None:
+        try:
+            self._drain_nursery.start_soon(self._drain_task, agent, agent_request_id, route, claim)
+        except RuntimeError:  # the balancer is past shutting down: nothing left to wait for
+            agent.close_route(agent_request_id)
+            claim.release()
+
+    async def _drain_task(
+        self,
+        agent: AgentController,
+        agent_request_id: str,
+        route: trio.MemoryReceiveChannel[AgentReply],
+        claim: SlotClaim,
+    ) -> None:
+        try:
+            try:
+                agent.outbox.send_nowait(StopRespondingToNotification(agent_request_id))
+            except (trio.WouldBlock, *CLIENT_GONE_ERRORS):
+                return
+            with trio.move_on_after(self._item_timeout):
+                async for reply in route:
+                    if ends_stream(reply):
+                        return
+        finally:
+            agent.close_route(agent_request_id)
+            claim.release()
+
+
+def _to_client(agent: AgentController, request_id: str, reply: ResponseEnvelope[Any]) -> ResponseEnvelope[Any]:
+    return ResponseEnvelope(generated_by=agent.name, request_id=request_id, response=reply.response)

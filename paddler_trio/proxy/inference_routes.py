@@ -1,0 +1,198 @@
+"""The inference service (spec 2): `/health`, the three NDJSON routes and the inference socket.
+
+A POST route first checks its body and the cluster's mode and answers problems with a
+plain HTTP error carrying `{"error": "<description>"}` (spec 2.4). Past those checks the
+answer is HTTP 200 with one JSON message per line, errors included (spec 2.5).
+
+Each NDJSON request is served by a task in the balancer's request nursery that feeds the
+response body through a small channel. The body generator starts that task on its first
+iteration and cancels it when it ends: a client that disconnects (Quart-Trio cancels the
+response when Hypercorn reports `http.disconnect`, also while nothing is being written,
+e.g. while the request waits in the buffer) thereby leaves the buffer at once, or makes
+the forwarder stop the agent and drain the slot.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Protocol, TypeVar
+
+import trio
+from quart import Response, request, websocket
+from quart_trio import QuartTrio
+
+from paddler_trio.proxy.agent_pool import AgentPool
+from paddler_trio.proxy.embedding_batch_chunks import chunk_evenly_with_cap
+from paddler_trio.proxy.forwarding import CLIENT_GONE_ERRORS, Emit, RequestForwarder, error_envelope
+from paddler_trio.proxy.inference_socket import (
+    TOKEN_GENERATION_DISABLED_DESCRIPTION,
+    InferenceSocketSession,
+    TokenGenerationMode,
+)
+from paddler_trio.proxy.request_id import new_request_id
+from paddler_trio.proxy.request_validation import generation_request_problems, invalid_parameters_description
+from paddler_trio.proxy.service_app import create_service_app, json_error
+from paddler_trio.proxy.shutdown_signal import ShutdownSignal
+from paddler_trio.protocol import (
+    AgentDesiredState,
+    ContinueFromConversationHistoryParams,
+    ContinueFromRawPromptParams,
+    EmbeddingDone,
+    GenerateEmbeddingBatchParams,
+    InferenceClientBoundMessage,
+    ResponseEnvelope,
+    WireFormatError,
+    from_json,
+    to_json,
+)
+
+_logger = logging.getLogger(__name__)
+
+# Messages a request may run ahead of its client before the forwarder waits for the client.
+STREAM_BUFFER = 64
+
+ParamsT = TypeVar("ParamsT")
+
+
+class ApplicableStateSource(TokenGenerationMode, Protocol):
+    """The cluster's applicable state (the reconciliation service provides it)."""
+
+    @property
+    def applicable_state(self) -> AgentDesiredState | None: ...
+
+
+class InferenceService:
+    def __init__(
+        self,
+        *,
+        forwarder: RequestForwarder,
+        pool: AgentPool,
+        cluster: ApplicableStateSource,
+        shutdown: ShutdownSignal,
+        request_nursery: trio.Nursery,
+    ) -> None:
+        self._forwarder = forwarder
+        self._pool = pool
+        self._cluster = cluster
+        self._shutdown = shutdown
+        self._request_nursery = request_nursery
+
+    def create_app(self, cors_allowed_origins: list[str]) -> QuartTrio:
+        app = create_service_app("paddler-inference", cors_allowed_origins)
+        app.add_url_rule("/health", view_func=self.health, methods=["GET"])
+        app.add_url_rule(
+            "/api/v1/continue_from_conversation_history",
+            view_func=self.continue_from_conversation_history,
+            methods=["POST"],
+        )
+        app.add_url_rule("/api/v1/continue_from_raw_prompt", view_func=self.continue_from_raw_prompt, methods=["POST"])
+        app.add_url_rule("/api/v1/generate_embedding_batch", view_func=self.generate_embedding_batch, methods=["POST"])
+        app.add_websocket("/api/v1/inference_socket", view_func=self.inference_socket)
+        return app
+
+    async def health(self) -> Response:
+        return Response("OK", content_type="text/plain")
+
+    async def continue_from_conversation_history(self) -> Response:
+        return await self._generation(ContinueFromConversationHistoryParams)
+
+    async def continue_from_raw_prompt(self) -> Response:
+        return await self._generation(ContinueFromRawPromptParams)
+
+    async def _generation(
+        self, params_type: type[ContinueFromConversationHistoryParams] | type[ContinueFromRawPromptParams]
+    ) -> Response:
+        params = await _read_body(params_type)
+        if isinstance(params, Response):
+            return params
+        problems = generation_request_problems(params)
+        if problems:
+            return json_error(400, invalid_parameters_description(problems))
+        if not self._cluster.token_generation_enabled:
+            return json_error(501, TOKEN_GENERATION_DISABLED_DESCRIPTION)
+        request_id = new_request_id()
+        return self._ndjson(request_id, lambda emit: self._forwarder.serve(request_id, params, emit))
+
+    async def generate_embedding_batch(self) -> Response:
+        params = await _read_body(GenerateEmbeddingBatchParams)
+        if isinstance(params, Response):
+            return params
+        state = self._cluster.applicable_state
+        if state is None:
+            return json_error(503, "Balancer applicable state is not yet set")
+        if not state.inference_parameters.enable_embeddings:
+            return json_error(501, "Embedding generation is not enabled in the inference parameters")
+        agent_count = len(self._pool.agents)
+        if agent_count == 0:
+            return json_error(503, "No agents are currently connected")
+        chunks = chunk_evenly_with_cap(
+            params.input_batch, agent_count=agent_count, cap=state.inference_parameters.embedding_batch_size
+        )
+        done_id = new_request_id()
+
+        async def fan_out(emit: Emit) -> None:
+            async def emit_all_but_done(message: InferenceClientBoundMessage) -> None:
+                if not (isinstance(message, ResponseEnvelope) and isinstance(message.response, EmbeddingDone)):
+                    await emit(message)
+
+            async with trio.open_nursery() as nursery:
+                for chunk in chunks:
+                    chunk_params = GenerateEmbeddingBatchParams(
+                        input_batch=tuple(chunk), normalization_method=params.normalization_method
+                    )
+                    nursery.start_soon(self._forwarder.serve, new_request_id(), chunk_params, emit_all_but_done)
+            await emit(ResponseEnvelope(generated_by=None, request_id=done_id, response=EmbeddingDone()))
+
+        return self._ndjson(done_id, fan_out)
+
+    async def inference_socket(self) -> None:
+        session = InferenceSocketSession(
+            websocket._get_current_object(),  # type: ignore[attr-defined]
+            forwarder=self._forwarder,
+            mode=self._cluster,
+            shutdown=self._shutdown,
+        )
+        await session.serve()
+
+    def _ndjson(self, request_id: str, work: Callable[[Emit], Awaitable[None]]) -> Response:
+        """HTTP 200 streaming one JSON message per line, produced by `work` in its own task."""
+
+        async def run(send: trio.MemorySendChannel[InferenceClientBoundMessage], scope: trio.CancelScope) -> None:
+            with scope:
+                async with send:
+                    try:
+                        await work(send.send)
+                    except CLIENT_GONE_ERRORS:
+                        pass
+                    except Exception:
+                        _logger.exception("request %s failed", request_id)
+                        with contextlib.suppress(*CLIENT_GONE_ERRORS):
+                            await send.send(error_envelope(request_id, 500, "Internal server error"))
+
+        async def body() -> AsyncIterator[bytes]:
+            send, receive = trio.open_memory_channel[InferenceClientBoundMessage](STREAM_BUFFER)
+            scope = trio.CancelScope()
+            self._request_nursery.start_soon(run, send, scope)
+            try:
+                async with receive:
+                    async for message in receive:
+                        yield (to_json(message) + "\n").encode()
+            finally:
+                scope.cancel()
+
+        response = Response(body(), status=200, content_type="application/json")
+        response.headers["Cache-Control"] = "no-cache"
+        response.timeout = None
+        return response
+
+
+async def _read_body(params_type: type[ParamsT]) -> ParamsT | Response:
+    """The request body parsed as `params_type`, or the 400 response that explains why it is not one."""
+    body = await request.get_data(as_text=False)
+    try:
+        return from_json(body, params_type)
+    except WireFormatError as error:
+        _logger.info("refused %s %s: %s", request.method, request.path, error)
+        return json_error(400, f"Invalid request body: {error}")
