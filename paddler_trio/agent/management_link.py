@@ -1,0 +1,242 @@
+"""The agent's WebSocket to the balancer: `ws://<management-addr>/api/v1/agent_socket/<agent_id>`.
+
+On every connection: `RegisterAgent` first, then `UpdateAgentStatus` on every status change
+and every second; incoming `SetState` goes to reconciliation, requests and
+`StopRespondingTo` to request handling. When the link drops, the requests it carried are
+cancelled and the agent reconnects every second with the same id. When the agent is shut
+down it flushes what it has queued, sends `DeregisterAgent` and closes the socket cleanly.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import trio
+import trio_websocket
+
+from paddler_trio import PADDLER_COMPATIBLE_VERSION
+from paddler_trio.agent.engine_holder import EngineHolder
+from paddler_trio.agent.reconciliation import Reconciliation
+from paddler_trio.agent.request_handling import RequestHandling
+from paddler_trio.agent.status import AgentStatus
+from paddler_trio.protocol import (
+    AgentBoundMessage,
+    BalancerBoundMessage,
+    DeregisterAgentNotification,
+    ErrorDetails,
+    ErrorEnvelope,
+    RegisterAgentNotification,
+    RequestEnvelope,
+    SetStateNotification,
+    StopRespondingToNotification,
+    UpdateAgentStatusNotification,
+    VersionNotification,
+    WireFormatError,
+    from_json,
+    to_json,
+)
+
+_logger = logging.getLogger(__name__)
+
+RECONNECT_INTERVAL = 1.0
+STATUS_INTERVAL = 1.0
+CONNECT_TIMEOUT = 10.0
+# How long a shutting-down agent may spend flushing, deregistering and closing the socket.
+GOODBYE_TIMEOUT = 2.0
+# Messages waiting for the socket; a full queue holds back the request tasks (back-pressure).
+OUTBOUND_QUEUE_SIZE = 256
+# Balancer messages carry whole conversations; trio-websocket's 1 MiB default is too small.
+MAX_MESSAGE_SIZE = 64 * 2**20
+
+
+class ManagementLink:
+    def __init__(
+        self,
+        url: str,
+        *,
+        name: str | None,
+        status: AgentStatus,
+        engines: EngineHolder,
+        reconciliation: Reconciliation,
+    ) -> None:
+        self.url = url
+        self._name = name
+        self._status = status
+        self._engines = engines
+        self._reconciliation = reconciliation
+        self._leaving = trio.Event()
+        self._left = trio.Event()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Keep a link to the balancer until `leave()` (ready as soon as it tries to connect)."""
+        task_status.started()
+        outage_reported = False
+        try:
+            while not self._leaving.is_set():
+                try:
+                    async with trio_websocket.open_websocket_url(
+                        self.url, connect_timeout=CONNECT_TIMEOUT, max_message_size=MAX_MESSAGE_SIZE
+                    ) as socket:
+                        _logger.info("connected to the balancer at %s", self.url)
+                        outage_reported = False
+                        await self._serve(socket)
+                        if not self._leaving.is_set():
+                            _logger.warning("the balancer closed the link (%s); reconnecting", socket.closed)
+                except (trio_websocket.HandshakeError, trio_websocket.ConnectionClosed, OSError) as error:
+                    if not outage_reported:
+                        _logger.warning(
+                            "cannot reach the balancer at %s (%s); retrying every %.0f s",
+                            self.url,
+                            _describe_failure(error),
+                            RECONNECT_INTERVAL,
+                        )
+                        outage_reported = True
+                with trio.move_on_after(RECONNECT_INTERVAL):
+                    await self._leaving.wait()
+        finally:
+            self._left.set()
+
+    async def leave(self) -> None:
+        """Stop taking requests, flush, send DeregisterAgent and close the socket (bounded in time)."""
+        self._leaving.set()
+        with trio.move_on_after(GOODBYE_TIMEOUT + 1):
+            await self._left.wait()
+
+    async def _serve(self, socket: trio_websocket.WebSocketConnection) -> None:
+        send, pending = trio.open_memory_channel[BalancerBoundMessage](OUTBOUND_QUEUE_SIZE)
+        requests = RequestHandling(self._engines, self._status, send.send)
+        try:
+            async with trio.open_nursery() as nursery:
+                registration = self._status.snapshot()
+                send.send_nowait(RegisterAgentNotification(name=self._name, slot_aggregated_status_snapshot=registration))
+                nursery.start_soon(self._write, socket, pending, nursery.cancel_scope)
+                nursery.start_soon(self._publish_status, send, registration.version)
+                nursery.start_soon(_cancel_when_set, self._leaving, nursery.cancel_scope)
+                await self._receive(socket, nursery, requests, send)
+                nursery.cancel_scope.cancel()  # the link is gone: cancel its requests
+        finally:
+            if socket.closed is None:  # leaving (or cancelled from outside) while the link is up
+                with trio.CancelScope(shield=True) as goodbye:
+                    goodbye.deadline = trio.current_time() + GOODBYE_TIMEOUT
+                    # Cancelled from outside, trio-websocket's reader is gone and a close
+                    # handshake would only time out: deregister and let the socket drop.
+                    await self._say_goodbye(socket, pending, close=self._leaving.is_set())
+
+    async def _write(
+        self,
+        socket: trio_websocket.WebSocketConnection,
+        pending: trio.MemoryReceiveChannel[BalancerBoundMessage],
+        link_scope: trio.CancelScope,
+    ) -> None:
+        try:
+            async for message in pending:
+                await socket.send_message(to_json(message))
+        except trio_websocket.ConnectionClosed:
+            link_scope.cancel()
+
+    async def _publish_status(self, send: trio.MemorySendChannel[BalancerBoundMessage], seen_version: int) -> None:
+        while True:
+            with trio.move_on_after(STATUS_INTERVAL):
+                await self._status.wait_for_change(seen_version)
+            snapshot = self._status.snapshot()
+            seen_version = snapshot.version
+            await send.send(UpdateAgentStatusNotification(slot_aggregated_status_snapshot=snapshot))
+
+    async def _receive(
+        self,
+        socket: trio_websocket.WebSocketConnection,
+        nursery: trio.Nursery,
+        requests: RequestHandling,
+        send: trio.MemorySendChannel[BalancerBoundMessage],
+    ) -> None:
+        while True:
+            try:
+                text = await socket.get_message()
+            except trio_websocket.ConnectionClosed:
+                return
+            if isinstance(text, bytes):
+                _logger.warning("ignoring a binary frame from the balancer (%d bytes)", len(text))
+                continue
+            try:
+                message = from_json(text, AgentBoundMessage)
+            except WireFormatError as error:
+                request_id = _request_id_of(text)
+                _logger.warning("cannot understand a message from the balancer: %s", error)
+                if request_id is not None:
+                    await send.send(
+                        ErrorEnvelope(
+                            request_id=request_id,
+                            error=ErrorDetails(code=400, description=f"Cannot parse the request: {error}"),
+                        )
+                    )
+                continue
+            await self._dispatch(message, nursery, requests)
+
+    async def _dispatch(self, message: AgentBoundMessage, nursery: trio.Nursery, requests: RequestHandling) -> None:
+        if isinstance(message, RequestEnvelope):
+            await requests.handle(nursery, message)
+        elif isinstance(message, StopRespondingToNotification):
+            requests.stop_responding_to(message.request_id)
+        elif isinstance(message, SetStateNotification):
+            self._reconciliation.set_desired_state(message.desired_state)
+        elif isinstance(message, VersionNotification):
+            if message.version != PADDLER_COMPATIBLE_VERSION:
+                _logger.warning(
+                    "the balancer speaks Paddler %s; this agent speaks %s", message.version, PADDLER_COMPATIBLE_VERSION
+                )
+        elif isinstance(message, ErrorEnvelope):
+            _logger.warning(
+                "the balancer reported an error for %r: %d %s",
+                message.request_id,
+                message.error.code,
+                message.error.description,
+            )
+
+    async def _say_goodbye(
+        self,
+        socket: trio_websocket.WebSocketConnection,
+        pending: trio.MemoryReceiveChannel[BalancerBoundMessage],
+        *,
+        close: bool,
+    ) -> None:
+        try:
+            while True:
+                try:
+                    message = pending.receive_nowait()
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
+                await socket.send_message(to_json(message))
+            await socket.send_message(to_json(DeregisterAgentNotification()))
+            _logger.info("deregistered from the balancer")
+            if close:
+                await socket.aclose()
+        except trio_websocket.ConnectionClosed:
+            pass
+
+
+async def _cancel_when_set(event: trio.Event, scope: trio.CancelScope) -> None:
+    await event.wait()
+    scope.cancel()
+
+
+def _request_id_of(text: str) -> str | None:
+    """The id of a Request frame that did not decode, so the balancer can be told about it."""
+    try:
+        frame = json.loads(text)
+    except ValueError:
+        return None
+    if isinstance(frame, dict) and isinstance(frame.get("Request"), dict):
+        request_id = frame["Request"].get("id")
+        if isinstance(request_id, str):
+            return request_id
+    return None
+
+
+def _describe_failure(error: BaseException) -> str:
+    cause = error.__cause__ or error.__context__
+    if isinstance(error, trio_websocket.ConnectionRejected):
+        return f"rejected with HTTP {error.status_code}"
+    if cause is not None and str(cause):
+        return str(cause)
+    return str(error) or type(error).__name__

@@ -1,0 +1,186 @@
+"""The balancer's requests on one link: one task per generation or embedding request.
+
+Each request task counts in the agent's `slots_processing` from receipt to completion and
+forwards every result as a Response envelope until the terminal one. Request tasks live in
+the link's nursery: when the link drops they are cancelled, and leaving the engine stream
+frees their slot at the next step boundary.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import attrs
+import trio
+
+from paddler_trio.agent.engine_holder import EngineHolder
+from paddler_trio.agent.status import AgentStatus
+from paddler_trio.engine.engine import Engine, GenerationStream
+from paddler_trio.engine.engine_errors import InvalidRequest
+from paddler_trio.protocol import (
+    AgentRequest,
+    BalancerBoundMessage,
+    ChatTemplateOverrideResponse,
+    ContinueFromConversationHistoryParams,
+    ContinueFromRawPromptParams,
+    EmbeddingDone,
+    EmbeddingProduced,
+    EmbeddingResult,
+    ErrorDetails,
+    ErrorEnvelope,
+    GenerateEmbeddingBatchParams,
+    GeneratedTokenResult,
+    GetChatTemplateOverrideRequest,
+    GetModelMetadataRequest,
+    ModelMetadata,
+    ModelMetadataResponse,
+    NoEmbeddingsProduced,
+    RequestEnvelope,
+    ResponseEnvelope,
+    is_terminal,
+)
+
+_logger = logging.getLogger(__name__)
+
+Send = Callable[[BalancerBoundMessage], Awaitable[None]]
+
+NO_ENGINE_DESCRIPTION = "No model is loaded on this agent (it is loading, reloading, or has no model configured)"
+
+
+@attrs.define(eq=False)
+class _InFlightRequest:
+    """A request being served; `stop()` may come before its stream exists."""
+
+    stop_requested: bool = False
+    stream: GenerationStream | None = None
+
+    def stop(self) -> None:
+        self.stop_requested = True
+        if self.stream is not None:
+            self.stream.stop()
+
+    def attach(self, stream: GenerationStream) -> None:
+        self.stream = stream
+        if self.stop_requested:
+            stream.stop()
+
+
+class RequestHandling:
+    """Serves the requests of one link; `send` puts a message on that link."""
+
+    def __init__(self, engines: EngineHolder, status: AgentStatus, send: Send) -> None:
+        self._engines = engines
+        self._status = status
+        self._send = send
+        self._in_flight: dict[str, _InFlightRequest] = {}
+
+    async def handle(self, nursery: trio.Nursery, envelope: RequestEnvelope[AgentRequest]) -> None:
+        request_id, request = envelope.id, envelope.request
+        if isinstance(request, GetChatTemplateOverrideRequest):
+            await self._respond(request_id, ChatTemplateOverrideResponse(self._engines.chat_template_override))
+            return
+        if isinstance(request, GetModelMetadataRequest):
+            engine = self._engines.engine
+            metadata = ModelMetadata(dict(engine.metadata)) if engine is not None else None
+            await self._respond(request_id, ModelMetadataResponse(metadata))
+            return
+        if request_id in self._in_flight:
+            _logger.warning("request id %r is already in flight; refusing the duplicate", request_id)
+            await self._error(request_id, 400, f"Request id {request_id!r} is already in flight on this agent")
+            return
+        in_flight = _InFlightRequest()
+        self._in_flight[request_id] = in_flight
+        # Counted from receipt, before the task starts, so a drain never misses it.
+        self._status.take_slot()
+        try:
+            nursery.start_soon(self._serve, request_id, request, in_flight)
+        except BaseException:
+            del self._in_flight[request_id]
+            self._status.release_slot()
+            raise
+
+    def stop_responding_to(self, request_id: str) -> None:
+        in_flight = self._in_flight.get(request_id)
+        if in_flight is None:
+            _logger.debug("StopRespondingTo for %r, which is not in flight here: ignored", request_id)
+            return
+        in_flight.stop()
+
+    async def _serve(
+        self,
+        request_id: str,
+        request: AgentRequest,
+        in_flight: _InFlightRequest,
+    ) -> None:
+        try:
+            engine = self._engines.engine
+            if engine is None:
+                await self._error(request_id, 503, NO_ENGINE_DESCRIPTION)
+                return
+            try:
+                if isinstance(request, GenerateEmbeddingBatchParams):
+                    await self._serve_embeddings(engine, request_id, request, in_flight)
+                else:
+                    await self._serve_generation(engine, request_id, request, in_flight)
+            except InvalidRequest as error:
+                await self._error(request_id, 400, str(error))
+            except Exception:
+                _logger.exception("request %r failed", request_id)
+                await self._error(request_id, 500, "The agent failed while serving this request (see its log)")
+        finally:
+            del self._in_flight[request_id]
+            self._status.release_slot()
+
+    async def _serve_generation(
+        self,
+        engine: Engine,
+        request_id: str,
+        request: ContinueFromRawPromptParams | ContinueFromConversationHistoryParams,
+        in_flight: _InFlightRequest,
+    ) -> None:
+        if isinstance(request, ContinueFromRawPromptParams):
+            opened = engine.continue_from_raw_prompt(request)
+        else:
+            opened = engine.continue_from_conversation_history(request)
+        async with opened as stream:
+            in_flight.attach(stream)
+            if await self._forward(request_id, stream):
+                return
+        _logger.error("the generation of request %r ended without a final result", request_id)
+        await self._error(request_id, 500, "The generation ended without a final result")
+
+    async def _serve_embeddings(
+        self, engine: Engine, request_id: str, request: GenerateEmbeddingBatchParams, in_flight: _InFlightRequest
+    ) -> None:
+        produced = 0
+        async with engine.generate_embedding_batch(request) as results:
+            async for result in results:
+                await self._respond(request_id, result)
+                if is_terminal(result):
+                    return
+                if isinstance(result, EmbeddingProduced):
+                    produced += 1
+                if in_flight.stop_requested:
+                    break
+            else:
+                _logger.error("the embedding batch of request %r ended without a final result", request_id)
+                await self._error(request_id, 500, "The embedding batch ended without a final result")
+                return
+        # Stopped between embeddings: end the stream the way Paddler's stop signal does.
+        final: EmbeddingResult = EmbeddingDone() if produced else NoEmbeddingsProduced()
+        await self._respond(request_id, final)
+
+    async def _forward(self, request_id: str, results: AsyncIterator[GeneratedTokenResult]) -> bool:
+        """Send every result up to the terminal one; False if the stream ended without one."""
+        async for result in results:
+            await self._respond(request_id, result)
+            if is_terminal(result):
+                return True
+        return False
+
+    async def _respond(self, request_id: str, response: object) -> None:
+        await self._send(ResponseEnvelope(generated_by=None, request_id=request_id, response=response))
+
+    async def _error(self, request_id: str, code: int, description: str) -> None:
+        await self._send(ErrorEnvelope(request_id=request_id, error=ErrorDetails(code=code, description=description)))

@@ -1,0 +1,96 @@
+"""The agent's own status (Paddler's SlotAggregatedStatus): what it reports in every snapshot.
+
+Every change bumps `version` and wakes whoever waits for a change (the link publishes a
+snapshot then, and the drain before a reload waits for `slots_processing` to reach 0).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import trio
+
+from paddler_trio.protocol import AgentIssue, SlotAggregatedStatusSnapshot, StateApplicationStatus
+
+
+class _Unchanged:
+    """Marker for `AgentStatus.update(model_path=...)`: keep the current model path."""
+
+
+class AgentStatus:
+    def __init__(self, desired_slots_total: int) -> None:
+        self.desired_slots_total = desired_slots_total
+        self.issues: frozenset[AgentIssue] = frozenset()
+        self.model_path: str | None = None
+        self.slots_processing = 0
+        self.slots_total = 0
+        self.state_application_status = StateApplicationStatus.FRESH
+        self.uses_chat_template_override = False
+        self.version = 0
+        self._changed = trio.Event()
+
+    def snapshot(self) -> SlotAggregatedStatusSnapshot:
+        return SlotAggregatedStatusSnapshot(
+            desired_slots_total=self.desired_slots_total,
+            # Downloads (Url / HuggingFace sources) are not implemented yet: Paddler's idle values.
+            download_current=0,
+            download_filename=None,
+            download_indeterminate=True,
+            download_total=0,
+            issues=self.issues,
+            model_path=self.model_path,
+            slots_processing=self.slots_processing,
+            slots_total=self.slots_total,
+            state_application_status=self.state_application_status,
+            uses_chat_template_override=self.uses_chat_template_override,
+            version=self.version,
+        )
+
+    def update(
+        self,
+        *,
+        issues: Iterable[AgentIssue] | None = None,
+        model_path: str | None | type[_Unchanged] = _Unchanged,
+        slots_total: int | None = None,
+        state_application_status: StateApplicationStatus | None = None,
+        uses_chat_template_override: bool | None = None,
+    ) -> None:
+        """Change the given fields at once (one version bump); a field left out keeps its value
+        (`model_path=None` clears the model path)."""
+        changed = False
+        if issues is not None and frozenset(issues) != self.issues:
+            self.issues, changed = frozenset(issues), True
+        if model_path is not _Unchanged and model_path != self.model_path:
+            self.model_path, changed = model_path, True  # type: ignore[assignment]
+        if slots_total is not None and slots_total != self.slots_total:
+            self.slots_total, changed = slots_total, True
+        if state_application_status is not None and state_application_status != self.state_application_status:
+            self.state_application_status, changed = state_application_status, True
+        if uses_chat_template_override is not None and uses_chat_template_override != self.uses_chat_template_override:
+            self.uses_chat_template_override, changed = uses_chat_template_override, True
+        if changed:
+            self._bump()
+
+    def take_slot(self) -> None:
+        """A request arrived: it counts in `slots_processing` until `release_slot()`."""
+        self.slots_processing += 1
+        self._bump()
+
+    def release_slot(self) -> None:
+        self.slots_processing -= 1
+        self._bump()
+
+    async def wait_for_change(self, seen_version: int) -> None:
+        """Return once `version` differs from `seen_version`."""
+        while self.version == seen_version:
+            await self._changed.wait()
+
+    async def wait_until(self, condition: Callable[[], bool]) -> None:
+        """Return as soon as `condition()` holds; callers act on it before their next checkpoint."""
+        while not condition():
+            await self._changed.wait()
+
+    def _bump(self) -> None:
+        self.version += 1
+        self._changed.set()
+        self._changed = trio.Event()

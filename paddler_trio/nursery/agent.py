@@ -1,0 +1,53 @@
+"""The agent's supervision tree: signals, reconciliation (owns the engine) and the management
+link (owns the requests it carries). On SIGINT/SIGTERM the link stops taking requests
+(cancelling those in flight), flushes, sends DeregisterAgent and closes its socket cleanly;
+then the root scope is cancelled and the engine closes. A second signal exits at once."""
+
+from __future__ import annotations
+
+import logging
+
+import trio
+
+from paddler_trio.agent.agent_config import AgentConfig
+from paddler_trio.agent.agent_id import new_agent_id
+from paddler_trio.agent.engine_holder import EngineHolder
+from paddler_trio.agent.management_link import ManagementLink
+from paddler_trio.agent.reconciliation import Reconciliation
+from paddler_trio.agent.status import AgentStatus
+from paddler_trio.nursery.signals import cancel_on_signals
+
+_logger = logging.getLogger(__name__)
+
+
+async def run_agent(config: AgentConfig, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
+    """Run until cancelled or signalled; reports the agent id once every service is up."""
+    agent_id = new_agent_id()
+    status = AgentStatus(desired_slots_total=config.slots)
+    engines = EngineHolder()
+    reconciliation = Reconciliation(status, engines, slots=config.slots, threads=config.threads)
+    link = ManagementLink(
+        config.agent_socket_base_url + agent_id,
+        name=config.name,
+        status=status,
+        engines=engines,
+        reconciliation=reconciliation,
+    )
+    _logger.info(
+        "agent %s%s with %d slots joining the balancer at %s",
+        agent_id,
+        f" ({config.name})" if config.name else "",
+        config.slots,
+        config.management_addr,
+    )
+    async with trio.open_nursery() as root:
+        await root.start(reconciliation.run)
+        await root.start(link.run)
+        with trio.CancelScope() as until_signalled:
+            await root.start(cancel_on_signals, until_signalled)
+            task_status.started(agent_id)
+            await trio.sleep_forever()
+        # Deregister while the socket is still served, then stop everything else.
+        await link.leave()
+        root.cancel_scope.cancel()
+    _logger.info("agent %s stopped", agent_id)

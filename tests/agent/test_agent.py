@@ -1,0 +1,353 @@
+"""The real agent (in-process `run_agent`, and a `python -m paddler_trio agent` subprocess)
+against a scripted fake balancer, serving with the real Gemma 3 270M model (raw prompts:
+it is a base model without a chat template)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import string
+import subprocess
+import sys
+from pathlib import Path
+
+import attrs
+import pytest
+import trio
+
+from paddler_trio.agent.agent_config import AgentConfig
+from paddler_trio.cli_values import socket_address
+from paddler_trio.nursery.agent import run_agent
+from paddler_trio.protocol import InferenceParameters, unstructure
+from tests.agent.scripted_fake_balancer import AgentConnection, Frame, ScriptedFakeBalancer, free_port, is_terminal_for, payload_for, snapshot_of
+
+# One llama.cpp thread: the test machine has 2 cores shared with other work.
+THREADS = 1
+TEMPLATE = "{% for message in messages %}{{ message.role }}: {{ message.content }}\n{% endfor %}assistant:"
+
+
+def desired_state(model: Path | str | Frame, *, chat_template_override: str | None = None) -> Frame:
+    parameters = attrs.evolve(InferenceParameters.deterministic(), context_size=2048, n_batch=512)
+    return {
+        "chat_template_override": {"content": chat_template_override} if chat_template_override else None,
+        "inference_parameters": unstructure(parameters),
+        "model": model if isinstance(model, dict) else {"LocalToAgent": str(model)},
+        "multimodal_projection": "None",
+    }
+
+
+def raw_prompt(max_tokens: int, prompt: str = "The capital of France is") -> Frame:
+    return {"ContinueFromRawPrompt": {"grammar": None, "max_tokens": max_tokens, "raw_prompt": prompt}}
+
+
+def is_token(payload: Frame) -> bool:
+    return "ContentToken" in payload.get("GeneratedToken", {})
+
+
+def done_usage(payload: Frame) -> dict[str, int]:
+    assert "Done" in payload.get("GeneratedToken", {}), f"expected Done, got {payload}"
+    return payload["GeneratedToken"]["Done"]["usage"]
+
+
+@pytest.fixture
+async def balancer(nursery: trio.Nursery) -> ScriptedFakeBalancer:
+    fake = ScriptedFakeBalancer()
+    await nursery.start(fake.serve)
+    return fake
+
+
+async def start_agent(nursery: trio.Nursery, address: str, *, slots: int = 2, name: str | None = None) -> str:
+    config = AgentConfig(management_addr=socket_address(address), slots=slots, name=name, threads=THREADS)
+    return await nursery.start(run_agent, config)
+
+
+async def loaded(connection: AgentConnection, model: Path, *, slots: int = 2) -> Frame:
+    start = len(connection.frames)
+    await connection.set_state(desired_state(model))
+    return await connection.wait_for_status(
+        lambda s: s["state_application_status"] == "Applied" and s["slots_total"] == slots, start=start
+    )
+
+
+async def test_registers_with_paddlers_shape_and_answers_without_a_model(
+    nursery: trio.Nursery, balancer: ScriptedFakeBalancer
+) -> None:
+    agent_id = await start_agent(nursery, balancer.address, slots=4, name="gpu-1")
+    connection = await balancer.first_connection()
+    assert connection.agent_id == agent_id
+    assert len(agent_id) == 21 and set(agent_id) <= set(string.ascii_letters + string.digits + "_-")
+    await connection.wait_for(lambda frame: True)
+    assert connection.frames[0] == {
+        "Notification": {
+            "RegisterAgent": {
+                "name": "gpu-1",
+                "slot_aggregated_status_snapshot": {
+                    "desired_slots_total": 4,
+                    "download_current": 0,
+                    "download_filename": None,
+                    "download_indeterminate": True,
+                    "download_total": 0,
+                    "issues": [],
+                    "model_path": None,
+                    "slots_processing": 0,
+                    "slots_total": 0,
+                    "state_application_status": "Fresh",
+                    "uses_chat_template_override": False,
+                    "version": 0,
+                },
+            }
+        }
+    }
+
+    await connection.request("r-1", raw_prompt(4))
+    answer = await connection.answer_to("r-1")
+    assert answer["Error"]["code"] == 503 and "No model is loaded" in answer["Error"]["description"]
+    await connection.request("m-1", "GetModelMetadata")
+    assert await connection.answer_to("m-1") == {"ModelMetadata": None}
+    await connection.request("t-1", "GetChatTemplateOverride")
+    assert await connection.answer_to("t-1") == {"ChatTemplateOverride": None}
+
+    await connection.send('{"Request":{"id":"bad-1","request":{"Bogus":{}}}}')
+    answer = await connection.answer_to("bad-1")
+    assert answer["Error"]["code"] == 400 and "Bogus" in answer["Error"]["description"]
+    await connection.send("this is not JSON")
+    await connection.send('{"Notification":{"StopRespondingTo":"nobody"}}')
+    await connection.send({"Notification": {"Version": {"version": "3.0.0"}}})
+    await connection.request("m-2", "GetModelMetadata")
+    assert await connection.answer_to("m-2") == {"ModelMetadata": None}  # still alive and answering
+
+    start = len(connection.frames)
+    await connection.set_state(desired_state({"Url": {"url": "https://example.com/model.gguf"}}))
+    status = await connection.wait_for_status(
+        lambda s: s["state_application_status"] == "AttemptedAndNotAppliable", start=start
+    )
+    assert status["slots_total"] == 0 and status["slots_processing"] == 0
+
+    # UpdateAgentStatus every second even without changes.
+    start = len(connection.frames)
+    started = trio.current_time()
+    for _ in range(2):
+        start = 1 + await connection.wait_for(lambda f: "UpdateAgentStatus" in f.get("Notification", {}), start=start)
+    assert trio.current_time() - started < 3.0
+
+
+async def test_reconnects_with_the_same_id_and_reports_an_outage_once(
+    nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="paddler_trio.agent.management_link")
+    port = free_port()
+    agent_id = await start_agent(nursery, f"127.0.0.1:{port}")
+    await trio.sleep(2.5)  # the balancer is down at start: the agent keeps trying
+    fake = ScriptedFakeBalancer()
+    await nursery.start(lambda task_status: fake.serve(port=port, task_status=task_status))
+    first = await fake.first_connection(timeout=5)
+    assert first.agent_id == agent_id
+    await first.wait_for(lambda frame: "RegisterAgent" in frame.get("Notification", {}))
+    outage_reports = [record for record in caplog.records if "cannot reach the balancer" in record.getMessage()]
+    assert len(outage_reports) == 1
+
+    await first.drop()
+    second = await fake.next_connection(after=1, timeout=5)
+    assert second.agent_id == agent_id
+    await second.wait_for(lambda frame: True)
+    assert "RegisterAgent" in second.frames[0]["Notification"]
+
+
+async def test_serves_raw_prompts_concurrently_stops_and_cancels_on_link_loss(
+    nursery: trio.Nursery, balancer: ScriptedFakeBalancer, gemma_model_path: Path
+) -> None:
+    await start_agent(nursery, balancer.address, slots=2)
+    connection = await balancer.first_connection()
+    start = len(connection.frames)
+    await connection.set_state(desired_state(gemma_model_path))
+    fresh = await connection.wait_for_status(lambda s: s["state_application_status"] == "Fresh", start=start)
+    assert fresh["slots_total"] == 0
+    status = await loaded(connection, gemma_model_path)
+    assert status["model_path"] == str(gemma_model_path)
+    assert status["issues"] == [{"UnableToFindChatTemplate": {"model_path": str(gemma_model_path)}}]
+    assert status["uses_chat_template_override"] is False
+
+    await connection.request("m-1", "GetModelMetadata")
+    metadata = (await connection.answer_to("m-1"))["ModelMetadata"]["metadata"]
+    assert metadata["general.architecture"] == "gemma3"
+
+    embeddings = {
+        "GenerateEmbeddingBatch": {"input_batch": [{"id": "d-1", "content": "Hi"}], "normalization_method": "None"}
+    }
+    await connection.request("e-1", embeddings)
+    assert await connection.results_of("e-1") == [{"Embedding": "EmbeddingsDisabled"}]
+
+    # One request: tokens with its id, then Done.
+    await connection.request("r-1", raw_prompt(6))
+    results = await connection.results_of("r-1")
+    assert all(is_token(payload) for payload in results[:-1]) and len(results) >= 2
+    assert 1 <= done_usage(results[-1])["content_tokens"] <= 6
+    frames = [frame for frame in connection.frames if frame.get("Response", {}).get("request_id") == "r-1"]
+    assert all(frame["Response"]["generated_by"] is None for frame in frames)
+
+    # Two at once on two slots.
+    start = len(connection.frames)
+    await connection.request("r-2", raw_prompt(6))
+    await connection.request("r-3", raw_prompt(6, "Once upon a time"))
+    for request_id in ("r-2", "r-3"):
+        assert done_usage((await connection.results_of(request_id))[-1])["content_tokens"] >= 1
+    await connection.wait_for_status(lambda s: s["slots_processing"] == 2, start=start)
+
+    # StopRespondingTo ends a long generation early with Done and frees the slot.
+    await connection.request("r-4", raw_prompt(900, "Write a very long story about a dragon."))
+    await connection.wait_for(lambda frame: frame.get("Response", {}).get("request_id") == "r-4")
+    await connection.request("r-4", raw_prompt(4))  # a duplicate of an in-flight id is refused
+    refused = await connection.wait_for(lambda frame: frame.get("Error", {}).get("request_id") == "r-4")
+    assert connection.frames[refused]["Error"]["error"]["code"] == 400
+    await connection.stop_responding_to("r-4")
+    done = await connection.wait_for(lambda frame: is_terminal_for(frame, "r-4"), start=refused + 1)
+    assert done_usage(payload_for(connection.frames[done], "r-4"))["content_tokens"] < 900
+    start = len(connection.frames)
+    await connection.wait_for_status(lambda s: s["slots_processing"] == 0, start=start)
+
+    await connection.request("r-5", {"ContinueFromRawPrompt": {"grammar": None, "max_tokens": -1, "raw_prompt": "Hi"}})
+    answer = await connection.answer_to("r-5")
+    assert answer["Error"]["code"] == 400 and "max_tokens" in answer["Error"]["description"]
+
+    # The link drops mid-generation: the request is cancelled, the agent re-registers with
+    # its slots free, and both slots serve again.
+    await connection.request("r-6", raw_prompt(900, "Write a very long story about a knight."))
+    await connection.wait_for(lambda frame: frame.get("Response", {}).get("request_id") == "r-6")
+    await connection.drop()
+    second = await balancer.next_connection(after=1, timeout=5)
+    assert second.agent_id == connection.agent_id
+    registration = await second.wait_for_status(lambda s: True)
+    assert registration["slots_total"] == 2 and registration["state_application_status"] == "Applied"
+    await second.wait_for_status(lambda s: s["slots_processing"] == 0)
+    await second.set_state(desired_state(gemma_model_path))  # the same state again: no reload
+    await second.request("r-7", raw_prompt(3))
+    await second.request("r-8", raw_prompt(3, "Once upon a time"))
+    for request_id in ("r-7", "r-8"):
+        assert done_usage((await second.results_of(request_id))[-1])["content_tokens"] >= 1
+    assert all(s["slots_total"] == 2 for f in second.frames if (s := snapshot_of(f)) is not None)
+
+
+async def test_reports_load_failures_with_paddlers_progression_and_recovers(
+    nursery: trio.Nursery, balancer: ScriptedFakeBalancer, gemma_model_path: Path, tmp_path: Path
+) -> None:
+    await start_agent(nursery, balancer.address, slots=2)
+    connection = await balancer.first_connection()
+
+    missing = str(tmp_path / "missing.gguf")
+    start = len(connection.frames)
+    await connection.set_state(desired_state(missing))
+    for expected in ("Fresh", "AttemptedAndRetrying", "Stuck"):
+        status = await connection.wait_for_status(
+            lambda s: s["state_application_status"] == expected and s["issues"] != [], start=start
+        )
+        assert status["issues"] == [{"ModelFileDoesNotExist": {"model_path": missing}}]
+        assert status["slots_total"] == 0
+
+    corrupt = tmp_path / "corrupt.gguf"
+    with open(gemma_model_path, "rb") as model:
+        corrupt.write_bytes(model.read(2**20))  # a real GGUF header, cut short
+    start = len(connection.frames)
+    await connection.set_state(desired_state(corrupt))
+    await connection.wait_for_status(
+        lambda s: s["issues"] == [{"ModelCannotBeLoaded": {"model_path": str(corrupt)}}], start=start
+    )
+
+    status = await loaded(connection, gemma_model_path)
+    assert status["issues"] == [{"UnableToFindChatTemplate": {"model_path": str(gemma_model_path)}}]
+    assert status["model_path"] == str(gemma_model_path)
+
+
+async def test_reload_reports_no_slots_first_and_lets_in_flight_requests_finish(
+    nursery: trio.Nursery, balancer: ScriptedFakeBalancer, gemma_model_path: Path
+) -> None:
+    await start_agent(nursery, balancer.address, slots=2)
+    connection = await balancer.first_connection()
+    await loaded(connection, gemma_model_path)
+
+    await connection.request("r-1", raw_prompt(40, "Write a long story about a dragon."))
+    await connection.wait_for(lambda frame: frame.get("Response", {}).get("request_id") == "r-1")
+    start = len(connection.frames)
+    await connection.set_state(desired_state(gemma_model_path, chat_template_override=TEMPLATE))
+    drained = await connection.wait_for(
+        lambda frame: (s := snapshot_of(frame)) is not None and s["slots_total"] == 0, start=start
+    )
+    assert snapshot_of(connection.frames[drained])["slots_processing"] == 1
+    done = await connection.wait_for(
+        lambda frame: frame.get("Response", {}).get("request_id") == "r-1"
+        and "Done" in frame["Response"]["response"].get("GeneratedToken", {}),
+        start=start,
+    )
+    assert drained < done, "the agent must report no slots before its in-flight request ends"
+    assert done_usage(connection.frames[done]["Response"]["response"])["content_tokens"] == 40
+
+    status = await connection.wait_for_status(
+        lambda s: s["state_application_status"] == "Applied" and s["slots_total"] == 2, start=done
+    )
+    assert status["uses_chat_template_override"] is True and status["issues"] == []
+    await connection.request("t-1", "GetChatTemplateOverride")
+    assert await connection.answer_to("t-1") == {"ChatTemplateOverride": {"content": TEMPLATE}}
+    conversation = {
+        "ContinueFromConversationHistory": {
+            "add_generation_prompt": True,
+            "conversation_history": [{"role": "user", "content": "Say hello"}],
+            "enable_thinking": False,
+            "grammar": None,
+            "max_tokens": 4,
+            "tools": [],
+        }
+    }
+    await connection.request("c-1", conversation)
+    assert done_usage((await connection.results_of("c-1"))[-1])["content_tokens"] >= 1
+
+    # A template that does not compile is reported; raw prompts are still served.
+    start = len(connection.frames)
+    await connection.set_state(desired_state(gemma_model_path, chat_template_override="{% if %}"))
+    drained = await connection.wait_for(lambda f: (s := snapshot_of(f)) is not None and s["slots_total"] == 0, start=start)
+    status = await connection.wait_for_status(
+        lambda s: s["state_application_status"] == "Applied" and s["slots_total"] == 2, start=drained
+    )
+    [issue] = status["issues"]
+    assert issue["ChatTemplateDoesNotCompile"]["template_content"] == "{% if %}"
+    assert issue["ChatTemplateDoesNotCompile"]["model_path"] == {"model_path": str(gemma_model_path)}
+    await connection.request("r-2", raw_prompt(3))
+    assert done_usage((await connection.results_of("r-2"))[-1])["content_tokens"] >= 1
+
+
+async def test_sigterm_deregisters_and_exits_cleanly(
+    nursery: trio.Nursery, balancer: ScriptedFakeBalancer, gemma_model_path: Path, tmp_path: Path
+) -> None:
+    log_path = tmp_path / "agent.log"
+    with open(log_path, "wb") as log:
+        process = await trio.lowlevel.open_process(
+            [sys.executable, "-m", "paddler_trio", "agent", "--management-addr", balancer.address,
+             "--slots", "1", "--threads", str(THREADS), "--name", "sub"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=Path(__file__).resolve().parents[2],
+            env={**os.environ, "PADDLER_LOG": "info"},
+        )
+    try:
+        connection = await balancer.first_connection()
+        await loaded(connection, gemma_model_path, slots=1)
+        await connection.request("r-1", raw_prompt(900, "Write a very long story about a dragon."))
+        await connection.wait_for(lambda frame: frame.get("Response", {}).get("request_id") == "r-1")
+
+        process.send_signal(signal.SIGTERM)
+        started = trio.current_time()
+        with trio.fail_after(5):
+            returncode = await process.wait()
+        elapsed = trio.current_time() - started
+        with trio.fail_after(2):
+            await connection.closed.wait()
+        output = log_path.read_text(errors="replace")
+        assert returncode == 0, output[-3000:]
+        assert elapsed < 5
+        assert connection.frames[-1] == {"Notification": "DeregisterAgent"}, connection.frames[-3:]
+        assert connection.socket.closed is not None and connection.socket.closed.code == 1000
+        assert "deregistered from the balancer" in output
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+

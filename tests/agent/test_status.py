@@ -1,0 +1,46 @@
+"""The agent's status holder: versioned, every change wakes waiters, no-op updates bump nothing."""
+
+from __future__ import annotations
+
+import trio
+
+from paddler_trio.agent.status import AgentStatus
+from paddler_trio.protocol import ModelFileDoesNotExist, StateApplicationStatus
+
+
+async def test_changes_bump_the_version_and_wake_waiters() -> None:
+    status = AgentStatus(desired_slots_total=2)
+    assert status.snapshot().version == 0
+    status.update(slots_total=0, model_path=None, issues=())
+    assert status.version == 0  # nothing changed
+
+    async def change_later() -> None:
+        await trio.sleep(0.01)
+        status.update(issues=[ModelFileDoesNotExist("/x")], state_application_status=StateApplicationStatus.STUCK)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(change_later)
+        with trio.fail_after(1):
+            await status.wait_for_change(0)
+    snapshot = status.snapshot()
+    assert snapshot.version == 1
+    assert snapshot.issues == frozenset({ModelFileDoesNotExist("/x")})
+    assert snapshot.model_path is None and snapshot.state_application_status is StateApplicationStatus.STUCK
+
+
+async def test_slots_processing_counts_taken_slots_and_wait_until_sees_the_drain() -> None:
+    status = AgentStatus(desired_slots_total=2)
+    status.take_slot()
+    status.take_slot()
+    assert status.snapshot().slots_processing == 2
+
+    async def finish_requests() -> None:
+        for _ in range(2):
+            await trio.sleep(0.01)
+            status.release_slot()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(finish_requests)
+        with trio.fail_after(1):
+            await status.wait_until(lambda: status.slots_processing == 0)
+    assert status.version == 4
