@@ -1,0 +1,34 @@
+"""The balancer's view of its agents (``GET /api/v1/agents`` and its SSE stream)."""
+
+from __future__ import annotations
+
+import attrs
+
+from paddler_trio.protocol.agent_issue import AgentIssue
+from paddler_trio.protocol.state_application_status import StateApplicationStatus
+
+
+@attrs.frozen(kw_only=True)
+class AgentControllerSnapshot:
+    """One agent. ``slots_processing`` is the balancer's own dispatch count, not the agent's."""
+
+    desired_slots_total: int
+    download_current: int
+    download_filename: str | None = None
+    download_indeterminate: bool
+    download_total: int
+    id: str
+    issues: frozenset[AgentIssue]
+    model_path: str | None = None
+    name: str | None = None
+    slots_processing: int
+    slots_total: int
+    state_application_status: StateApplicationStatus
+    uses_chat_template_override: bool
+
+
+@attrs.frozen
+class AgentControllerPoolSnapshot:
+    """``{"agents": [AgentControllerSnapshot, ...]}``."""
+
+    agents: tuple[AgentControllerSnapshot, ...]

@@ -1,0 +1,29 @@
+"""An agent's whole status, sent in ``RegisterAgent`` and ``UpdateAgentStatus`` notifications."""
+
+from __future__ import annotations
+
+import attrs
+
+from paddler_trio.protocol.agent_issue import AgentIssue
+from paddler_trio.protocol.state_application_status import StateApplicationStatus
+
+
+@attrs.frozen(kw_only=True)
+class SlotAggregatedStatusSnapshot:
+    """Paddler's ``SlotAggregatedStatusSnapshot``; ``issues`` is emitted sorted.
+
+    ``version`` increases with every change; the balancer ignores snapshots older than the newest it saw.
+    """
+
+    desired_slots_total: int
+    download_current: int
+    download_filename: str | None = None
+    download_indeterminate: bool
+    download_total: int
+    issues: frozenset[AgentIssue]
+    model_path: str | None = None
+    slots_processing: int
+    slots_total: int
+    state_application_status: StateApplicationStatus
+    uses_chat_template_override: bool
+    version: int
