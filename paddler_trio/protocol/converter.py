@@ -663,7 +663,10 @@ def _response_envelope_reader(response_union: Any) -> Callable[[Any], Any]:
 
     def read(value: Any) -> ResponseEnvelope[Any]:
         if type(value) is not dict or value.keys() != names:
-            _check_keys(value, "ResponseEnvelope", names)
+            if type(value) is dict and value.keys() == names - {"generated_by"}:
+                value = {**value, "generated_by": None}  # an absent Option is None, as in serde
+            else:
+                _check_keys(value, "ResponseEnvelope", names)
         generated_by = value["generated_by"]
         if generated_by is not None and type(generated_by) is not str:
             raise _DecodeError([(".generated_by", f"expected a string or null, got {_kind(generated_by)}")])

@@ -96,9 +96,9 @@ def test_wire_format_error_is_a_value_error() -> None:
             " (at $.Notification)",
         ),
         (
-            '{"Response":{"request_id":"r","response":{"Embedding":"Done"}}}',
+            '{"Response":{"generated_by":null,"response":{"Embedding":"Done"}}}',
             BalancerBoundMessage,
-            'missing field "generated_by" in ResponseEnvelope (at $.Response)',
+            'missing field "request_id" in ResponseEnvelope (at $.Response)',
         ),
         (
             '{"Response":{"generated_by":null,"request_id":"r","response":{"GeneratedToken":{"Done":{"usage":{"x":1}}}}}}',

@@ -243,3 +243,8 @@ def test_non_ascii_is_written_raw_like_serde_json() -> None:
         '{"Response":{"generated_by":null,"request_id":"r","response":{"GeneratedToken":'
         '{"ContentToken":"zażółć \\"gęślą\\"\\n\\t\\u0001 🦀"}}}}'
     )
+
+
+def test_an_absent_generated_by_is_null_as_in_serde() -> None:
+    text = '{"Response":{"request_id":"r","response":{"Embedding":"Done"}}}'
+    assert from_json(text, InferenceClientBoundMessage) == ResponseEnvelope(None, "r", EmbeddingDone())
