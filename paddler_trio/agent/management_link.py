@@ -109,7 +109,9 @@ class ManagementLink:
         try:
             async with trio.open_nursery() as nursery:
                 registration = self._status.snapshot()
-                send.send_nowait(RegisterAgentNotification(name=self._name, slot_aggregated_status_snapshot=registration))
+                send.send_nowait(
+                    RegisterAgentNotification(name=self._name, slot_aggregated_status_snapshot=registration)
+                )
                 nursery.start_soon(self._write, socket, pending, nursery.cancel_scope)
                 nursery.start_soon(self._publish_status, send, registration.version)
                 nursery.start_soon(_cancel_when_set, self._leaving, nursery.cancel_scope)

@@ -73,9 +73,11 @@ class AgentConnection:
         self, matches: Callable[[Frame], bool], *, start: int = 0, timeout: float = WAIT_TIMEOUT
     ) -> Frame:
         """The first status snapshot (registration or update) from `start` on that `matches`."""
-        index = await self.wait_for(
-            lambda frame: (snapshot := snapshot_of(frame)) is not None and matches(snapshot), start=start, timeout=timeout
-        )
+        def is_matching_status(frame: Frame) -> bool:
+            snapshot = snapshot_of(frame)
+            return snapshot is not None and matches(snapshot)
+
+        index = await self.wait_for(is_matching_status, start=start, timeout=timeout)
         snapshot = snapshot_of(self.frames[index])
         assert snapshot is not None
         return snapshot
@@ -87,7 +89,8 @@ class AgentConnection:
     async def results_of(self, request_id: str, *, timeout: float = WAIT_TIMEOUT) -> list[Frame]:
         """Every Response payload / Error body for `request_id`, up to and including the terminal one."""
         index = await self.wait_for(lambda frame: is_terminal_for(frame, request_id), timeout=timeout)
-        return [payload for frame in self.frames[: index + 1] if (payload := payload_for(frame, request_id)) is not None]
+        payloads = (payload_for(frame, request_id) for frame in self.frames[: index + 1])
+        return [payload for payload in payloads if payload is not None]
 
     async def answer_to(self, request_id: str, *, timeout: float = WAIT_TIMEOUT) -> Frame:
         """The one Response payload (or Error body) for a request answered in one frame."""

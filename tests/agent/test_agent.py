@@ -20,15 +20,27 @@ from paddler_trio.agent.agent_config import AgentConfig
 from paddler_trio.cli_values import socket_address
 from paddler_trio.nursery.agent import run_agent
 from paddler_trio.protocol import InferenceParameters, unstructure
-from tests.agent.scripted_fake_balancer import AgentConnection, Frame, ScriptedFakeBalancer, free_port, is_terminal_for, payload_for, snapshot_of
+from tests.agent.scripted_fake_balancer import (
+    AgentConnection,
+    Frame,
+    ScriptedFakeBalancer,
+    free_port,
+    is_terminal_for,
+    payload_for,
+    snapshot_of,
+)
 
 # One llama.cpp thread: the test machine has 2 cores shared with other work.
 THREADS = 1
 TEMPLATE = "{% for message in messages %}{{ message.role }}: {{ message.content }}\n{% endfor %}assistant:"
 
 
-def desired_state(model: Path | str | Frame, *, chat_template_override: str | None = None) -> Frame:
-    parameters = attrs.evolve(InferenceParameters.deterministic(), context_size=2048, n_batch=512)
+def desired_state(
+    model: Path | str | Frame, *, chat_template_override: str | None = None, enable_embeddings: bool = False
+) -> Frame:
+    parameters = attrs.evolve(
+        InferenceParameters.deterministic(), context_size=2048, n_batch=512, enable_embeddings=enable_embeddings
+    )
     return {
         "chat_template_override": {"content": chat_template_override} if chat_template_override else None,
         "inference_parameters": unstructure(parameters),
@@ -39,6 +51,11 @@ def desired_state(model: Path | str | Frame, *, chat_template_override: str | No
 
 def raw_prompt(max_tokens: int, prompt: str = "The capital of France is") -> Frame:
     return {"ContinueFromRawPrompt": {"grammar": None, "max_tokens": max_tokens, "raw_prompt": prompt}}
+
+
+def reports_no_slots(frame: Frame) -> bool:
+    snapshot = snapshot_of(frame)
+    return snapshot is not None and snapshot["slots_total"] == 0
 
 
 def is_token(payload: Frame) -> bool:
@@ -269,9 +286,7 @@ async def test_reload_reports_no_slots_first_and_lets_in_flight_requests_finish(
     await connection.wait_for(lambda frame: frame.get("Response", {}).get("request_id") == "r-1")
     start = len(connection.frames)
     await connection.set_state(desired_state(gemma_model_path, chat_template_override=TEMPLATE))
-    drained = await connection.wait_for(
-        lambda frame: (s := snapshot_of(frame)) is not None and s["slots_total"] == 0, start=start
-    )
+    drained = await connection.wait_for(reports_no_slots, start=start)
     assert snapshot_of(connection.frames[drained])["slots_processing"] == 1
     done = await connection.wait_for(
         lambda frame: frame.get("Response", {}).get("request_id") == "r-1"
@@ -303,7 +318,7 @@ async def test_reload_reports_no_slots_first_and_lets_in_flight_requests_finish(
     # A template that does not compile is reported; raw prompts are still served.
     start = len(connection.frames)
     await connection.set_state(desired_state(gemma_model_path, chat_template_override="{% if %}"))
-    drained = await connection.wait_for(lambda f: (s := snapshot_of(f)) is not None and s["slots_total"] == 0, start=start)
+    drained = await connection.wait_for(reports_no_slots, start=start)
     status = await connection.wait_for_status(
         lambda s: s["state_application_status"] == "Applied" and s["slots_total"] == 2, start=drained
     )
@@ -312,6 +327,32 @@ async def test_reload_reports_no_slots_first_and_lets_in_flight_requests_finish(
     assert issue["ChatTemplateDoesNotCompile"]["model_path"] == {"model_path": str(gemma_model_path)}
     await connection.request("r-2", raw_prompt(3))
     assert done_usage((await connection.results_of("r-2"))[-1])["content_tokens"] >= 1
+
+
+async def test_serves_embedding_batches_in_embeddings_mode(
+    nursery: trio.Nursery, balancer: ScriptedFakeBalancer, gemma_model_path: Path
+) -> None:
+    await start_agent(nursery, balancer.address, slots=2)
+    connection = await balancer.first_connection()
+    await connection.set_state(desired_state(gemma_model_path, enable_embeddings=True))
+    status = await connection.wait_for_status(lambda s: s["state_application_status"] == "Applied" and s["slots_total"])
+    assert status["issues"] == []  # no chat template is needed in embeddings mode
+
+    documents = [
+        {"id": f"doc-{index}", "content": f"Document {index} is about topic {index * 7}."} for index in range(3)
+    ]
+    await connection.request(
+        "e-1", {"GenerateEmbeddingBatch": {"input_batch": documents, "normalization_method": "L2"}}
+    )
+    results = await connection.results_of("e-1")
+    assert results[-1] == {"Embedding": "Done"}
+    embeddings = [payload["Embedding"]["Embedding"] for payload in results[:-1]]
+    assert sorted(embedding["source_document_id"] for embedding in embeddings) == ["doc-0", "doc-1", "doc-2"]
+    assert all(len(embedding["embedding"]) == 640 for embedding in embeddings)
+
+    await connection.request("r-1", raw_prompt(3))
+    [disabled] = await connection.results_of("r-1")
+    assert "TokenGenerationDisabled" in disabled["GeneratedToken"]
 
 
 async def test_sigterm_deregisters_and_exits_cleanly(
