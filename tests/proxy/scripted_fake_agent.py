@@ -80,6 +80,7 @@ class ScriptedFakeAgent:
     token_delay: float = 0.0
     metadata: dict[str, str] = attrs.field(factory=lambda: {"general.architecture": "scripted-fake"})
     chat_template: ChatTemplate | None = None
+    metadata_delay: float = 0.0
     # Observations for the tests.
     version_seen: str | None = None
     set_states: list[AgentDesiredState] = attrs.field(factory=list)
@@ -146,7 +147,7 @@ class ScriptedFakeAgent:
             self.requests.append(message)
             request = message.request
             if isinstance(request, GetModelMetadataRequest):
-                nursery.start_soon(self._reply, message.id, ModelMetadataResponse(ModelMetadata(self.metadata)))
+                nursery.start_soon(self._answer_metadata, message.id)
             elif isinstance(request, GetChatTemplateOverrideRequest):
                 nursery.start_soon(self._reply, message.id, ChatTemplateOverrideResponse(self.chat_template))
             elif self.frozen:
@@ -192,6 +193,10 @@ class ScriptedFakeAgent:
         finally:
             self.active.discard(request_id)
             self.finished.append(request_id)
+
+    async def _answer_metadata(self, request_id: str) -> None:
+        await trio.sleep(self.metadata_delay)
+        await self._reply(request_id, ModelMetadataResponse(ModelMetadata(self.metadata)))
 
     async def _reply(self, request_id: str, response: Any) -> None:
         await self._send(ResponseEnvelope(generated_by=None, request_id=request_id, response=response))

@@ -1,0 +1,170 @@
+"""`paddler balancer` as a real process: start-up refusals, readiness, and SIGTERM shutdown."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import attrs
+import httpx
+import pytest
+import trio
+from trio_websocket import ConnectionClosed, open_websocket_url
+
+from tests.proxy.scripted_fake_agent import ScriptedFakeAgent
+
+START_LIMIT = 20.0
+_LISTENING = re.compile(r"(inference|management) service listening on http://(\S+)")
+
+
+@attrs.define
+class BalancerProcess:
+    process: trio.Process
+    inference: str
+    management: str
+    log: list[str]
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "paddler_trio", "balancer", *args], capture_output=True, text=True, timeout=30
+    )
+
+
+@asynccontextmanager
+async def balancer_process(*args: str) -> AsyncIterator[BalancerProcess]:
+    command = [
+        sys.executable, "-m", "paddler_trio", "balancer",
+        "--inference-addr", "127.0.0.1:0", "--management-addr", "127.0.0.1:0", *args,
+    ]  # fmt: skip
+    process = await trio.lowlevel.open_process(command, stderr=subprocess.PIPE)
+    log: list[str] = []
+    addresses: dict[str, str] = {}
+    ready = trio.Event()
+
+    async def read_log() -> None:
+        assert process.stderr is not None
+        buffered = b""
+        async for chunk in process.stderr:
+            buffered += chunk
+            *lines, buffered = buffered.split(b"\n")
+            for line in lines:
+                text = line.decode(errors="replace")
+                log.append(text)
+                match = _LISTENING.search(text)
+                if match:
+                    addresses[match.group(1)] = match.group(2)
+                    if len(addresses) == 2:
+                        ready.set()
+
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read_log)
+            with trio.fail_after(START_LIMIT):
+                await ready.wait()
+            yield BalancerProcess(process, addresses["inference"], addresses["management"], log)
+            nursery.cancel_scope.cancel()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+def test_file_state_database_is_refused_until_supported() -> None:
+    result = run_cli("--state-database", "file:///tmp/paddler-state.json")
+    assert result.returncode == 2
+    assert "file:// state databases are not supported yet" in result.stderr
+
+
+def test_relative_state_database_path_gets_the_absolute_hint(tmp_path: object) -> None:
+    result = run_cli("--state-database", "file://state.json")
+    assert result.returncode == 2
+    assert "must be absolute" in result.stderr
+    assert "file:///" in result.stderr and "state.json" in result.stderr
+
+
+def test_bad_flag_values_are_refused_by_the_parser() -> None:
+    result = run_cli("--buffered-request-timeout", "1.5s")
+    assert result.returncode == 2
+    assert "whole milliseconds" in result.stderr
+    result = run_cli("--max-buffered-requests", "-1")
+    assert result.returncode == 2
+
+
+def test_help_lists_every_flag_of_paddler() -> None:
+    result = run_cli("--help")
+    for flag in (
+        "--buffered-request-timeout", "--compat-openai-addr", "--inference-addr", "--inference-item-timeout",
+        "--inference-cors-allowed-host", "--management-addr", "--management-cors-allowed-host",
+        "--max-buffered-requests", "--state-database", "--statsd-addr", "--statsd-prefix",
+        "--statsd-reporting-interval", "--web-admin-panel-addr",
+    ):  # fmt: skip
+        assert flag in result.stdout
+
+
+async def test_sigterm_answers_open_streams_and_exits_within_five_seconds() -> None:
+    async with balancer_process() as balancer:
+        async with trio.open_nursery() as nursery:
+            agent = ScriptedFakeAgent(balancer.management, tokens=tuple("abcdefghijklmnopqrstuvwxyz"), token_delay=0.2)
+            await nursery.start(agent.run)
+            ndjson_lines: list[dict] = []
+            sse_lines: list[str] = []
+            ws_close: list[int] = []
+            sse_ended = trio.Event()
+
+            async def stream_ndjson(http: httpx.AsyncClient) -> None:
+                async with http.stream(
+                    "POST",
+                    f"http://{balancer.inference}/api/v1/continue_from_raw_prompt",
+                    json={"raw_prompt": "Hi", "max_tokens": 30},
+                ) as response:
+                    async for line in response.aiter_lines():
+                        if line:
+                            ndjson_lines.append(json.loads(line))
+
+            async def stream_sse(http: httpx.AsyncClient) -> None:
+                async with http.stream("GET", f"http://{balancer.management}/api/v1/agents/stream") as response:
+                    async for line in response.aiter_lines():
+                        if line:
+                            sse_lines.append(line)
+                sse_ended.set()
+
+            async def hold_socket() -> None:
+                async with open_websocket_url(f"ws://{balancer.inference}/api/v1/inference_socket") as ws:
+                    try:
+                        while True:
+                            await ws.get_message()
+                    except ConnectionClosed as closed:
+                        ws_close.append(closed.reason.code)
+
+            async with httpx.AsyncClient(timeout=30) as http:
+                nursery.start_soon(stream_ndjson, http)
+                nursery.start_soon(stream_sse, http)
+                nursery.start_soon(hold_socket)
+                with trio.fail_after(10):
+                    while len(ndjson_lines) < 2 or not sse_lines:
+                        await trio.sleep(0.05)
+                started = trio.current_time()
+                balancer.process.send_signal(signal.SIGTERM)
+                with trio.fail_after(5):
+                    returncode = await balancer.process.wait()
+                elapsed = trio.current_time() - started
+                nursery.cancel_scope.deadline = trio.current_time() + 5
+        assert returncode == 0
+        assert elapsed < 5
+        assert ndjson_lines[-1]["Error"]["error"] == {"code": 503, "description": "balancer is shutting down"}
+        assert ws_close == [1001]
+        assert sse_ended.is_set()
+        assert any("balancer stopped" in line for line in balancer.log)
+
+
+@pytest.mark.parametrize("flag", ["--compat-openai-addr"])
+def test_services_of_later_versions_are_refused_clearly(flag: str) -> None:
+    result = run_cli(flag, "127.0.0.1:8070")
+    assert result.returncode == 2
+    assert "not available in this version yet" in result.stderr
