@@ -27,9 +27,9 @@ install-test: $(VENV)/.test-installed
 models: install
 	$(BIN)/paddler models fetch --model all
 
-## Install everything and run the main job.
+## Install everything and run the main job: a balancer and one agent on the default model.
 run: models
-	$(BIN)/python benchmarks/engine_throughput.py --model qwen --slots 4 --requests-per-slot 1 --show-sample --skip-llama-server
+	$(BIN)/paddler quickstart
 
 ## Install the test dependencies and run the whole suite.
 test: install-test models

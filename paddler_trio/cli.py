@@ -17,7 +17,7 @@ from paddler_trio import __version__
 Handler = Callable[[argparse.Namespace], int]
 
 # Each module defines `add_parser(subcommands)` and sets `handler` on its parser.
-_SUBCOMMAND_MODULES = ("balancer_cli", "agent_cli", "bundled_models_cli")
+_SUBCOMMAND_MODULES = ("balancer_cli", "agent_cli", "quickstart_cli", "bundled_models_cli")
 
 
 def _configure_logging() -> None:
@@ -27,6 +27,8 @@ def _configure_logging() -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # One line per HTTP call the process makes itself is noise at info level.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -21,7 +21,26 @@ _logger = logging.getLogger(__name__)
 
 
 async def run_agent(config: AgentConfig, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
-    """Run until cancelled or signalled; reports the agent id once every service is up."""
+    """Run until SIGINT/SIGTERM; reports the agent id once every service is up."""
+    stop = trio.Event()
+    async with trio.open_nursery() as root:
+        signalled = trio.CancelScope()
+        root.start_soon(_stop_when_cancelled, signalled, stop)
+        await root.start(cancel_on_signals, signalled)
+        await serve_agent(config, stop, task_status=task_status)
+        root.cancel_scope.cancel()
+
+
+async def _stop_when_cancelled(scope: trio.CancelScope, stop: trio.Event) -> None:
+    with scope:
+        await trio.sleep_forever()
+    stop.set()
+
+
+async def serve_agent(
+    config: AgentConfig, stop: trio.Event, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Run until `stop` is set (for embedding in a larger Trio program such as quickstart)."""
     agent_id = new_agent_id()
     status = AgentStatus(desired_slots_total=config.slots)
     engines = EngineHolder()
@@ -43,10 +62,8 @@ async def run_agent(config: AgentConfig, *, task_status: trio.TaskStatus[str] = 
     async with trio.open_nursery() as root:
         await root.start(reconciliation.run)
         await root.start(link.run)
-        with trio.CancelScope() as until_signalled:
-            await root.start(cancel_on_signals, until_signalled)
-            task_status.started(agent_id)
-            await trio.sleep_forever()
+        task_status.started(agent_id)
+        await stop.wait()
         # Deregister while the socket is still served, then stop everything else.
         await link.leave()
         root.cancel_scope.cancel()

