@@ -130,10 +130,20 @@ class ManagementService:
         )
 
     async def chat_template_override(self, agent_id: str) -> Response:
-        return await self._ask_agent(agent_id, GetChatTemplateOverrideRequest(), ChatTemplateOverrideResponse)
+        answer = await self._ask_agent(agent_id, GetChatTemplateOverrideRequest())
+        if isinstance(answer, Response):
+            return answer
+        if not isinstance(answer, ChatTemplateOverrideResponse):
+            return _unexpected_answer(agent_id)
+        return _json(to_json(answer.chat_template) if answer.chat_template is not None else "null")
 
     async def model_metadata(self, agent_id: str) -> Response:
-        return await self._ask_agent(agent_id, GetModelMetadataRequest(), ModelMetadataResponse)
+        answer = await self._ask_agent(agent_id, GetModelMetadataRequest())
+        if isinstance(answer, Response):
+            return answer
+        if not isinstance(answer, ModelMetadataResponse):
+            return _unexpected_answer(agent_id)
+        return _json(to_json(answer.model_metadata) if answer.model_metadata is not None else "null")
 
     async def metrics(self) -> Response:
         gauges = BalancerGauges.read(self._pool, self._buffer)
@@ -148,8 +158,8 @@ class ManagementService:
     async def agent_socket(self, agent_id: str) -> None:
         await self._agent_socket.serve(websocket._get_current_object(), agent_id)  # type: ignore[attr-defined]
 
-    async def _ask_agent(self, agent_id: str, question: AgentRequest, answer_type: type) -> Response:
-        """Proxy one question to an agent: 404 unknown agent, 502 agent gone, 504 after 3 s."""
+    async def _ask_agent(self, agent_id: str, question: AgentRequest) -> Any:
+        """The agent's answer, or the error response: 404 unknown agent, 502 agent gone, 504 after 3 s."""
         agent = self._pool.get(agent_id)
         if agent is None:
             return json_error(404, f'Agent "{agent_id}" is not registered')
@@ -167,12 +177,8 @@ class ManagementService:
                     return json_error(502, f'Agent "{agent_id}" disconnected before answering')
                 if isinstance(reply, ErrorEnvelope):
                     return json_error(502, f'Agent "{agent_id}" answered with an error: {reply.error.description}')
-                answer: Any = reply.response
-                if not isinstance(answer, answer_type):
-                    return json_error(502, f'Agent "{agent_id}" sent an unexpected answer')
-                value = answer.chat_template if isinstance(answer, ChatTemplateOverrideResponse) else answer.model_metadata
-                return _json("null" if value is None else to_json(value))
-            return json_error(504, f'Agent "{agent_id}" did not answer within {AGENT_ANSWER_TIMEOUT:.0f} s')
+                return reply.response
+            return json_error(504, f'Agent "{agent_id}" did not answer within {AGENT_ANSWER_TIMEOUT:g} s')
         finally:
             agent.close_route(request_id)
 
@@ -198,6 +204,10 @@ class ManagementService:
         response.headers["Cache-Control"] = "no-cache"
         response.timeout = None
         return response
+
+
+def _unexpected_answer(agent_id: str) -> Response:
+    return json_error(502, f'Agent "{agent_id}" sent an unexpected answer')
 
 
 def _json(text: str) -> Response:

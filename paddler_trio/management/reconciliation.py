@@ -44,11 +44,12 @@ class Reconciliation:
         self._apply(await self._database.read())
         task_status.started()
         while True:
-            with trio.move_on_after(RETRY_INTERVAL if self._retry else math.inf):
+            with trio.move_on_after(RETRY_INTERVAL if self._retry else math.inf) as waiting:
                 seen = await self._database.wait_stored(seen)
+            if waiting.cancelled_caught:
+                self._resend_failed()
+            else:
                 self._apply(await self._database.read())
-                continue
-            self._resend_failed()
 
     def _apply(self, desired_state: BalancerDesiredState) -> None:
         self.applicable_state = desired_state.to_agent_desired_state()

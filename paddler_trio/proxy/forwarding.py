@@ -120,6 +120,10 @@ class RequestForwarder:
 
     async def _forward(self, claim: SlotClaim, request_id: str, request: AgentRequest, emit: Emit) -> _Outcome:
         agent = claim.agent
+        if agent.connection_closed.is_set():
+            # The agent left between handing out this slot and this task running again.
+            claim.release()
+            return _Outcome.AGENT_LOST_BEFORE_OUTPUT
         agent_request_id = new_request_id()
         route = agent.open_route(agent_request_id)
         settled = False  # the agent owes us nothing more: release at once instead of draining

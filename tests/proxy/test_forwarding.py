@@ -50,6 +50,7 @@ class Wire:
 @attrs.define
 class Setup:
     pool: AgentPool
+    buffer: RequestBuffer
     forwarder: RequestForwarder
     shutdown: ShutdownSignal
     received: list[Any]
@@ -84,7 +85,7 @@ async def setup(item_timeout: float = 1.0) -> AsyncIterator[Setup]:
     shutdown = ShutdownSignal()
     async with trio.open_nursery() as nursery:
         forwarder = RequestForwarder(buffer=buffer, shutdown=shutdown, item_timeout=item_timeout, drain_nursery=nursery)
-        yield Setup(pool, forwarder, shutdown, [], nursery)
+        yield Setup(pool, buffer, forwarder, shutdown, [], nursery)
 
 
 def errors(received: list[Any]) -> list[tuple[int, str]]:
@@ -212,4 +213,18 @@ async def test_shutdown_answers_503_to_waiting_and_streaming_requests() -> None:
             ("streaming", 503, "balancer is shutting down"),
             ("waiting", 503, "balancer is shutting down"),
         ]
+        s.nursery.cancel_scope.cancel()
+
+
+async def test_a_slot_on_an_agent_that_left_before_dispatch_is_dispatched_elsewhere() -> None:
+    async with setup() as s:
+        first = s.add_agent("a")
+        blocker = await s.buffer.claim()  # holds a's only slot
+        s.start()
+        await trio.testing.wait_all_tasks_blocked()
+        blocker.release()  # hands a's slot to the waiting request...
+        s.pool.deregister("a")  # ...whose agent leaves before the request runs again
+        second = s.add_agent("b")
+        assert await second.next_request_id()
+        assert first.outbox.statistics().current_buffer_used == 0
         s.nursery.cancel_scope.cancel()
