@@ -42,13 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     import importlib
 
     for module_name in _SUBCOMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"paddler_trio.{module_name}")
-        except ModuleNotFoundError as error:
-            if error.name != f"paddler_trio.{module_name}":
-                raise
-            continue  # a subcommand still being built in this tree
-        module.add_parser(subcommands)
+        importlib.import_module(f"paddler_trio.{module_name}").add_parser(subcommands)
     return parser
 
 
