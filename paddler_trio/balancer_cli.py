@@ -95,7 +95,8 @@ def add_parser(subcommands: argparse._SubParsersAction) -> None:
         "--state-database",
         default="memory://",
         metavar="URL",
-        help="where the desired state is kept: memory:// (default; file:///absolute/path.json is not supported yet)",
+        help="where the desired state is kept: memory:// (default, lost on exit) or file:///absolute/path.json "
+        "(kept across restarts; created with the default state when missing)",
     )
     parser.add_argument(
         "--statsd-addr",

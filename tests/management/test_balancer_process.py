@@ -75,12 +75,6 @@ async def balancer_process(*args: str) -> AsyncIterator[BalancerProcess]:
             await process.wait()
 
 
-def test_file_state_database_is_refused_until_supported() -> None:
-    result = run_cli("--state-database", "file:///tmp/paddler-state.json")
-    assert result.returncode == 2
-    assert "file:// state databases are not supported yet" in result.stderr
-
-
 def test_relative_state_database_path_gets_the_absolute_hint(tmp_path: object) -> None:
     result = run_cli("--state-database", "file://state.json")
     assert result.returncode == 2
