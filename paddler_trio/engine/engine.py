@@ -13,9 +13,11 @@ with `Done` and the usage so far, as Paddler's StopRespondingTo does.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import resource
 from collections.abc import AsyncIterator
+from typing import Any
 from contextlib import asynccontextmanager
 
 import attrs
@@ -41,6 +43,7 @@ from paddler_trio.protocol import (
     ChatTemplateError,
     ContinueFromConversationHistoryParams,
     ContinueFromRawPromptParams,
+    ConversationMessage,
     EmbeddingDone,
     EmbeddingError,
     EmbeddingProduced,
@@ -128,6 +131,33 @@ def _message_text(content: object) -> tuple[str, bool]:
     parts = tuple(content)  # type: ignore[arg-type]
     text = "".join(part.text for part in parts if isinstance(part, TextPart))
     return text, any(isinstance(part, ImageUrlPart) for part in parts)
+
+
+def _template_message(message: ConversationMessage, text: str) -> dict[str, Any]:
+    """A message as chat templates read it; tool-call arguments as an object, as templates `tojson` them."""
+    rendered: dict[str, Any] = {"role": message.role, "content": text}
+    if message.tool_calls is not None:
+        rendered["tool_calls"] = [
+            {
+                "id": call.id,
+                "type": "function",
+                "function": {"name": call.function.name, "arguments": _arguments_value(call.function.arguments)},
+            }
+            for call in message.tool_calls
+        ]
+    if message.tool_call_id is not None:
+        rendered["tool_call_id"] = message.tool_call_id
+    if message.name is not None:
+        rendered["name"] = message.name
+    return rendered
+
+
+def _arguments_value(arguments: str) -> Any:
+    """JSON-encoded arguments decoded; text that is not JSON stays text."""
+    try:
+        return json.loads(arguments)
+    except ValueError:
+        return arguments
 
 
 class Engine:
@@ -276,7 +306,7 @@ class Engine:
                 raise RequestRejected(
                     MultimodalNotSupported("this agent's model has no multimodal projection; send text only")
                 )
-            messages.append({"role": message.role, "content": text})
+            messages.append(_template_message(message, text))
         tools = [unstructure(tool) for tool in params.tools] if params.tools else None
         try:
             return self.chat_template.render(

@@ -55,10 +55,12 @@ from paddler_trio.protocol.chat_template import ChatTemplate
 from paddler_trio.protocol.continue_from_conversation_history_params import ContinueFromConversationHistoryParams
 from paddler_trio.protocol.continue_from_raw_prompt_params import ContinueFromRawPromptParams
 from paddler_trio.protocol.conversation_message import (
+    CalledFunction,
     ContentPart,
     ConversationMessage,
     ImageUrl,
     ImageUrlPart,
+    MessageToolCall,
     TextPart,
 )
 from paddler_trio.protocol.converter import from_json, structure, to_json, unstructure
@@ -143,6 +145,7 @@ __all__ = [
     "BalancerDesiredState",
     "BufferedRequestsSnapshot",
     "CacheCannotAcquireLock",
+    "CalledFunction",
     "CacheDirectoryIsNotWritable",
     "CacheDtype",
     "CacheStorageIsFull",
@@ -204,6 +207,7 @@ __all__ = [
     "JsonSchemaGrammar",
     "L2Normalization",
     "LocalToAgentModel",
+    "MessageToolCall",
     "ModelCacheIsCorrupted",
     "ModelCannotBeLoaded",
     "ModelDoesNotExistAtUrl",

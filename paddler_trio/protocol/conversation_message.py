@@ -2,6 +2,10 @@
 
 ``{"role": "user", "content": "Hi"}`` or ``{"role": "user", "content": [part, ...]}`` where a part is
 ``{"type": "text", "text": ...}`` or ``{"type": "image_url", "image_url": {"url": "data:...;base64,..."}}``.
+
+Beyond Paddler: optional ``tool_calls`` (an assistant's calls, in OpenAI's shape), ``tool_call_id``
+(the call a ``tool`` message answers) and ``name``, handed to the chat template; each is omitted
+from the JSON when None, so Paddler's shape is unchanged.
 """
 
 from __future__ import annotations
@@ -36,11 +40,30 @@ ContentPart = Union[TextPart, ImageUrlPart]
 
 
 @attrs.frozen
+class CalledFunction:
+    """``{"name": ..., "arguments": "<JSON text>"}``: the function a tool call asked for."""
+
+    name: str
+    arguments: str
+
+
+@attrs.frozen
+class MessageToolCall:
+    """``{"id": ..., "type": "function", "function": {...}}``: one tool call of an assistant message."""
+
+    id: str
+    function: CalledFunction
+
+
+@attrs.frozen
 class ConversationMessage:
-    """``{"role": str, "content": str | [ContentPart]}``; no other keys are accepted."""
+    """``{"role": str, "content": str | [ContentPart]}`` plus the optional tool-call keys; nothing else."""
 
     role: str
     content: str | tuple[ContentPart, ...]
+    tool_calls: tuple[MessageToolCall, ...] | None = None
+    tool_call_id: str | None = None
+    name: str | None = None
 
     @property
     def text(self) -> str:

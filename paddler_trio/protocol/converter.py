@@ -15,7 +15,8 @@ Conventions it implements (serde's, as Paddler uses them):
   ``InferenceParameters`` requires every field, as Paddler does. Types are strict: a string is never
   an integer, a boolean is never a number; an integer is accepted where a float is expected.
 * Output includes every field (None as null) except the optional keys Paddler omits: a tool's absent
-  ``parameters`` and schema keywords, and our additive per-request sampling overrides.
+  ``parameters`` and schema keywords, and our additive per-request sampling overrides and message
+  tool-call keys.
 
 Every decoding failure raises ``WireFormatError`` with a sentence naming the field and its JSON path.
 """
@@ -52,7 +53,13 @@ from paddler_trio.protocol.agent_socket_messages import (
 from paddler_trio.protocol.cache_dtype import CacheDtype
 from paddler_trio.protocol.continue_from_conversation_history_params import ContinueFromConversationHistoryParams
 from paddler_trio.protocol.continue_from_raw_prompt_params import ContinueFromRawPromptParams
-from paddler_trio.protocol.conversation_message import ContentPart, ImageUrlPart, TextPart
+from paddler_trio.protocol.conversation_message import (
+    ContentPart,
+    ConversationMessage,
+    ImageUrlPart,
+    MessageToolCall,
+    TextPart,
+)
 from paddler_trio.protocol.embedding_result import (
     DocumentExceedsBatchSize,
     EmbeddingDone,
@@ -155,6 +162,7 @@ _INTERNAL_TAGS: dict[type, str] = {
     GbnfGrammar: "gbnf",
     JsonSchemaGrammar: "json_schema",
     FunctionTool: "function",
+    MessageToolCall: "function",
 }
 
 # Request payloads that are plain structs on their own and get this tag inside a RequestEnvelope.
@@ -197,6 +205,7 @@ _OMITTED_WHEN_NONE: dict[type, tuple[str, ...]] = {
     FunctionDefinition: ("parameters",),
     ContinueFromConversationHistoryParams: _SAMPLING_OVERRIDES,
     ContinueFromRawPromptParams: _SAMPLING_OVERRIDES,
+    ConversationMessage: ("tool_calls", "tool_call_id", "name"),
 }
 
 # Structs whose every field is required on the wire even though the Python class has defaults.

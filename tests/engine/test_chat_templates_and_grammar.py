@@ -10,6 +10,7 @@ import jsonschema
 from paddler_trio.engine.engine import Engine, EngineSettings
 from paddler_trio.engine.engine_errors import ChatTemplateDoesNotCompile
 from paddler_trio.protocol import (
+    CalledFunction,
     ChatTemplateError,
     ContinueFromConversationHistoryParams,
     ContinueFromRawPromptParams,
@@ -23,6 +24,7 @@ from paddler_trio.protocol import (
     GrammarSyntaxError,
     InferenceParameters,
     JsonSchemaGrammar,
+    MessageToolCall,
     ParametersSchema,
     ToolCallParsed,
     ValidJsonArguments,
@@ -63,6 +65,26 @@ async def test_qwen_template_renders_chatml_with_generation_prompt(qwen_model_pa
         assert prompt.endswith("<|im_start|>assistant\n")
         with_tools = engine.render_conversation(conversation("Weather?", tools=(WEATHER_TOOL,)))
         assert "get_weather" in with_tools and "<tools>" in with_tools
+
+
+async def test_assistant_tool_calls_and_tool_answers_reach_the_template(qwen_model_path):
+    history = (
+        ConversationMessage(role="user", content="Weather in Paris?"),
+        ConversationMessage(
+            role="assistant",
+            content="",
+            tool_calls=(MessageToolCall(id="call_1", function=CalledFunction("get_weather", '{"city": "Paris"}')),),
+        ),
+        ConversationMessage(role="tool", content='{"celsius": 21}', tool_call_id="call_1", name="get_weather"),
+    )
+    async with Engine.open(EngineSettings(str(qwen_model_path), slots=1, inference_parameters=GREEDY)) as engine:
+        prompt = engine.render_conversation(
+            conversation("", conversation_history=history, tools=(WEATHER_TOOL,))
+        )
+    # Arguments reach the template as an object: it writes them with `tojson`, not as a quoted string.
+    assert '<|im_start|>assistant\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call><|im_end|>' in prompt
+    assert '<|im_start|>user\n<tool_response>\n{"celsius": 21}\n</tool_response><|im_end|>' in prompt
+    assert prompt.endswith("<|im_start|>assistant\n")
 
 
 async def test_conversation_ends_at_end_of_generation(qwen_model_path):

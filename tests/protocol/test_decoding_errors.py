@@ -126,10 +126,10 @@ def test_wire_format_error_is_a_value_error() -> None:
             " (at $.conversation_history[0].content)",
         ),
         (
-            '{"add_generation_prompt":true,"conversation_history":[{"role":"tool","content":"x","tool_call_id":"1"}],'
+            '{"add_generation_prompt":true,"conversation_history":[{"role":"tool","content":"x","refusal":"1"}],'
             '"enable_thinking":false,"max_tokens":5}',
             ContinueFromConversationHistoryParams,
-            'unknown field "tool_call_id" in ConversationMessage (at $.conversation_history[0])',
+            'unknown field "refusal" in ConversationMessage (at $.conversation_history[0])',
         ),
         (
             '{"add_generation_prompt":true,"conversation_history":[{"role":"u","content":[{"type":"video","url":"x"}]}],'

@@ -9,6 +9,7 @@ import pytest
 from paddler_trio.protocol import (
     AgentDesiredState,
     BalancerDesiredState,
+    CalledFunction,
     ChatTemplate,
     ContinueFromConversationHistoryParams,
     ContinueFromRawPromptParams,
@@ -20,6 +21,7 @@ from paddler_trio.protocol import (
     InferenceParameters,
     JsonSchemaGrammar,
     LocalToAgentModel,
+    MessageToolCall,
     NoModel,
     ParametersSchema,
     TextPart,
@@ -84,6 +86,21 @@ def test_multipart_content_and_its_helpers() -> None:
     assert message.text == "What is this?"
     assert message.image_urls == ("data:image/png;base64,AA",)
     assert ConversationMessage("user", "plain").image_urls == ()
+
+
+def test_message_tool_call_keys_are_optional_and_omitted_when_absent() -> None:
+    assert to_json(ConversationMessage("user", "hi")) == '{"role":"user","content":"hi"}'
+    call = ConversationMessage(
+        "assistant", "", tool_calls=(MessageToolCall("call_1", CalledFunction("get_weather", '{"city":"Paris"}')),)
+    )
+    call_json = (
+        '{"role":"assistant","content":"","tool_calls":[{"type":"function","id":"call_1",'
+        '"function":{"name":"get_weather","arguments":"{\\"city\\":\\"Paris\\"}"}}]}'
+    )
+    assert to_json(call) == call_json
+    assert from_json(call_json, ConversationMessage) == call
+    answer = from_json('{"role":"tool","content":"21","tool_call_id":"call_1","name":"get_weather"}', ConversationMessage)
+    assert (answer.tool_call_id, answer.name) == ("call_1", "get_weather")
 
 
 def test_tool_schema_keeps_its_json_spelling_and_omits_absent_keys() -> None:
