@@ -146,6 +146,10 @@ class SamplerChain:
         """Sample from the logits of `batch_index` in the last decode; accepts the token."""
         return llama_cpp.llama_sampler_sample(self._chain, context, batch_index)
 
+    def accept(self, token: int) -> None:
+        """Record a token chosen elsewhere (penalty history, grammar state)."""
+        llama_cpp.llama_sampler_accept(self._chain, token)
+
     def close(self) -> None:
         if self._chain:
             llama_cpp.llama_sampler_free(self._chain)

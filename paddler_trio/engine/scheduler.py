@@ -27,6 +27,7 @@ from paddler_trio.engine.model import LoadedModel
 from paddler_trio.engine.request_rejection import RequestRejected
 from paddler_trio.engine.sampling import SamplerChain
 from paddler_trio.engine.slot import Generation, Slot
+from paddler_trio.engine.vector_sampling import SlotSampler, VectorSampler, sample_step
 from paddler_trio.engine.token_classifier import Section, SectionMarkers, TokenClassifier
 from paddler_trio.protocol import GeneratedTokenResult, SamplerError
 
@@ -188,11 +189,16 @@ class Scheduler:
             )
             return
         slot, reused = self._best_slot(free_slots, prompt_tokens)
-        try:
-            sampler = SamplerChain(self._model, request.sampling, request.grammar, context_tokens=room)
-        except RequestRejected as rejection:
-            self._reject(generation, rejection.result)
-            return
+        sampler: SlotSampler
+        if request.grammar is None:
+            sampler = VectorSampler(request.sampling, n_vocab=self._model.n_vocab, context_tokens=room)
+        else:
+            # Grammars need llama.cpp's own sampler chain (the grammar filters the candidates first).
+            try:
+                sampler = SamplerChain(self._model, request.sampling, request.grammar, context_tokens=room)
+            except RequestRejected as rejection:
+                self._reject(generation, rejection.result)
+                return
         reused = self._trim_cache(slot, reused)
         generation.slot = slot
         slot.generation = generation
@@ -320,13 +326,16 @@ class Scheduler:
             generation.slot.cached_tokens.extend(tokens)
             if generation.is_prefilling:
                 generation.prefilled += len(tokens)
-        for generation, _ in planned:
-            index = generation.logits_index
-            if index is None or generation.finished:
-                continue
+        sampling = [
+            generation
+            for generation, _ in planned
+            if generation.logits_index is not None and not generation.finished
+        ]
+        rows = [(generation.sampler, generation.logits_index) for generation in sampling]
+        tokens = sample_step(context.pointer, model.n_vocab, rows)  # type: ignore[arg-type]
+        for generation, token in zip(sampling, tokens):
             generation.logits_index = None
             generation.pending_token = None
-            token = generation.sampler.sample(context.pointer, index)
             generation.outbox.extend(generation.accept_token(token, model))
             if generation.finished:
                 self._release(generation)

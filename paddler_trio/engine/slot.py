@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import attrs
 
-from paddler_trio.engine.sampling import GbnfSource, SamplerChain, SamplingSettings
+from paddler_trio.engine.sampling import GbnfSource, SamplingSettings
 from paddler_trio.engine.token_classifier import Section, TokenClassifier
 from paddler_trio.engine.tool_calls import BARE_TOOL_CALL_OPENINGS, ToolCallParser
 from paddler_trio.protocol import (
@@ -27,6 +27,8 @@ from paddler_trio.protocol import (
 
 if TYPE_CHECKING:
     import trio
+
+    from paddler_trio.engine.vector_sampling import SlotSampler
 
     from paddler_trio.engine.model import LoadedModel
 
@@ -69,7 +71,7 @@ class Generation:
     slot: Slot | None = None
     prompt_tokens: list[int] = attrs.field(factory=list)
     prefilled: int = 0
-    sampler: SamplerChain | None = None
+    sampler: "SlotSampler | None" = None
     pending_token: int | None = None
     logits_index: int | None = None
     usage: TokenUsage = attrs.field(factory=TokenUsage)
