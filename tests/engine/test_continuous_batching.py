@@ -196,3 +196,24 @@ async def test_fixed_seed_reproduces_sampled_tokens(gemma_model_path):
         second = await raw(engine, params)
         assert first.content == second.content
         assert first.usage.content_tokens == 16
+
+
+async def test_a_burst_is_admitted_and_prefilled_in_one_step(gemma_model_path):
+    async with Engine.open(EngineSettings(str(gemma_model_path), slots=4, inference_parameters=GREEDY)) as engine:
+        scheduler = engine.scheduler
+        first_token_step: dict[int, int] = {}
+
+        async def run(start: int) -> None:
+            params = ContinueFromRawPromptParams(raw_prompt=counting_prompt(start), max_tokens=4)
+            async with engine.continue_from_raw_prompt(params) as stream:
+                async for _ in stream:
+                    first_token_step.setdefault(start, scheduler.steps_started)
+
+        steps_before = scheduler.steps_started
+        async with trio.open_nursery() as nursery:
+            for start in (10, 20, 30, 40):
+                nursery.start_soon(run, start)
+        # All four prompts went into the same batch: their first tokens come from one step,
+        # the first one after the burst arrived.
+        assert len(set(first_token_step.values())) == 1
+        assert first_token_step[10] - steps_before <= 2
