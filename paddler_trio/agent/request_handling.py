@@ -45,6 +45,9 @@ _logger = logging.getLogger(__name__)
 
 Send = Callable[[BalancerBoundMessage], Awaitable[None]]
 
+# How long a request that arrives while the model is being swapped waits for the new one
+# (less than the balancer's default inference item timeout of 30 s).
+SWAP_WAIT = 25.0
 NO_ENGINE_DESCRIPTION = "No model is loaded on this agent (it is loading, reloading, or has no model configured)"
 
 
@@ -114,7 +117,7 @@ class RequestHandling:
         in_flight: _InFlightRequest,
     ) -> None:
         try:
-            engine = self._engines.engine
+            engine = await self._engines.wait_for_engine(SWAP_WAIT)
             if engine is None:
                 await self._error(request_id, 503, NO_ENGINE_DESCRIPTION)
                 return

@@ -2,6 +2,7 @@
 
 Every change bumps `version` and wakes whoever waits for a change (the link publishes a
 snapshot then, and the drain before a reload waits for `slots_processing` to reach 0).
+Download progress (`download_*`) is written by `DownloadProgress.publish`, throttled.
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ class _Unchanged:
 class AgentStatus:
     def __init__(self, desired_slots_total: int) -> None:
         self.desired_slots_total = desired_slots_total
+        self.download_current = 0
+        self.download_filename: str | None = None
+        self.download_total = 0
         self.issues: frozenset[AgentIssue] = frozenset()
         self.model_path: str | None = None
         self.slots_processing = 0
@@ -32,11 +36,11 @@ class AgentStatus:
     def snapshot(self) -> SlotAggregatedStatusSnapshot:
         return SlotAggregatedStatusSnapshot(
             desired_slots_total=self.desired_slots_total,
-            # Downloads (Url / HuggingFace sources) are not implemented yet: Paddler's idle values.
-            download_current=0,
-            download_filename=None,
-            download_indeterminate=True,
-            download_total=0,
+            download_current=self.download_current,
+            download_filename=self.download_filename,
+            # Idle (no download) reads as indeterminate too, as in Paddler.
+            download_indeterminate=self.download_total == 0,
+            download_total=self.download_total,
             issues=self.issues,
             model_path=self.model_path,
             slots_processing=self.slots_processing,
@@ -69,6 +73,12 @@ class AgentStatus:
         if uses_chat_template_override is not None and uses_chat_template_override != self.uses_chat_template_override:
             self.uses_chat_template_override, changed = uses_chat_template_override, True
         if changed:
+            self._bump()
+
+    def update_download(self, *, filename: str | None, current: int, total: int) -> None:
+        """Progress of the model download under way (`filename=None`, 0, 0: none); `total` 0: size unknown."""
+        if (filename, current, total) != (self.download_filename, self.download_current, self.download_total):
+            self.download_filename, self.download_current, self.download_total = filename, current, total
             self._bump()
 
     def take_slot(self) -> None:

@@ -135,11 +135,12 @@ async def test_registers_with_paddlers_shape_and_answers_without_a_model(
     assert await connection.answer_to("m-2") == {"ModelMetadata": None}  # still alive and answering
 
     start = len(connection.frames)
-    await connection.set_state(desired_state({"Url": {"url": "https://example.com/model.gguf"}}))
+    await connection.set_state(desired_state({"Url": {"url": "ftp://example.com/model.gguf"}}))
     status = await connection.wait_for_status(
         lambda s: s["state_application_status"] == "AttemptedAndNotAppliable", start=start
     )
     assert status["slots_total"] == 0 and status["slots_processing"] == 0
+    assert status["issues"] == [{"DownloadUrlIsMalformed": {"model_path": "ftp://example.com/model.gguf"}}]
 
     # UpdateAgentStatus every second even without changes.
     start = len(connection.frames)
