@@ -45,7 +45,8 @@ def add_parser(subcommands: argparse._SubParsersAction) -> None:
         type=socket_address,
         default=None,
         metavar="HOST:PORT",
-        help="serve the OpenAI-compatible API on this address (not available in this version yet)",
+        help="serve the OpenAI-compatible API (/v1/chat/completions, /v1/responses, /v1/completions, "
+        "/v1/embeddings, /v1/models) on this address",
     )
     parser.add_argument(
         "--inference-addr",
@@ -131,7 +132,7 @@ def add_parser(subcommands: argparse._SubParsersAction) -> None:
 
 def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from paddler_trio.management.state_database import StateDatabaseError
-    from paddler_trio.nursery.balancer import BalancerConfigError, run_balancer
+    from paddler_trio.nursery.balancer import run_balancer
 
     if args.statsd_reporting_interval <= 0:
         parser.error("--statsd-reporting-interval must be at least 1 ms")
@@ -152,7 +153,7 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     )
     try:
         trio.run(functools.partial(run_balancer, config))
-    except (StateDatabaseError, BalancerConfigError) as error:
+    except StateDatabaseError as error:
         print(f"paddler balancer: error: {error}", file=sys.stderr)
         return 2
     except BaseExceptionGroup as group:

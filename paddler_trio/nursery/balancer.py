@@ -3,7 +3,8 @@
     run_balancer                     SIGINT/SIGTERM -> graceful shutdown (a second signal exits at once)
     └── serve_balancer
         ├── background nursery        reconciliation, StatsD reporter, NDJSON request tasks, slot drains
-        └── servers nursery           management service, inference service (Hypercorn, trio worker)
+        └── servers nursery           management service, inference service, OpenAI-compatible service
+                                      (when --compat-openai-addr is given; Hypercorn, trio worker)
 
 Each service is started with `nursery.start` and counts as started once it listens.
 Shutdown: the `ShutdownSignal` fires; every buffered or streaming request answers with
@@ -36,6 +37,7 @@ from paddler_trio.proxy.agent_pool import AgentPool
 from paddler_trio.proxy.buffer import RequestBuffer
 from paddler_trio.proxy.forwarding import RequestForwarder
 from paddler_trio.proxy.inference_routes import InferenceService
+from paddler_trio.proxy.openai_routes import OpenAIService
 from paddler_trio.proxy.shutdown_signal import ShutdownSignal
 
 _logger = logging.getLogger(__name__)
@@ -50,16 +52,13 @@ WEBSOCKET_PING_INTERVAL = 3.0
 WEBSOCKET_MAX_MESSAGE_BYTES = 50 * 1024 * 1024
 
 
-class BalancerConfigError(Exception):
-    """A configuration this balancer refuses to start with; the message says why."""
-
-
 @attrs.frozen
 class BalancerAddresses:
     """Where the services listen (`host:port`; the real port when port 0 was asked for)."""
 
     inference: str
     management: str
+    compat_openai: str | None = None
 
 
 async def run_balancer(
@@ -85,11 +84,7 @@ async def serve_balancer(
 
 
 def _open_state_database(config: BalancerConfig) -> MemoryStateDatabase:
-    """Refuses what this balancer cannot run with (`StateDatabaseError`, `BalancerConfigError`), before anything starts."""
-    if config.compat_openai_addr is not None:
-        raise BalancerConfigError(
-            "the OpenAI-compatible service (--compat-openai-addr) is not available in this version yet"
-        )
+    """Refuses a state database this balancer cannot use (`StateDatabaseError`), before anything starts."""
     return open_state_database(config.state_database)
 
 
@@ -139,6 +134,18 @@ async def _serve(
                     config.inference_addr,
                     shutdown,
                 )
+                openai_bound = None
+                if config.compat_openai_addr is not None:
+                    openai = OpenAIService(
+                        forwarder=forwarder, pool=pool, cluster=reconciliation, request_nursery=background
+                    )
+                    openai_bound = await servers.start(
+                        _serve_http,
+                        "openai",
+                        openai.create_app(config.inference_cors_origins),
+                        config.compat_openai_addr,
+                        shutdown,
+                    )
                 if config.statsd_addr is not None:
                     await background.start(
                         functools.partial(
@@ -150,7 +157,11 @@ async def _serve(
                             buffer=buffer,
                         )
                     )
-                task_status.started(BalancerAddresses(inference=inference_bound, management=management_bound))
+                task_status.started(
+                    BalancerAddresses(
+                        inference=inference_bound, management=management_bound, compat_openai=openai_bound
+                    )
+                )
                 await shutdown.wait()
                 _logger.info("shutting down")
                 servers.cancel_scope.deadline = trio.current_time() + SHUTDOWN_GRACE

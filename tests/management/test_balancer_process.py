@@ -155,10 +155,3 @@ async def test_sigterm_answers_open_streams_and_exits_within_five_seconds() -> N
         assert ws_close == [1001]
         assert sse_ended.is_set()
         assert any("balancer stopped" in line for line in balancer.log)
-
-
-@pytest.mark.parametrize("flag", ["--compat-openai-addr"])
-def test_services_of_later_versions_are_refused_clearly(flag: str) -> None:
-    result = run_cli(flag, "127.0.0.1:8070")
-    assert result.returncode == 2
-    assert "not available in this version yet" in result.stderr

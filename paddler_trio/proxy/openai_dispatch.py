@@ -1,0 +1,141 @@
+"""The OpenAI routes' way onto the native dispatch path: the same `RequestForwarder` (buffer,
+slot choice, item timeout, agent loss, drain on cancel) serving one request in a task of
+the balancer, its messages read here one by one.
+
+A route reads the first message before it answers, so that a buffer overflow, a timeout or
+an agent's refusal gets its own HTTP status even for a streaming request; the rest is read
+by the response body. Closing the replies cancels the forwarding task: a request still in
+the buffer leaves it at once, one at an agent is stopped and its slot drained (as on the
+native routes). A client that disconnects cancels the handler (Quart-Trio cancels it on
+`http.disconnect`), and with it the replies. Between the handler's return and the body's
+first read nothing could close them, so a body that never starts reading closes them after
+`HAND_OVER_LIMIT`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import trio
+
+from paddler_trio.proxy.forwarding import CLIENT_GONE_ERRORS, Emit, RequestForwarder, error_envelope
+from paddler_trio.proxy.inference_socket import TOKEN_GENERATION_DISABLED_DESCRIPTION, TokenGenerationMode
+from paddler_trio.proxy.openai_errors import OpenAIError, error_from_envelope
+from paddler_trio.proxy.request_id import new_request_id
+from paddler_trio.protocol import AgentRequest, ErrorEnvelope, InferenceClientBoundMessage, ResponseEnvelope
+
+_logger = logging.getLogger(__name__)
+
+# Messages a request may run ahead of its client before the forwarder waits for the client.
+STREAM_BUFFER = 64
+HAND_OVER_LIMIT = 10.0
+
+
+class AgentReplies:
+    """The response payloads of one dispatched request, in order; an error envelope raises `OpenAIError`."""
+
+    def __init__(
+        self,
+        receive: trio.MemoryReceiveChannel[InferenceClientBoundMessage],
+        scope: trio.CancelScope,
+        nursery: trio.Nursery,
+    ) -> None:
+        self._receive = receive
+        self._scope = scope
+        self._nursery = nursery
+        self._reading = trio.Event()
+
+    def __aiter__(self) -> AgentReplies:
+        return self
+
+    async def first(self) -> Any:
+        """The first payload, read before answering; the replies are closed if this fails in any way."""
+        try:
+            return await self.__anext__()
+        except StopAsyncIteration:
+            self.close()
+            raise OpenAIError(502, "The agent ended the reply before sending anything.") from None
+        except BaseException:
+            self.close()
+            raise
+
+    async def __anext__(self) -> Any:
+        self._reading.set()
+        try:
+            message = await self._receive.receive()
+        except (trio.EndOfChannel, trio.ClosedResourceError):
+            raise StopAsyncIteration from None
+        if isinstance(message, ErrorEnvelope):
+            raise error_from_envelope(message.error)
+        assert isinstance(message, ResponseEnvelope)
+        return message.response
+
+    def close(self) -> None:
+        self._scope.cancel()
+        self._receive.close()
+        self._reading.set()
+
+    def hand_over(self) -> None:
+        """The response body reads from here on; close if it never starts."""
+        self._reading = trio.Event()
+        self._nursery.start_soon(self._close_unless_read)
+
+    async def _close_unless_read(self) -> None:
+        with trio.move_on_after(HAND_OVER_LIMIT):
+            await self._reading.wait()
+            return
+        _logger.info("a response body never started reading: its request is cancelled")
+        self.close()
+
+
+class OpenAIDispatcher:
+    def __init__(
+        self, *, forwarder: RequestForwarder, cluster: TokenGenerationMode, request_nursery: trio.Nursery
+    ) -> None:
+        self._forwarder = forwarder
+        self._cluster = cluster
+        self._request_nursery = request_nursery
+
+    def dispatch(self, request: AgentRequest) -> AgentReplies:
+        """One token generation request through the buffer to an agent (a 501 in embeddings mode)."""
+        if not self._cluster.token_generation_enabled:
+            raise OpenAIError(501, TOKEN_GENERATION_DISABLED_DESCRIPTION, code="token_generation_disabled")
+        request_id = new_request_id()
+        return self.run(request_id, lambda emit: self._forwarder.serve(request_id, request, emit))
+
+    def dispatch_all(self, requests: list[AgentRequest]) -> AgentReplies:
+        """Several requests at once (embedding chunks), their replies merged in arrival order."""
+
+        async def serve_all(emit: Emit) -> None:
+            async with trio.open_nursery() as nursery:
+                for request in requests:
+                    nursery.start_soon(self._forwarder.serve, new_request_id(), request, emit)
+
+        return self.run(new_request_id(), serve_all)
+
+    def run(self, request_id: str, work: Callable[[Emit], Awaitable[None]]) -> AgentReplies:
+        send, receive = trio.open_memory_channel[InferenceClientBoundMessage](STREAM_BUFFER)
+        scope = trio.CancelScope()
+        self._request_nursery.start_soon(_relay, request_id, work, send, scope)
+        return AgentReplies(receive, scope, self._request_nursery)
+
+
+async def _relay(
+    request_id: str,
+    work: Callable[[Emit], Awaitable[None]],
+    send: trio.MemorySendChannel[InferenceClientBoundMessage],
+    scope: trio.CancelScope,
+) -> None:
+    with scope:
+        async with send:
+            try:
+                await work(send.send)
+            except CLIENT_GONE_ERRORS:
+                pass
+            except Exception:
+                _logger.exception("request %s failed", request_id)
+                with contextlib.suppress(*CLIENT_GONE_ERRORS):
+                    await send.send(error_envelope(request_id, 500, "Internal server error"))
