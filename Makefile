@@ -17,6 +17,12 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 
 $(VENV)/.test-installed: $(VENV)/.installed
 	$(BIN)/python -m pip install -e '.[test]'
+	@# The admin panel tests drive Debian's chromium (never Playwright's browser downloads).
+	@if [ ! -x /usr/bin/chromium ] && [ "$$(id -u)" = 0 ]; then \
+		apt-get update && apt-get install -y chromium chromium-driver; \
+	elif [ ! -x /usr/bin/chromium ]; then \
+		echo "warning: /usr/bin/chromium is missing; run 'apt-get install chromium chromium-driver' as root"; \
+	fi
 	touch $@
 
 install: $(VENV)/.installed

@@ -4,7 +4,8 @@
     └── serve_balancer
         ├── background nursery        reconciliation, StatsD reporter, NDJSON request tasks, slot drains
         └── servers nursery           management service, inference service, OpenAI-compatible service
-                                      (when --compat-openai-addr is given; Hypercorn, trio worker)
+                                      (when --compat-openai-addr is given), web admin panel (when
+                                      --web-admin-panel-addr is given); Hypercorn, trio worker
 
 Each service is started with `nursery.start` and counts as started once it listens.
 Shutdown: the `ShutdownSignal` fires; every buffered or streaming request answers with
@@ -31,6 +32,7 @@ from paddler_trio.cli_values import SocketAddress
 from paddler_trio.management.management_routes import ManagementService
 from paddler_trio.management.reconciliation import Reconciliation
 from paddler_trio.management.state_database import MemoryStateDatabase, open_state_database
+from paddler_trio.management.web_admin_panel import WebAdminPanelSettings, create_web_admin_panel_app
 from paddler_trio.management.statsd_reporter import report_to_statsd
 from paddler_trio.nursery.signals import cancel_on_signals
 from paddler_trio.proxy.agent_pool import AgentPool
@@ -59,6 +61,7 @@ class BalancerAddresses:
     inference: str
     management: str
     compat_openai: str | None = None
+    web_admin_panel: str | None = None
 
 
 async def run_balancer(
@@ -146,6 +149,21 @@ async def _serve(
                         config.compat_openai_addr,
                         shutdown,
                     )
+                panel_bound = None
+                if config.web_admin_panel_addr is not None:
+                    panel_settings = WebAdminPanelSettings.from_config(
+                        config,
+                        inference_addr=inference_bound,
+                        management_addr=management_bound,
+                        compat_openai_addr=None if config.compat_openai_addr is None else config.compat_openai_addr.text,
+                    )
+                    panel_bound = await servers.start(
+                        _serve_http,
+                        "web_admin_panel",
+                        create_web_admin_panel_app(panel_settings),
+                        config.web_admin_panel_addr,
+                        shutdown,
+                    )
                 if config.statsd_addr is not None:
                     await background.start(
                         functools.partial(
@@ -159,7 +177,8 @@ async def _serve(
                     )
                 task_status.started(
                     BalancerAddresses(
-                        inference=inference_bound, management=management_bound, compat_openai=openai_bound
+                        inference=inference_bound, management=management_bound, compat_openai=openai_bound,
+                        web_admin_panel=panel_bound,
                     )
                 )
                 await shutdown.wait()
