@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+from pathlib import Path
 
 import trio
 
@@ -43,12 +44,48 @@ def add_parser(subcommands: argparse._SubParsersAction) -> None:
         metavar="N",
         help="llama.cpp CPU threads (default: every core this process may use)",
     )
-    parser.set_defaults(handler=_run)
+    parser.add_argument(
+        "--agent-secret",
+        default=None,
+        metavar="SECRET",
+        help="the balancer's --agent-secret, sent when joining; also $PADDLER_AGENT_SECRET",
+    )
+    parser.add_argument("--agent-secret-file", type=Path, default=None, metavar="PATH", help="file holding the agent secret")
+    parser.add_argument(
+        "--management-tls",
+        action="store_true",
+        help="connect with wss:// (the balancer runs with --tls-certfile)",
+    )
+    parser.add_argument(
+        "--management-ca-file",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="also trust this CA certificate (PEM) for --management-tls, e.g. for a self-signed balancer certificate",
+    )
+    parser.set_defaults(handler=functools.partial(_run, parser))
 
 
-def _run(args: argparse.Namespace) -> int:
+def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from paddler_trio.nursery.agent import run_agent
+    from paddler_trio.security.secret_sources import SecretSourceError, collect_secret
 
-    config = AgentConfig(management_addr=args.management_addr, slots=args.slots, name=args.name, threads=args.threads)
+    if args.management_ca_file is not None and not args.management_tls:
+        parser.error("--management-ca-file needs --management-tls")
+    if args.management_ca_file is not None and not args.management_ca_file.is_file():
+        parser.error(f"--management-ca-file {args.management_ca_file} is not a readable file")
+    try:
+        agent_secret = collect_secret(args.agent_secret, args.agent_secret_file, "PADDLER_AGENT_SECRET")
+    except SecretSourceError as error:
+        parser.error(str(error))
+    config = AgentConfig(
+        management_addr=args.management_addr,
+        slots=args.slots,
+        name=args.name,
+        threads=args.threads,
+        agent_secret=agent_secret,
+        management_tls=args.management_tls,
+        management_ca_file=args.management_ca_file,
+    )
     trio.run(functools.partial(run_agent, config))
     return 0

@@ -5,11 +5,18 @@ from __future__ import annotations
 import argparse
 import functools
 import sys
+from pathlib import Path
 
 import trio
 
-from paddler_trio.balancer_config import BalancerConfig
-from paddler_trio.cli_values import milliseconds, socket_address
+from paddler_trio.balancer_config import (
+    DEFAULT_MAX_REQUEST_BODY_BYTES,
+    DEFAULT_MAX_REQUESTS_PER_INFERENCE_SOCKET,
+    DEFAULT_MAX_TOKENS_LIMIT,
+    DEFAULT_WEBSOCKET_MAX_MESSAGE_BYTES,
+    BalancerConfig,
+)
+from paddler_trio.cli_values import milliseconds, positive_int, socket_address
 
 
 def _non_negative_int(text: str) -> int:
@@ -127,15 +134,99 @@ def add_parser(subcommands: argparse._SubParsersAction) -> None:
         help="address of the web admin panel; for now it only adds http://HOST:PORT to the CORS origins of "
         "both services (the panel itself is not served by this version yet)",
     )
+    _add_security_arguments(parser)
     parser.set_defaults(handler=functools.partial(_run, parser))
+
+
+def _add_security_arguments(parser: argparse.ArgumentParser) -> None:
+    """Keys, the agent secret, TLS and limits (docs/security.md, docs/operations.md)."""
+    security = parser.add_argument_group(
+        "security", "keys may also come from files (one per line) or environment variables, to keep them out of ps"
+    )
+    for service, variable in (("inference", "PADDLER_INFERENCE_API_KEYS"), ("management", "PADDLER_MANAGEMENT_API_KEYS")):
+        covered = "the inference and OpenAI-compatible services" if service == "inference" else "the management service"
+        security.add_argument(
+            f"--{service}-api-key",
+            action="append",
+            default=[],
+            metavar="KEY",
+            help=f"require 'Authorization: Bearer KEY' on {covered} (except /health); repeatable; "
+            f"also ${variable} (comma-separated). No key: open, as Paddler is",
+        )
+        security.add_argument(
+            f"--{service}-api-key-file",
+            action="append",
+            default=[],
+            type=Path,
+            metavar="PATH",
+            help=f"file of {service} API keys, one per line; repeatable",
+        )
+    security.add_argument(
+        "--agent-secret",
+        default=None,
+        metavar="SECRET",
+        help="agents must send this secret to join (paddler agent --agent-secret); also $PADDLER_AGENT_SECRET",
+    )
+    security.add_argument(
+        "--agent-secret-file", type=Path, default=None, metavar="PATH", help="file holding the agent secret"
+    )
+    security.add_argument(
+        "--tls-certfile", type=Path, default=None, metavar="PATH", help="serve every service over TLS with this certificate (PEM)"
+    )
+    security.add_argument("--tls-keyfile", type=Path, default=None, metavar="PATH", help="private key of --tls-certfile (PEM)")
+    limits = parser.add_argument_group("limits")
+    limits.add_argument(
+        "--max-request-body-bytes",
+        type=positive_int,
+        default=DEFAULT_MAX_REQUEST_BODY_BYTES,
+        metavar="N",
+        help=f"largest HTTP request body, beyond which the 413 error (default: {DEFAULT_MAX_REQUEST_BODY_BYTES})",
+    )
+    limits.add_argument(
+        "--websocket-max-message-bytes",
+        type=positive_int,
+        default=DEFAULT_WEBSOCKET_MAX_MESSAGE_BYTES,
+        metavar="N",
+        help="largest WebSocket message; a bigger one closes the socket with 1009 "
+        f"(default: {DEFAULT_WEBSOCKET_MAX_MESSAGE_BYTES})",
+    )
+    limits.add_argument(
+        "--max-tokens-limit",
+        type=positive_int,
+        default=DEFAULT_MAX_TOKENS_LIMIT,
+        metavar="N",
+        help=f"largest max_tokens a request may ask for, beyond which the 400 error (default: {DEFAULT_MAX_TOKENS_LIMIT})",
+    )
+    limits.add_argument(
+        "--max-requests-per-inference-socket",
+        type=positive_int,
+        default=DEFAULT_MAX_REQUESTS_PER_INFERENCE_SOCKET,
+        metavar="N",
+        help="most requests in flight on one inference WebSocket; one more gets the 429 error envelope "
+        f"(default: {DEFAULT_MAX_REQUESTS_PER_INFERENCE_SOCKET})",
+    )
 
 
 def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from paddler_trio.management.state_database import StateDatabaseError
     from paddler_trio.nursery.balancer import run_balancer
 
+    from paddler_trio.security.secret_sources import SecretSourceError, collect_keys, collect_secret
+
     if args.statsd_reporting_interval <= 0:
         parser.error("--statsd-reporting-interval must be at least 1 ms")
+    if (args.tls_certfile is None) != (args.tls_keyfile is None):
+        parser.error("--tls-certfile and --tls-keyfile go together")
+    try:
+        inference_api_keys = collect_keys(
+            args.inference_api_key, args.inference_api_key_file, "PADDLER_INFERENCE_API_KEYS"
+        )
+        management_api_keys = collect_keys(
+            args.management_api_key, args.management_api_key_file, "PADDLER_MANAGEMENT_API_KEYS"
+        )
+        agent_secret = collect_secret(args.agent_secret, args.agent_secret_file, "PADDLER_AGENT_SECRET")
+    except SecretSourceError as error:
+        parser.error(str(error))
     config = BalancerConfig(
         inference_addr=args.inference_addr,
         management_addr=args.management_addr,
@@ -150,6 +241,15 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         statsd_addr=args.statsd_addr,
         statsd_prefix=args.statsd_prefix,
         statsd_reporting_interval=args.statsd_reporting_interval,
+        inference_api_keys=inference_api_keys,
+        management_api_keys=management_api_keys,
+        agent_secret=agent_secret,
+        tls_certfile=args.tls_certfile,
+        tls_keyfile=args.tls_keyfile,
+        max_request_body_bytes=args.max_request_body_bytes,
+        websocket_max_message_bytes=args.websocket_max_message_bytes,
+        max_tokens_limit=args.max_tokens_limit,
+        max_requests_per_inference_socket=args.max_requests_per_inference_socket,
     )
     try:
         trio.run(functools.partial(run_balancer, config))

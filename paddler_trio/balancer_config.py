@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import attrs
 
 from paddler_trio.cli_values import SocketAddress
+
+DEFAULT_MAX_REQUEST_BODY_BYTES = 50 * 1024 * 1024
+DEFAULT_WEBSOCKET_MAX_MESSAGE_BYTES = 50 * 1024 * 1024
+DEFAULT_MAX_TOKENS_LIMIT = 32768
+DEFAULT_MAX_REQUESTS_PER_INFERENCE_SOCKET = 64
 
 
 @attrs.frozen(kw_only=True)
@@ -23,6 +30,17 @@ class BalancerConfig:
     statsd_addr: SocketAddress | None = None
     statsd_prefix: str = "paddler_"
     statsd_reporting_interval: float = 10.0
+    # Security (docs/security.md): no keys = open, as Paddler is.
+    inference_api_keys: tuple[str, ...] = attrs.field(default=(), repr=False)
+    management_api_keys: tuple[str, ...] = attrs.field(default=(), repr=False)
+    agent_secret: str | None = attrs.field(default=None, repr=False)
+    tls_certfile: Path | None = None
+    tls_keyfile: Path | None = None
+    # Limits (docs/operations.md).
+    max_request_body_bytes: int = DEFAULT_MAX_REQUEST_BODY_BYTES
+    websocket_max_message_bytes: int = DEFAULT_WEBSOCKET_MAX_MESSAGE_BYTES
+    max_tokens_limit: int = DEFAULT_MAX_TOKENS_LIMIT
+    max_requests_per_inference_socket: int = DEFAULT_MAX_REQUESTS_PER_INFERENCE_SOCKET
 
     def _admin_panel_origins(self) -> tuple[str, ...]:
         return () if self.web_admin_panel_addr is None else (f"http://{self.web_admin_panel_addr.text}",)

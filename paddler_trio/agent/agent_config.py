@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import attrs
 
 from paddler_trio.cli_values import SocketAddress
@@ -14,11 +16,17 @@ class AgentConfig:
     name: str | None = None
     # llama.cpp threads; None: every core this process may use.
     threads: int | None = None
+    # Sent as `Authorization: Bearer` when joining (balancer --agent-secret).
+    agent_secret: str | None = attrs.field(default=None, repr=False)
+    # wss:// instead of ws://, trusting the system's CAs plus `management_ca_file`.
+    management_tls: bool = False
+    management_ca_file: Path | None = None
 
     @property
     def agent_socket_base_url(self) -> str:
-        """`ws://HOST:PORT/api/v1/agent_socket/` (the agent id follows)."""
+        """`ws://HOST:PORT/api/v1/agent_socket/` (`wss://` with TLS; the agent id follows)."""
         host = self.management_addr.host
         if ":" in host:
             host = f"[{host}]"
-        return f"ws://{host}:{self.management_addr.port}/api/v1/agent_socket/"
+        scheme = "wss" if self.management_tls else "ws"
+        return f"{scheme}://{host}:{self.management_addr.port}/api/v1/agent_socket/"

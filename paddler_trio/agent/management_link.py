@@ -5,12 +5,17 @@ and every second; incoming `SetState` goes to reconciliation, requests and
 `StopRespondingTo` to request handling. When the link drops, the requests it carried are
 cancelled and the agent reconnects every second with the same id. When the agent is shut
 down it flushes what it has queued, sends `DeregisterAgent` and closes the socket cleanly.
+
+With `--agent-secret` the upgrade carries `Authorization: Bearer <secret>`; a balancer that
+refuses it (HTTP 401) is reported as such and retried with a growing interval (up to
+`REFUSED_RETRY_LIMIT`), since only an operator can fix it. `wss://` uses `ssl_context`.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import ssl
 
 import trio
 import trio_websocket
@@ -48,6 +53,7 @@ GOODBYE_TIMEOUT = 2.0
 OUTBOUND_QUEUE_SIZE = 256
 # Balancer messages carry whole conversations; trio-websocket's 1 MiB default is too small.
 MAX_MESSAGE_SIZE = 64 * 2**20
+REFUSED_RETRY_LIMIT = 30.0
 
 
 class ManagementLink:
@@ -59,8 +65,12 @@ class ManagementLink:
         status: AgentStatus,
         engines: EngineHolder,
         reconciliation: Reconciliation,
+        agent_secret: str | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.url = url
+        self._extra_headers = [("Authorization", f"Bearer {agent_secret}")] if agent_secret else []
+        self._ssl_context = ssl_context
         self._name = name
         self._status = status
         self._engines = engines
@@ -72,17 +82,42 @@ class ManagementLink:
         """Keep a link to the balancer until `leave()` (ready as soon as it tries to connect)."""
         task_status.started()
         outage_reported = False
+        retry_interval = RECONNECT_INTERVAL
         try:
             while not self._leaving.is_set():
                 try:
                     async with trio_websocket.open_websocket_url(
-                        self.url, connect_timeout=CONNECT_TIMEOUT, max_message_size=MAX_MESSAGE_SIZE
+                        self.url,
+                        ssl_context=self._ssl_context,
+                        extra_headers=self._extra_headers,
+                        connect_timeout=CONNECT_TIMEOUT,
+                        max_message_size=MAX_MESSAGE_SIZE,
                     ) as socket:
                         _logger.info("connected to the balancer at %s", self.url)
                         outage_reported = False
+                        retry_interval = RECONNECT_INTERVAL
                         await self._serve(socket)
                         if not self._leaving.is_set():
                             _logger.warning("the balancer closed the link (%s); reconnecting", socket.closed)
+                except trio_websocket.ConnectionRejected as error:
+                    if error.status_code not in (401, 403):
+                        if not outage_reported:
+                            _logger.warning("the balancer at %s rejected the link with HTTP %d; retrying", self.url, error.status_code)
+                            outage_reported = True
+                        with trio.move_on_after(RECONNECT_INTERVAL):
+                            await self._leaving.wait()
+                        continue
+                    _logger.error(
+                        "the balancer refused this agent: wrong or missing --agent-secret (HTTP %d from %s); "
+                        "retrying in %.0f s",
+                        error.status_code,
+                        self.url,
+                        retry_interval,
+                    )
+                    with trio.move_on_after(retry_interval):
+                        await self._leaving.wait()
+                    retry_interval = min(retry_interval * 2, REFUSED_RETRY_LIMIT)
+                    continue
                 except (trio_websocket.HandshakeError, trio_websocket.ConnectionClosed, OSError) as error:
                     if not outage_reported:
                         _logger.warning(

@@ -16,6 +16,7 @@ from paddler_trio.agent.management_link import ManagementLink
 from paddler_trio.agent.reconciliation import Reconciliation
 from paddler_trio.agent.status import AgentStatus
 from paddler_trio.nursery.signals import cancel_on_signals
+from paddler_trio.security.tls import client_ssl_context
 
 _logger = logging.getLogger(__name__)
 
@@ -51,6 +52,8 @@ async def serve_agent(
         status=status,
         engines=engines,
         reconciliation=reconciliation,
+        agent_secret=config.agent_secret,
+        ssl_context=client_ssl_context(config.management_ca_file) if config.management_tls else None,
     )
     _logger.info(
         "agent %s%s with %d slots joining the balancer at %s",

@@ -41,6 +41,8 @@ from paddler_trio.proxy.forwarding import RequestForwarder
 from paddler_trio.proxy.inference_routes import InferenceService
 from paddler_trio.proxy.openai_routes import OpenAIService
 from paddler_trio.proxy.shutdown_signal import ShutdownSignal
+from paddler_trio.security.error_shapes import openai_error
+from paddler_trio.security.service_protection import agent_socket_keys, protect_service
 
 _logger = logging.getLogger(__name__)
 
@@ -51,7 +53,6 @@ SHUTDOWN_GRACE = 3.0
 HTTP_GRACEFUL_TIMEOUT = 1.0
 KEEP_ALIVE_TIMEOUT = 5.0
 WEBSOCKET_PING_INTERVAL = 3.0
-WEBSOCKET_MAX_MESSAGE_BYTES = 50 * 1024 * 1024
 
 
 @attrs.frozen
@@ -120,22 +121,41 @@ async def _serve(
                 metrics_prefix=config.statsd_prefix,
             )
             inference = InferenceService(
-                forwarder=forwarder, pool=pool, cluster=reconciliation, shutdown=shutdown, request_nursery=background
+                forwarder=forwarder,
+                pool=pool,
+                cluster=reconciliation,
+                shutdown=shutdown,
+                request_nursery=background,
+                max_tokens_limit=config.max_tokens_limit,
+                max_requests_per_socket=config.max_requests_per_inference_socket,
             )
             async with trio.open_nursery() as servers:
                 management_bound = await servers.start(
                     _serve_http,
                     "management",
-                    management.create_app(config.management_cors_origins),
+                    protect_service(
+                        management.create_app(config.management_cors_origins),
+                        config,
+                        service="management",
+                        keys=config.management_api_keys,
+                        keys_by_path_prefix=agent_socket_keys(config),
+                    ),
                     config.management_addr,
                     shutdown,
+                    config,
                 )
                 inference_bound = await servers.start(
                     _serve_http,
                     "inference",
-                    inference.create_app(config.inference_cors_origins),
+                    protect_service(
+                        inference.create_app(config.inference_cors_origins),
+                        config,
+                        service="inference",
+                        keys=config.inference_api_keys,
+                    ),
                     config.inference_addr,
                     shutdown,
+                    config,
                 )
                 openai_bound = None
                 if config.compat_openai_addr is not None:
@@ -145,9 +165,16 @@ async def _serve(
                     openai_bound = await servers.start(
                         _serve_http,
                         "openai",
-                        openai.create_app(config.inference_cors_origins),
+                        protect_service(
+                            openai.create_app(config.inference_cors_origins),
+                            config,
+                            service="openai",
+                            keys=config.inference_api_keys,
+                            error_shape=openai_error,
+                        ),
                         config.compat_openai_addr,
                         shutdown,
+                        config,
                     )
                 panel_bound = None
                 if config.web_admin_panel_addr is not None:
@@ -163,6 +190,7 @@ async def _serve(
                         create_web_admin_panel_app(panel_settings),
                         config.web_admin_panel_addr,
                         shutdown,
+                        config,
                     )
                 if config.statsd_addr is not None:
                     await background.start(
@@ -195,6 +223,7 @@ async def _serve_http(
     app: QuartTrio,
     address: SocketAddress,
     shutdown: ShutdownSignal,
+    balancer_config: BalancerConfig,
     *,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -204,13 +233,16 @@ async def _serve_http(
     config.keep_alive_timeout = KEEP_ALIVE_TIMEOUT
     config.graceful_timeout = HTTP_GRACEFUL_TIMEOUT
     config.websocket_ping_interval = WEBSOCKET_PING_INTERVAL
-    config.websocket_max_message_size = WEBSOCKET_MAX_MESSAGE_BYTES
+    config.websocket_max_message_size = balancer_config.websocket_max_message_bytes
+    if balancer_config.tls_certfile is not None:
+        config.certfile = str(balancer_config.tls_certfile)
+        config.keyfile = str(balancer_config.tls_keyfile)
     config.accesslog = None
     config.errorlog = logging.getLogger(f"{__name__}.{name}_http")
     async with trio.open_nursery() as nursery:
         binds: list[str] = await nursery.start(functools.partial(serve, app, config, shutdown_trigger=shutdown.wait))
-        bound = binds[0].removeprefix("http://")
-        _logger.info("%s service listening on http://%s", name, bound)
+        scheme, _, bound = binds[0].partition("://")
+        _logger.info("%s service listening on %s://%s", name, scheme, bound)
         task_status.started(bound)
 
 

@@ -72,7 +72,11 @@ class InferenceService:
         cluster: ApplicableStateSource,
         shutdown: ShutdownSignal,
         request_nursery: trio.Nursery,
+        max_tokens_limit: int | None = None,
+        max_requests_per_socket: int | None = None,
     ) -> None:
+        self._max_tokens_limit = max_tokens_limit
+        self._max_requests_per_socket = max_requests_per_socket
         self._forwarder = forwarder
         self._pool = pool
         self._cluster = cluster
@@ -153,6 +157,8 @@ class InferenceService:
             forwarder=self._forwarder,
             mode=self._cluster,
             shutdown=self._shutdown,
+            max_tokens_limit=self._max_tokens_limit,
+            max_requests_in_flight=self._max_requests_per_socket,
         )
         await session.serve()
 

@@ -12,6 +12,8 @@ multiplexed over one WebSocket, each served by its own task.
   mode, and every mode flip is announced; a request sent meanwhile is answered with the
   `TokenGenerationDisabled` result.
 * On balancer shutdown every request gets the 503 envelope and the socket closes with 1001.
+* Limits (`--max-tokens-limit`, `--max-requests-per-inference-socket`): a request asking for
+  more tokens gets the 400 envelope; one beyond the in-flight limit gets the 429 envelope.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from typing import Any, Protocol
 import trio
 from quart import Websocket
 
-from paddler_trio.proxy.forwarding import CLIENT_GONE_ERRORS, RequestForwarder, error_envelope
+from paddler_trio.proxy.forwarding import CLIENT_GONE_ERRORS, RequestForwarder, emit_into, error_envelope
 from paddler_trio.proxy.request_validation import generation_request_problems, invalid_parameters_description
 from paddler_trio.proxy.shutdown_signal import ShutdownSignal
 from paddler_trio.protocol import (
@@ -70,7 +72,11 @@ class InferenceSocketSession:
         forwarder: RequestForwarder,
         mode: TokenGenerationMode,
         shutdown: ShutdownSignal,
+        max_tokens_limit: int | None = None,
+        max_requests_in_flight: int | None = None,
     ) -> None:
+        self._max_tokens_limit = max_tokens_limit
+        self._max_requests_in_flight = max_requests_in_flight
         self._websocket = websocket
         self._forwarder = forwarder
         self._mode = mode
@@ -123,7 +129,18 @@ class InferenceSocketSession:
                 error_envelope(request_id, 400, f'Request id "{request_id}" is already in flight on this connection')
             )
             return
-        problems = generation_request_problems(message.request)
+        if self._max_requests_in_flight is not None and len(self._in_flight) >= self._max_requests_in_flight:
+            _logger.info("inference socket: request %r refused, %d already in flight", request_id, len(self._in_flight))
+            await outbox.send(
+                error_envelope(
+                    request_id,
+                    429,
+                    f"Too many requests in flight on this connection (limit {self._max_requests_in_flight}, "
+                    "--max-requests-per-inference-socket)",
+                )
+            )
+            return
+        problems = generation_request_problems(message.request, max_tokens_limit=self._max_tokens_limit)
         if problems:
             await outbox.send(error_envelope(request_id, 400, invalid_parameters_description(problems)))
             return
@@ -149,7 +166,7 @@ class InferenceSocketSession:
     ) -> None:
         try:
             with scope:
-                await self._forwarder.serve(request_id, request, outbox.send)
+                await self._forwarder.serve(request_id, request, emit_into(outbox))
         except Exception:
             _logger.exception("inference socket request %s failed", request_id)
             with contextlib.suppress(*CLIENT_GONE_ERRORS):

@@ -1,0 +1,136 @@
+"""Bearer-key authentication for the balancer's services (`require_bearer_key`).
+
+Every route of an app is checked against its key list, except `GET /health` and CORS
+preflights (`OPTIONS`). HTTP requests (NDJSON, SSE, JSON) must send
+`Authorization: Bearer <key>`. WebSocket upgrades may send the same header or, because
+browsers cannot set headers on a WebSocket, either a `Sec-WebSocket-Protocol` value
+`bearer.<key>` or an `api_key=<key>` query parameter. A refused upgrade gets the HTTP 401
+before the socket is accepted. Keys are compared in constant time against every
+configured key; an empty key list leaves the app open (Paddler's behaviour).
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections.abc import Iterable, Mapping
+
+import attrs
+from quart import Response, request, websocket
+from quart_trio import QuartTrio
+
+from paddler_trio.security.error_shapes import ErrorShape, native_error
+from paddler_trio.security.refusal_log import RefusalLog
+
+_logger = logging.getLogger(__name__)
+
+BEARER_PREFIX = "Bearer "
+WEBSOCKET_SUBPROTOCOL_PREFIX = "bearer."
+WEBSOCKET_QUERY_PARAMETER = "api_key"
+OPEN_PATHS = frozenset({"/health"})
+
+
+@attrs.frozen
+class ApiKeys:
+    """The keys one service accepts; none means the service is open."""
+
+    keys: tuple[bytes, ...] = attrs.field(default=(), repr=False)
+
+    @classmethod
+    def of(cls, keys: Iterable[str]) -> ApiKeys:
+        return cls(tuple(key.encode() for key in keys))
+
+    @property
+    def required(self) -> bool:
+        return bool(self.keys)
+
+    def accepts(self, presented: str) -> bool:
+        candidate = presented.encode()
+        # Every key is compared, so the time taken does not tell which one nearly matched.
+        accepted = False
+        for key in self.keys:
+            accepted |= hmac.compare_digest(key, candidate)
+        return accepted
+
+
+def require_bearer_key(
+    app: QuartTrio,
+    keys: ApiKeys,
+    *,
+    service: str,
+    error_shape: ErrorShape = native_error,
+    keys_by_path_prefix: Mapping[str, ApiKeys] | None = None,
+) -> None:
+    """Check every request and WebSocket upgrade of `app` (see the module docstring).
+
+    `keys_by_path_prefix` gives some routes their own keys instead (the agent socket takes
+    the agent secret, not the management keys); an empty `ApiKeys` there leaves them open.
+    """
+    overrides = dict(keys_by_path_prefix or {})
+    refusals = RefusalLog(_logger)
+
+    def keys_for(path: str) -> ApiKeys:
+        for prefix, route_keys in overrides.items():
+            if path.startswith(prefix):
+                return route_keys
+        return keys
+
+    def refuse(path: str, client: str, reason: str, description: str) -> Response:
+        refusals.refused(client, reason, "%s service refused %s: %s", service, path, reason)
+        response = error_shape(401, description, code="invalid_api_key")
+        response.headers["WWW-Authenticate"] = "Bearer"
+        return response
+
+    @app.before_request
+    async def check_request() -> Response | None:
+        required = keys_for(request.path)
+        if request.method == "OPTIONS" or request.path in OPEN_PATHS or not required.required:
+            return None
+        presented = _bearer_key(request.headers.get("Authorization"))
+        client = request.remote_addr or "unknown client"
+        if presented is None:
+            return refuse(request.path, client, "missing key", "Missing API key: send 'Authorization: Bearer <key>'")
+        if not required.accepts(presented):
+            return refuse(request.path, client, "wrong key", "Invalid API key")
+        return None
+
+    @app.before_websocket
+    async def check_websocket() -> Response | None:
+        required = keys_for(websocket.path)
+        if not required.required:
+            return None
+        client = websocket.remote_addr or "unknown client"
+        header_key = _bearer_key(websocket.headers.get("Authorization"))
+        subprotocol_key = next(
+            (
+                offered.removeprefix(WEBSOCKET_SUBPROTOCOL_PREFIX)
+                for offered in websocket.requested_subprotocols
+                if offered.startswith(WEBSOCKET_SUBPROTOCOL_PREFIX)
+            ),
+            None,
+        )
+        presented = header_key or subprotocol_key or websocket.args.get(WEBSOCKET_QUERY_PARAMETER)
+        if presented is None:
+            return refuse(
+                websocket.path,
+                client,
+                "missing key",
+                "Missing API key: send 'Authorization: Bearer <key>', a Sec-WebSocket-Protocol value "
+                f"'{WEBSOCKET_SUBPROTOCOL_PREFIX}<key>' or the query parameter '{WEBSOCKET_QUERY_PARAMETER}=<key>'",
+            )
+        if not required.accepts(presented):
+            return refuse(websocket.path, client, "wrong key", "Invalid API key")
+        if header_key is None and subprotocol_key is not None:
+            # A browser fails a socket whose server selects none of the offered subprotocols:
+            # select the first other one offered, else the bearer one itself.
+            offered = websocket.requested_subprotocols
+            chosen = next((p for p in offered if not p.startswith(WEBSOCKET_SUBPROTOCOL_PREFIX)), offered[0])
+            await websocket.accept(subprotocol=chosen)
+        return None
+
+
+def _bearer_key(authorization: str | None) -> str | None:
+    if authorization is None or authorization[: len(BEARER_PREFIX)].lower() != BEARER_PREFIX.lower():
+        return None
+    key = authorization[len(BEARER_PREFIX) :].strip()
+    return key or None
