@@ -48,6 +48,8 @@ class AgentController:
     # Messages for the agent; the socket writer task drains the receive side.
     outbox: trio.MemorySendChannel[Any]
     slots_processing: int = 0
+    # Tokens relayed from this agent to clients (for `/metrics` and the dashboard's tokens/s).
+    generated_tokens: int = 0
     connection_closed: trio.Event = attrs.field(factory=trio.Event)
     _routes: dict[str, trio.MemorySendChannel[AgentReply]] = attrs.field(factory=dict)
 

@@ -47,6 +47,7 @@ class AgentPool:
         self._listeners: list[Callable[[], None]] = []
         self._changed = trio.Event()
         self.version = 0
+        self._generated_tokens_of_departed_agents = 0
 
     # --- membership --------------------------------------------------------------------
 
@@ -61,6 +62,7 @@ class AgentPool:
         if agent is not None:
             agent.connection_closed.set()
             agent.close_all_routes()
+            self._generated_tokens_of_departed_agents += agent.generated_tokens
             self.notify_changed()
         return agent
 
@@ -70,6 +72,11 @@ class AgentPool:
     @property
     def agents(self) -> list[AgentController]:
         return list(self._agents.values())
+
+    @property
+    def generated_tokens(self) -> int:
+        """Tokens relayed to clients since the balancer started (a counter: departed agents still count)."""
+        return self._generated_tokens_of_departed_agents + sum(agent.generated_tokens for agent in self._agents.values())
 
     # --- dispatch ----------------------------------------------------------------------
 

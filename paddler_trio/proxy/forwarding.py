@@ -34,7 +34,11 @@ from paddler_trio.protocol import (
     InferenceClientBoundMessage,
     RequestEnvelope,
     ResponseEnvelope,
+    ContentToken,
+    ReasoningToken,
     StopRespondingToNotification,
+    ToolCallToken,
+    UndeterminableToken,
     is_terminal,
 )
 
@@ -44,6 +48,7 @@ Emit = Callable[[InferenceClientBoundMessage], Awaitable[None]]
 
 # What `emit` raises when the client cannot take more messages (its stream or socket is gone).
 CLIENT_GONE_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError)
+_GENERATED_TOKENS = (ContentToken, ReasoningToken, ToolCallToken, UndeterminableToken)
 
 
 def error_envelope(request_id: str, code: int, description: str) -> ErrorEnvelope:
@@ -166,6 +171,8 @@ class RequestForwarder:
                 if ends_stream(reply):
                     settled = True
                 produced_output = True
+                if isinstance(reply.response, _GENERATED_TOKENS):
+                    agent.generated_tokens += 1
                 await emit(_to_client(agent, request_id, reply))
                 if settled:
                     return _Outcome.FINISHED
