@@ -43,7 +43,7 @@ class ModelFileServer:
     drop_after: dict[str, int] = attrs.field(factory=dict)
     # paths whose GETs ignore Range and answer 200 with the whole file
     ignore_range: set[str] = attrs.field(factory=set)
-    # path -> seconds to sleep between 64 KiB chunks (to watch progress)
+    # path -> seconds to sleep between 64 KiB chunks (to watch progress); else 1 MiB chunks, no pause
     chunk_delay: dict[str, float] = attrs.field(factory=dict)
     requests: list[RecordedRequest] = attrs.field(factory=list)
     _etags: dict[Path, str] = attrs.field(factory=dict)
@@ -137,7 +137,7 @@ def _handler_for(files: ModelFileServer) -> type[http.server.BaseHTTPRequestHand
             with file.open("rb") as content:
                 content.seek(start)
                 while True:
-                    block = content.read(1 << 16)
+                    block = content.read(1 << 16 if delay else 1 << 20)
                     if not block:
                         return
                     if limit is not None and sent + len(block) >= limit:

@@ -299,6 +299,7 @@ class Reconciliation:
         # Report no slots first, so the balancer stops dispatching here before the drain.
         self._status.update(slots_total=0)
         await self._status.wait_until(lambda: self._status.slots_processing == 0)
+        _logger.info("drained: unloading %s", loaded.plan.settings.model_path if loaded.plan.settings else None)
         self._engines.withdraw()
         self._status.update(issues=(), model_path=None)
         loaded.unload.set()
