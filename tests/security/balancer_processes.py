@@ -4,6 +4,7 @@ on free loopback ports, for the tests of this folder."""
 from __future__ import annotations
 
 import os
+import ssl
 import subprocess
 import sys
 from collections.abc import Iterator, Mapping
@@ -74,7 +75,7 @@ def secured_balancer(
         environment,
     )
     balancer = SecuredBalancer(
-        process, *ports, scheme="https" if tls_ca else "http", verify=str(tls_ca) if tls_ca else True
+        process, *ports, scheme="https" if tls_ca else "http", verify=ssl.create_default_context(cafile=str(tls_ca)) if tls_ca else True
     )
 
     def healthy() -> bool:
