@@ -19,12 +19,15 @@ import os
 import threading
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 import trio
 
 from paddler_trio.agent.download_progress import DownloadProgress
-from paddler_trio.agent.model_source_unavailable import ModelSourceUnavailable, cache_failure
+from paddler_trio.agent.model_source_unavailable import (
+    ModelSourceUnavailable,
+    cache_failure,
+)
 from paddler_trio.protocol import (
     AgentIssue,
     DownloadServerErrored,
@@ -64,7 +67,13 @@ async def download_from_huggingface(source: HuggingFaceModel, progress: Download
 def _resolve(source: HuggingFaceModel, progress: DownloadProgress, cancelled: threading.Event) -> str:
     # Imported on first use: a third of a second at start-up for agents that never need it.
     import filelock
-    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_download, hf_hub_url, try_to_load_from_cache
+    from huggingface_hub import (
+        constants,
+        get_hf_file_metadata,
+        hf_hub_download,
+        hf_hub_url,
+        try_to_load_from_cache,
+    )
     from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
     from huggingface_hub.file_download import repo_folder_name
 
@@ -140,7 +149,8 @@ def _refused(model_path: str, status_code: int, error: Exception) -> ModelSource
     else:
         issue = DownloadServerRejectedRequest(model_path=model_path)
     first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
-    return ModelSourceUnavailable(issue, f"Hugging Face answered HTTP {status_code} for {model_path}: {first_line}", retry=retry)
+    description = f"Hugging Face answered HTTP {status_code} for {model_path}: {first_line}"
+    return ModelSourceUnavailable(issue, description, retry=retry)
 
 
 class _ProgressBar:
@@ -162,7 +172,7 @@ class _ProgressBar:
     def close(self) -> None:
         pass
 
-    def __enter__(self) -> _ProgressBar:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(

@@ -18,6 +18,7 @@ replace the previous ones, so a success clears them.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -153,7 +154,7 @@ class Reconciliation:
                     describe_model_source(desired.multimodal_projection),
                 )
             try:
-                plan = await self._retrying(handled, lambda: self._plan(desired))
+                plan = await self._retrying(handled, functools.partial(self._plan, desired))
                 if loaded is not None and loaded.plan == plan:
                     _logger.info("desired state changed, but nothing this agent loads did: no reload")
                     self._report_serving(loaded)
@@ -172,7 +173,7 @@ class Reconciliation:
                     )
                     continue
                 self._engines.begin_swap()
-                loaded = await self._retrying(handled, lambda: engine_nursery.start(self._own_engine, plan))
+                loaded = await self._retrying(handled, functools.partial(engine_nursery.start, self._own_engine, plan))
                 self._report_serving(loaded)
             except _Superseded:
                 self._engines.end_swap()
@@ -292,6 +293,8 @@ class Reconciliation:
 
     async def _unload(self, loaded: _Loaded) -> None:
         """Report no slots, let in-flight requests finish, close the engine."""
+        settings = loaded.plan.settings
+        assert settings is not None
         _logger.info(
             "desired state changed: draining %d in-flight requests before unloading", self._status.slots_processing
         )
@@ -299,7 +302,7 @@ class Reconciliation:
         # Report no slots first, so the balancer stops dispatching here before the drain.
         self._status.update(slots_total=0)
         await self._status.wait_until(lambda: self._status.slots_processing == 0)
-        _logger.info("drained: unloading %s", loaded.plan.settings.model_path if loaded.plan.settings else None)
+        _logger.info("drained: unloading %s", settings.model_path)
         self._engines.withdraw()
         self._status.update(issues=(), model_path=None)
         loaded.unload.set()

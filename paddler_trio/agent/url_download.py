@@ -23,7 +23,10 @@ import httpx
 import trio
 
 from paddler_trio.agent.download_progress import DownloadProgress
-from paddler_trio.agent.model_source_unavailable import ModelSourceUnavailable, cache_failure
+from paddler_trio.agent.model_source_unavailable import (
+    ModelSourceUnavailable,
+    cache_failure,
+)
 from paddler_trio.protocol import (
     AgentIssue,
     CacheCannotAcquireLock,
@@ -96,31 +99,33 @@ async def _download(url: str, partial: Path, progress: DownloadProgress) -> None
         raise cache_failure(error, url) from None
     headers = {"Range": f"bytes={offset}-"} if offset else {}
     try:
-        async with httpx.AsyncClient(timeout=TIMEOUT, follow_redirects=True) as client:
-            async with client.stream("GET", url, headers=headers) as response:
-                if response.status_code == 416 and offset:
-                    _logger.warning("%s refused to resume at byte %d: starting over", url, offset)
+        async with (
+            httpx.AsyncClient(timeout=TIMEOUT, follow_redirects=True) as client,
+            client.stream("GET", url, headers=headers) as response,
+        ):
+            if response.status_code == 416 and offset:
+                _logger.warning("%s refused to resume at byte %d: starting over", url, offset)
+                raise _StartOver()
+            if response.status_code >= 400:
+                raise _refused(url, response.status_code)
+            if offset and response.status_code == 206:
+                if _range_start(response) != offset:
+                    _logger.warning(
+                        "%s resumed at the wrong place (%s): starting over",
+                        url,
+                        response.headers.get("content-range"),
+                    )
                     raise _StartOver()
-                if response.status_code >= 400:
-                    raise _refused(url, response.status_code)
-                if offset and response.status_code == 206:
-                    if _range_start(response) != offset:
-                        _logger.warning(
-                            "%s resumed at the wrong place (%s): starting over",
-                            url,
-                            response.headers.get("content-range"),
-                        )
-                        raise _StartOver()
-                    mode = "ab"
-                    _logger.info("resuming the download of %s at byte %d", url, offset)
-                else:
-                    offset, mode = 0, "wb"  # a 200 answers with the whole file
-                length = response.headers.get("content-length")
-                total = offset + int(length) if length is not None and length.isdigit() else 0
-                progress.start(os.path.basename(urlsplit(url).path) or url, total=total, current=offset)
-                await _save(response, partial, mode, url, progress)
-                if total and progress.current != total:
-                    raise _interrupted(url, Exception(f"got {progress.current} of {total} bytes"))
+                mode = "ab"
+                _logger.info("resuming the download of %s at byte %d", url, offset)
+            else:
+                offset, mode = 0, "wb"  # a 200 answers with the whole file
+            length = response.headers.get("content-length")
+            total = offset + int(length) if length is not None and length.isdigit() else 0
+            progress.start(os.path.basename(urlsplit(url).path) or url, total=total, current=offset)
+            await _save(response, partial, mode, url, progress)
+            if total and progress.current != total:
+                raise _interrupted(url, Exception(f"got {progress.current} of {total} bytes"))
     except httpx.TimeoutException as error:
         if isinstance(error, httpx.ConnectTimeout):
             raise _unreachable(url, error) from None
@@ -170,7 +175,8 @@ def _refused(url: str, status_code: int) -> ModelSourceUnavailable:
 
 def _unreachable(url: str, error: Exception) -> ModelSourceUnavailable:
     return ModelSourceUnavailable(
-        DownloadServerIsUnreachable(model_path=url), f"cannot reach the server of {url}: {error or type(error).__name__}"
+        DownloadServerIsUnreachable(model_path=url),
+        f"cannot reach the server of {url}: {error or type(error).__name__}",
     )
 
 

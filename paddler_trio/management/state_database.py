@@ -18,7 +18,12 @@ from typing import Any
 
 import trio
 
-from paddler_trio.protocol import BalancerDesiredState, WireFormatError, structure, unstructure
+from paddler_trio.protocol import (
+    BalancerDesiredState,
+    WireFormatError,
+    structure,
+    unstructure,
+)
 
 _logger = logging.getLogger(__name__)
 

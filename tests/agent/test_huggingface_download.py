@@ -118,9 +118,8 @@ async def test_a_download_locked_by_another_process_is_reported_not_waited_for(
     lock_path = tmp_path / "hf-cache" / ".locks" / "models--test-org--tiny-GGUF" / f"{etag}.lock"
     lock_path.parent.mkdir(parents=True)
     held = filelock.FileLock(str(lock_path))
-    with held:
-        with pytest.raises(ModelSourceUnavailable) as failure:
-            await download_from_huggingface(SOURCE, DownloadProgress())
+    with held, pytest.raises(ModelSourceUnavailable) as failure:
+        await download_from_huggingface(SOURCE, DownloadProgress())
     assert failure.value.issue == HuggingFaceCannotAcquireLock(lock_path=str(lock_path), model_path=MODEL_PATH)
     assert (await download_from_huggingface(SOURCE, DownloadProgress())).read_bytes() == model_file.read_bytes()
 

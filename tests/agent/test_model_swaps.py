@@ -15,7 +15,14 @@ import trio
 
 from paddler_trio.protocol import InferenceParameters, unstructure
 from tests.agent.scripted_fake_balancer import ScriptedFakeBalancer, snapshot_of
-from tests.agent.test_agent import desired_state, done_usage, loaded, raw_prompt, reports_no_slots, start_agent
+from tests.agent.test_agent import (
+    desired_state,
+    done_usage,
+    loaded,
+    raw_prompt,
+    reports_no_slots,
+    start_agent,
+)
 from tests.model_file_server import ModelFileServer
 
 LOADED = "loaded with"

@@ -14,7 +14,10 @@ import pytest
 import trio
 
 from paddler_trio.agent.download_progress import DownloadProgress
-from paddler_trio.agent.model_source_unavailable import ModelSourceUnavailable, cache_failure
+from paddler_trio.agent.model_source_unavailable import (
+    ModelSourceUnavailable,
+    cache_failure,
+)
 from paddler_trio.agent.url_download import download_url
 from paddler_trio.protocol import (
     CacheCannotAcquireLock,
@@ -95,10 +98,11 @@ async def test_a_server_that_ignores_the_range_restarts_the_file(
 ) -> None:
     url = server.url("/models/model.gguf")
     partial = cache_file(tmp_path, url).with_suffix(".partial")
-    partial.write_bytes(b"garbage that must not stay in front")
+    garbage = b"garbage that must not stay in front"
+    partial.write_bytes(garbage)
     server.ignore_range.add("/models/model.gguf")
     path = await download_url(url, tmp_path, DownloadProgress())
-    assert server.requests_for("/models/model.gguf")[0].headers["Range"] == f"bytes={len(b'garbage that must not stay in front')}-"
+    assert server.requests_for("/models/model.gguf")[0].headers["Range"] == f"bytes={len(garbage)}-"
     assert sha256(path) == sha256(model_file)
 
 

@@ -8,7 +8,12 @@ from typing import Any
 
 import httpx
 
-from tests.integration.cluster import DETERMINISTIC_PARAMETERS, Cluster, ndjson_lines, wait_until
+from tests.integration.cluster import (
+    DETERMINISTIC_PARAMETERS,
+    Cluster,
+    ndjson_lines,
+    wait_until,
+)
 
 DESIRED = "/api/v1/balancer_desired_state"
 

@@ -116,7 +116,7 @@ def test_a_template_override_changes_the_prompt_the_model_sees(cluster_factory, 
     assert text_of(conversation(cluster, "Tell me about the weather", 6)).startswith(" 8, 9,")
 
     put_state(cluster, desired_state(gemma_model_path, override=COUNTING_BY_TENS))
-    wait_for_agent(cluster, "a1", lambda a: a["state_application_status"] == "Applied" and a["slots_total"] == 1, "reload")
+    wait_for_agent(cluster, "a1", applied_with(gemma_model_path), "the reload")
     assert text_of(conversation(cluster, "Tell me about the weather", 8)).startswith(" 70, 8")
     template = httpx.get(
         f"{cluster.management_url}/api/v1/agent/{cluster.agent_named('a1')['id']}/chat_template_override", timeout=5

@@ -20,7 +20,14 @@ import httpx
 import pytest
 
 from tests.integration.cluster import ndjson_lines
-from tests.integration.desired_states import applied_with, describe, desired_state, is_done, put_state, wait_for_agent
+from tests.integration.desired_states import (
+    applied_with,
+    describe,
+    desired_state,
+    is_done,
+    put_state,
+    wait_for_agent,
+)
 
 pytestmark = pytest.mark.slow
 

@@ -39,7 +39,11 @@ CUSTOM = BalancerDesiredState(
 
 def run_balancer_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "paddler_trio", "balancer", *args], capture_output=True, text=True, timeout=30
+        [sys.executable, "-m", "paddler_trio", "balancer", *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
 
 
