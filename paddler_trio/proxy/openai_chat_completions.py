@@ -44,7 +44,7 @@ def _tool_call_json(call: ToolCall) -> dict[str, Any]:
     return {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": call.arguments}}
 
 
-class _Completion:
+class ChatCompletionAnswer:
     """One request's identity and reply; builds its body or its chunks."""
 
     def __init__(self, request: ChatRequest) -> None:
@@ -115,7 +115,7 @@ class _Completion:
 
 
 async def chat_completions(dispatcher: OpenAIDispatcher, body: RequestObject) -> Response | dict[str, Any]:
-    completion = _Completion(read_chat_request(body))
+    completion = ChatCompletionAnswer(read_chat_request(body))
     replies = dispatcher.dispatch(completion.request.params)
     if not completion.request.stream:
         await collect(replies, completion.reply)
@@ -126,7 +126,7 @@ async def chat_completions(dispatcher: OpenAIDispatcher, body: RequestObject) ->
 
 
 async def _stream(
-    completion: _Completion, replies: AgentReplies, first_pieces: list[ReplyPiece]
+    completion: ChatCompletionAnswer, replies: AgentReplies, first_pieces: list[ReplyPiece]
 ) -> AsyncIterator[bytes]:
     try:
         yield completion.chunk({"role": "assistant", "content": "", "refusal": None})

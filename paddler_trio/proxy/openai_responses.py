@@ -52,7 +52,7 @@ class _OpenItem:
         self.text: list[str] = []
 
 
-class _ResponseBuilder:
+class ResponseBuilder:
     def __init__(self, request: ResponsesRequest) -> None:
         self.request = request
         self.id = "resp_" + new_request_id()
@@ -83,7 +83,6 @@ class _ResponseBuilder:
             "parallel_tool_calls": True,
             "previous_response_id": None,
             "reasoning": {"effort": request.reasoning_effort, "summary": None},
-            "store": False,
             "temperature": request.temperature,
             "text": {"format": request.text_format},
             "tool_choice": request.tool_choice,
@@ -251,7 +250,7 @@ def _error_code(error: OpenAIError) -> str:
 
 
 async def responses(dispatcher: OpenAIDispatcher, body: RequestObject) -> Response | dict[str, Any]:
-    builder = _ResponseBuilder(read_responses_request(body))
+    builder = ResponseBuilder(read_responses_request(body))
     replies = dispatcher.dispatch(builder.request.params)
     if not builder.request.stream:
         await collect(replies, builder.reply)
@@ -263,7 +262,7 @@ async def responses(dispatcher: OpenAIDispatcher, body: RequestObject) -> Respon
     return sse_response(_stream(builder, replies, first_pieces))
 
 
-def _build_output(builder: _ResponseBuilder) -> None:
+def _build_output(builder: ResponseBuilder) -> None:
     """The output items of a reply read whole."""
     reply = builder.reply
     if reply.reasoning:
@@ -275,7 +274,7 @@ def _build_output(builder: _ResponseBuilder) -> None:
 
 
 async def _stream(
-    builder: _ResponseBuilder, replies: AgentReplies, first_pieces: list[ReplyPiece]
+    builder: ResponseBuilder, replies: AgentReplies, first_pieces: list[ReplyPiece]
 ) -> AsyncIterator[bytes]:
     try:
         for event in builder.start():
