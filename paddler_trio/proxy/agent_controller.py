@@ -50,6 +50,9 @@ class AgentController:
     slots_processing: int = 0
     # Tokens relayed from this agent to clients (for `/metrics` and the dashboard's tokens/s).
     generated_tokens: int = 0
+    # Set when a request on this agent hit the item timeout; cleared by its next status update
+    # (agents send one every second), so a frozen agent takes no new work until it answers again.
+    unresponsive: bool = False
     connection_closed: trio.Event = attrs.field(factory=trio.Event)
     _routes: dict[str, trio.MemorySendChannel[AgentReply]] = attrs.field(factory=dict)
 
@@ -63,8 +66,8 @@ class AgentController:
 
     @property
     def accepts_work(self) -> bool:
-        """Loaded, not draining (a draining agent reports slots_total 0), no blocking issue."""
-        if self.connection_closed.is_set() or self.slots_total <= 0 or self.status.model_path is None:
+        """Loaded, answering, not draining (a draining agent reports slots_total 0), no blocking issue."""
+        if self.unresponsive or self.connection_closed.is_set() or self.slots_total <= 0 or self.status.model_path is None:
             return False
         return all(isinstance(issue, _NON_BLOCKING_ISSUES) for issue in self.status.issues)
 
@@ -76,14 +79,17 @@ class AgentController:
         """Take a newer snapshot; returns whether anything the pool cares about changed.
 
         The agent's own `slots_processing` is ignored: the balancer keeps its own count.
+        Any snapshot, even a stale one, proves the agent answers again.
         """
+        revived = self.unresponsive
+        self.unresponsive = False
         if status.version < self.status.version:
-            return False
+            return revived
         changed = attrs.evolve(status, version=0, slots_processing=0) != attrs.evolve(
             self.status, version=0, slots_processing=0
         )
         self.status = status
-        return changed
+        return changed or revived
 
     def snapshot(self) -> AgentControllerSnapshot:
         status = self.status

@@ -156,6 +156,7 @@ class RequestForwarder:
                         await emit(error_envelope(request_id, 502, "Response channel closed before terminator"))
                     return _Outcome.FINISHED
                 if reply is None:
+                    agent.unresponsive = True
                     _logger.warning(
                         "request %s: agent %s sent nothing for %.0f ms (--inference-item-timeout)",
                         request_id,
