@@ -17,7 +17,7 @@ from paddler_trio import __version__
 Handler = Callable[[argparse.Namespace], int]
 
 # Each module defines `add_parser(subcommands)` and sets `handler` on its parser.
-_SUBCOMMAND_MODULES = ("balancer_cli", "agent_cli", "quickstart_cli", "bundled_models_cli")
+_SUBCOMMAND_MODULES = ("balancer_cli", "agent_cli", "quickstart_cli", "dashboard_cli", "bundled_models_cli")
 
 
 def _configure_logging() -> None:

@@ -1,0 +1,49 @@
+"""`paddler dashboard`: a live terminal view of a running balancer (Rich)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+import trio
+
+from paddler_trio.cli_values import positive_int, socket_address
+
+
+def add_parser(subcommands: argparse._SubParsersAction) -> None:
+    parser = subcommands.add_parser(
+        "dashboard",
+        help="live terminal view of a running balancer",
+        description=(
+            "Show a balancer's agents (model, slots busy/total, issues, last update), its buffered requests "
+            "and the cluster's tokens/s, live from its management service. Up/Down select an agent to see its "
+            "issues and model metadata; q or Esc quits. Reconnects when the balancer restarts."
+        ),
+    )
+    parser.add_argument(
+        "--management-addr", type=socket_address, default="127.0.0.1:8060", metavar="HOST:PORT",
+        help="the balancer's management service (default: 127.0.0.1:8060)",
+    )
+    parser.add_argument(
+        "--max-buffered-requests", type=positive_int, default=None, metavar="N",
+        help="the balancer's --max-buffered-requests, shown beside the buffered count (the API does not expose it)",
+    )
+    parser.set_defaults(handler=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from paddler_trio.dashboard.dashboard import DashboardConfig, run_dashboard
+    from paddler_trio.nursery.signals import cancel_on_signals
+
+    # Log lines would tear the full-screen view.
+    logging.getLogger().setLevel(logging.ERROR)
+    config = DashboardConfig(management_addr=args.management_addr.text, max_buffered_requests=args.max_buffered_requests)
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(cancel_on_signals, nursery.cancel_scope)
+            await run_dashboard(config)
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    return 0

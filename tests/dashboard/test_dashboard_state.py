@@ -1,0 +1,87 @@
+"""The dashboard's state: agent rows, selection, tokens/s; and key decoding."""
+
+from __future__ import annotations
+
+from rich.console import Console
+
+from paddler_trio.dashboard.dashboard_state import DashboardState
+from paddler_trio.dashboard.dashboard_view import render, slot_bar
+from paddler_trio.dashboard.terminal_keys import Key, decode_keys
+from paddler_trio.protocol import AgentControllerSnapshot, ModelFileDoesNotExist, StateApplicationStatus
+
+
+def _agent(agent_id: str, name: str | None, **changes) -> AgentControllerSnapshot:
+    fields = dict(
+        desired_slots_total=4,
+        download_current=0,
+        download_indeterminate=False,
+        download_total=0,
+        id=agent_id,
+        issues=frozenset(),
+        model_path="/models/m.gguf",
+        name=name,
+        slots_processing=1,
+        slots_total=4,
+        state_application_status=StateApplicationStatus.APPLIED,
+        uses_chat_template_override=False,
+    )
+    return AgentControllerSnapshot(**{**fields, **changes})
+
+
+def test_rows_are_sorted_by_name_and_keep_their_last_update_until_they_change() -> None:
+    state = DashboardState("127.0.0.1:8060", 30)
+    state.take_agents((_agent("b", "zeta"), _agent("a", "alpha")), now=100.0)
+    assert [row.snapshot.name for row in state.agents] == ["alpha", "zeta"]
+    assert state.selected_agent_id == "a"
+    state.take_agents((_agent("b", "zeta"), _agent("a", "alpha", slots_processing=2)), now=200.0)
+    assert [row.last_update for row in state.agents] == [200.0, 100.0]
+    assert (state.slots_processing, state.slots_total) == (3, 8)
+
+
+def test_selection_wraps_and_follows_agents_that_leave() -> None:
+    state = DashboardState("127.0.0.1:8060", None)
+    state.take_agents((_agent("a", "a"), _agent("b", "b"), _agent("c", "c")))
+    state.move_selection(-1)
+    assert state.selected_agent_id == "c"
+    state.move_selection(1)
+    assert state.selected_agent_id == "a"
+    state.take_agents((_agent("b", "b"),))
+    assert state.selected_agent_id == "b"
+    state.take_agents(())
+    assert state.selected is None
+
+
+def test_tokens_per_second_over_a_window_and_a_restarted_counter() -> None:
+    state = DashboardState("127.0.0.1:8060", None)
+    assert state.tokens_per_second is None
+    state.take_token_count(100, now=0.0)
+    state.take_token_count(150, now=1.0)
+    state.take_token_count(250, now=2.0)
+    assert state.tokens_per_second == 75.0
+    for second in range(3, 20):
+        state.take_token_count(250 + 10 * (second - 2), now=float(second))
+    assert state.tokens_per_second == 10.0
+    state.take_token_count(5, now=20.0)  # the balancer restarted
+    assert state.tokens_per_second is None
+
+
+def test_keys_decode_arrows_quit_and_skip_other_sequences() -> None:
+    assert decode_keys(b"\x1b[A\x1b[Bq") == [Key.UP, Key.DOWN, Key.QUIT]
+    assert decode_keys(b"\x1b") == [Key.QUIT]
+    assert decode_keys(b"\x1b[Cjk") == [Key.DOWN, Key.UP]
+
+
+def test_the_screen_shows_agents_issues_buffer_and_connection() -> None:
+    state = DashboardState("127.0.0.1:8060", 30)
+    state.take_agents((_agent("a", "gpu-1", issues=frozenset({ModelFileDoesNotExist(model_path="/models/m.gguf")})),))
+    state.buffered_requests = 3
+    state.has_connected = True
+    state.connection_problems["agents"] = "ConnectError"
+    console = Console(width=160, record=True, color_system=None)
+    console.print(render(state))
+    screen = console.export_text()
+    assert "gpu-1" in screen and "m.gguf" in screen and "1/4" in screen
+    assert "ModelFileDoesNotExist" in screen
+    assert "buffered requests 3 / 30" in screen
+    assert "lost the balancer (ConnectError), reconnecting" in screen
+    assert slot_bar(4, 4).plain.startswith("█" * 12)
