@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 
 import trio
 
@@ -28,6 +29,10 @@ def add_parser(subcommands: argparse._SubParsersAction) -> None:
         "--max-buffered-requests", type=positive_int, default=None, metavar="N",
         help="the balancer's --max-buffered-requests, shown beside the buffered count (the API does not expose it)",
     )
+    parser.add_argument(
+        "--management-api-key", default=os.environ.get("PADDLER_MANAGEMENT_API_KEY"), metavar="KEY",
+        help="Bearer key of the management service, when it has one (default: $PADDLER_MANAGEMENT_API_KEY)",
+    )
     parser.set_defaults(handler=_run)
 
 
@@ -37,7 +42,11 @@ def _run(args: argparse.Namespace) -> int:
 
     # Log lines would tear the full-screen view.
     logging.getLogger().setLevel(logging.ERROR)
-    config = DashboardConfig(management_addr=args.management_addr.text, max_buffered_requests=args.max_buffered_requests)
+    config = DashboardConfig(
+        management_addr=args.management_addr.text,
+        max_buffered_requests=args.max_buffered_requests,
+        api_key=args.management_api_key,
+    )
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:

@@ -43,6 +43,7 @@ _TOKEN_COUNTER = re.compile(r"^\S*generated_tokens_total (\d+)$", re.MULTILINE)
 class DashboardConfig:
     management_addr: str
     max_buffered_requests: int | None = None
+    api_key: str | None = None
 
 
 class _Dashboard:
@@ -133,7 +134,8 @@ class _Dashboard:
 async def run_dashboard(config: DashboardConfig, console: Console | None = None) -> None:
     """Until q/Esc (or the caller's cancellation, e.g. Ctrl-C)."""
     console = console or Console()
-    async with httpx.AsyncClient(timeout=HTTP_TIMEOUT) as client:
+    headers = {} if config.api_key is None else {"Authorization": f"Bearer {config.api_key}"}
+    async with httpx.AsyncClient(timeout=HTTP_TIMEOUT, headers=headers) as client:
         dashboard = _Dashboard(config, client)
         with cbreak_terminal() as descriptor, Live(
             render(dashboard.state), console=console, screen=True, auto_refresh=False

@@ -87,10 +87,10 @@ export async function followEvents(path, { onData, onStatus, signal }) {
   }
 }
 
-/** The inference WebSocket; a browser cannot set headers on it, so the key travels as access_token (RFC 6750 2.3). */
+/** The inference WebSocket; a browser cannot set headers on it, so the key travels as the api_key query parameter. */
 export function openInferenceSocket() {
   const scheme = location.protocol === "https:" ? "wss:" : "ws:";
   const key = apiKey();
-  const query = key ? `?access_token=${encodeURIComponent(key)}` : "";
+  const query = key ? `?api_key=${encodeURIComponent(key)}` : "";
   return new WebSocket(`${scheme}//${settings.inferenceAddr}/api/v1/inference_socket${query}`);
 }
