@@ -33,6 +33,10 @@ def add_parser(subcommands: argparse._SubParsersAction) -> None:
         "--management-addr", type=socket_address, default="127.0.0.1:8060", metavar="HOST:PORT",
         help="management service address (default: 127.0.0.1:8060)",
     )
+    parser.add_argument(
+        "--web-admin-panel-addr", type=socket_address, default="127.0.0.1:8062", metavar="HOST:PORT",
+        help="web admin panel address (default: 127.0.0.1:8062)",
+    )
     parser.set_defaults(handler=_run)
 
 
@@ -48,7 +52,11 @@ def _run(args: argparse.Namespace) -> int:
         model_path=model_path,
         slots=args.slots,
         threads=args.threads,
-        balancer=BalancerConfig(inference_addr=args.inference_addr, management_addr=args.management_addr),
+        balancer=BalancerConfig(
+            inference_addr=args.inference_addr,
+            management_addr=args.management_addr,
+            web_admin_panel_addr=args.web_admin_panel_addr,
+        ),
     )
     trio.run(functools.partial(run_quickstart, config))
     return 0

@@ -46,6 +46,8 @@ def first_request_banner(addresses: BalancerAddresses, model_path: Path, slots: 
             f"paddler quickstart is serving {model_path.name} with {slots} slots.",
             f"  inference service:   http://{addresses.inference}",
             f"  management service:  http://{addresses.management}  (agents: /api/v1/agents, metrics: /metrics)",
+            *([f"  web admin panel:     http://{addresses.web_admin_panel}"] if addresses.web_admin_panel else []),
+            f"  terminal dashboard:  paddler dashboard --management-addr {addresses.management}",
             "",
             "Send a first request:",
             f"  curl -N http://{addresses.inference}/api/v1/continue_from_conversation_history \\",

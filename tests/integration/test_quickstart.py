@@ -16,13 +16,14 @@ pytestmark = pytest.mark.slow
 
 
 def test_quickstart_serves_a_request_and_stops_on_ctrl_c(tmp_path, gemma_model_path):
-    inference, management = free_port(), free_port()
+    inference, management, panel = free_port(), free_port(), free_port()
     log = tmp_path / "quickstart.log"
     process = subprocess.Popen(
         [
             sys.executable, "-m", "paddler_trio", "quickstart",
             "--model", str(gemma_model_path), "--slots", "2", "--threads", "1",
             "--inference-addr", f"127.0.0.1:{inference}", "--management-addr", f"127.0.0.1:{management}",
+            "--web-admin-panel-addr", f"127.0.0.1:{panel}",
         ],
         stdout=subprocess.PIPE,
         stderr=log.open("wb"),
@@ -36,6 +37,8 @@ def test_quickstart_serves_a_request_and_stops_on_ctrl_c(tmp_path, gemma_model_p
                 break
         text = "".join(banner)
         assert f"http://127.0.0.1:{inference}" in text and "curl -N" in text, text + log.read_text()
+        assert f"web admin panel:     http://127.0.0.1:{panel}" in text
+        assert f'data-management-addr="127.0.0.1:{management}"' in httpx.get(f"http://127.0.0.1:{panel}/", timeout=5).text
         response = httpx.post(
             f"http://127.0.0.1:{inference}/api/v1/continue_from_raw_prompt",
             json={"raw_prompt": "1, 2, 3, 4,", "max_tokens": 8},
