@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import trio
 
+from paddler_trio.agent.download_progress import DownloadProgress
 from paddler_trio.agent.status import AgentStatus
 from paddler_trio.protocol import ModelFileDoesNotExist, StateApplicationStatus
 
@@ -44,3 +45,13 @@ async def test_slots_processing_counts_taken_slots_and_wait_until_sees_the_drain
         with trio.fail_after(1):
             await status.wait_until(lambda: status.slots_processing == 0)
     assert status.version == 4
+
+
+def test_download_progress_describes_itself_for_the_log() -> None:
+    progress = DownloadProgress()
+    progress.start("model.gguf", total=250 * 2**20, current=5 * 2**20)
+    progress.advance(100 * 2**20)
+    assert progress.describe(10.0, 5 * 2**20) == "model.gguf: 42% (105.0 of 250.0 MiB, 10.0 MiB/s)"
+    progress.start("other.gguf", total=0)
+    progress.advance(3 * 2**20)
+    assert progress.describe(2.0, 0) == "other.gguf: 3.0 MiB so far (1.5 MiB/s)"
