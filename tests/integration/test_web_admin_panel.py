@@ -207,3 +207,30 @@ def test_prompt_page_streams_a_reply_and_stop_frees_the_slot(panel_cluster, page
     assert answer.inner_text() == stopped_text
     assert page.get_by_test_id("send").is_enabled()
     save_screenshot(page, "web-admin-panel-prompt-stopped")
+
+
+def test_panel_works_with_api_keys_through_its_key_field(tmp_path, browser) -> None:
+    cluster = Cluster(tmp_path)
+    panel_addr = f"127.0.0.1:{free_port()}"
+    key = "panel-test-key"
+    try:
+        cluster.start_balancer(
+            "--web-admin-panel-addr", panel_addr, "--management-api-key", key, "--inference-api-key", key
+        )
+        page = browser.new_page()
+        page.goto(f"http://{panel_addr}/")
+        # Without the key the feeds are refused (401) and the page says it keeps trying.
+        page.get_by_text("Reconnecting to the management service").wait_for(timeout=10_000)
+        page.locator("#api-key").fill(key)
+        page.locator("#api-key").press("Enter")
+        page.locator("#api-key").dispatch_event("change")
+        page.get_by_text("No agents are registered").wait_for(timeout=10_000)
+        assert page.get_by_test_id("buffered-requests").inner_text() == "0"
+        page.get_by_role("link", name="Model").click()
+        assert page.locator("input[name=top_p]").input_value() == "0.8"
+        page.get_by_role("link", name="Prompt").click()
+        page.wait_for_function("() => !document.querySelector('.stream-status').textContent", timeout=10_000)
+        save_screenshot(page, "web-admin-panel-with-api-key")
+        page.close()
+    finally:
+        cluster.shutdown()
