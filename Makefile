@@ -45,5 +45,12 @@ test: install-test models
 bench: models
 	$(BIN)/python benchmarks/engine_throughput.py --model qwen --slots 1,2,4,8
 
+## The one-file dist/paddler (PyInstaller, paddler.spec); rebuilt when a source is newer.
+binary: dist/paddler
+
+dist/paddler: paddler.spec pyproject.toml $(shell find paddler_trio -type f -not -name '*.pyc' -not -path '*/__pycache__/*') | $(VENV)/.installed
+	$(BIN)/python -m pip install -e '.[build]'
+	$(BIN)/pyinstaller --noconfirm --clean paddler.spec
+
 clean:
 	rm -rf $(VENV) build dist *.egg-info
