@@ -381,7 +381,7 @@ async def run_websocket_client(settings: WorkerSettings, index: int, deadline: f
                     if socket is None:
                         try:
                             socket = await InferenceSocket.connect(settings.host, settings.port)
-                        except (OSError, trio.TooSlowError) as error:
+                        except (OSError, trio.TooSlowError, trio.BrokenResourceError, trio.ClosedResourceError) as error:
                             raise Outcome("failed", f"connect_{type(error).__name__}") from None
                     await websocket_request(socket, f"c{index}-{next(ids)}", index, plan, settings, time.monotonic(), tally)
                     outcome = Outcome("unaccounted", "returned_without_outcome")

@@ -53,6 +53,9 @@ SHUTDOWN_GRACE = 3.0
 HTTP_GRACEFUL_TIMEOUT = 1.0
 KEEP_ALIVE_TIMEOUT = 5.0
 WEBSOCKET_PING_INTERVAL = 3.0
+# Connections waiting to be accepted: Hypercorn's 100 made a burst of a thousand clients
+# connecting at once (the soak benchmark) see connection resets.
+LISTEN_BACKLOG = 2048
 
 
 @attrs.frozen
@@ -231,6 +234,7 @@ async def _serve_http(
     host = f"[{address.host}]" if ":" in address.host else address.host
     config.bind = [f"{host}:{address.port}"]
     config.keep_alive_timeout = KEEP_ALIVE_TIMEOUT
+    config.backlog = LISTEN_BACKLOG
     config.graceful_timeout = HTTP_GRACEFUL_TIMEOUT
     config.websocket_ping_interval = WEBSOCKET_PING_INTERVAL
     config.websocket_max_message_size = balancer_config.websocket_max_message_bytes

@@ -140,10 +140,21 @@ class Cluster:
         except httpx.HTTPError:
             return False
 
-    def start_agent(self, name: str, slots: int, threads: int = 1) -> PaddlerProcess:
+    def start_agent(self, name: str, slots: int, threads: int = 1, management_addr: str | None = None) -> PaddlerProcess:
+        """An agent of this cluster; `management_addr` points it elsewhere (a proxy in front of the balancer)."""
         agent = self._spawn(
             f"agent-{name}",
-            ["agent", "--management-addr", self.management_addr, "--name", name, "--slots", str(slots), "--threads", str(threads)],
+            [
+                "agent",
+                "--management-addr",
+                management_addr or self.management_addr,
+                "--name",
+                name,
+                "--slots",
+                str(slots),
+                "--threads",
+                str(threads),
+            ],
         )
         self.agents[name] = agent
         return agent

@@ -60,12 +60,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tokens", type=int, default=20, help="ContentTokens per request before Done")
     parser.add_argument("--first-token-delay", type=float, default=0.05, help="seconds before the first token")
     parser.add_argument("--token-interval", type=float, default=0.05, help="seconds between two tokens")
+    parser.add_argument("--token-bytes", type=int, default=3, help="length of each ContentToken's text")
     args = parser.parse_args(argv)
     agents = [
         ScriptedPacedAgent(
             args.management_addr,
             slots=args.slots,
             tokens=args.tokens,
+            token_text="t" * args.token_bytes,
             name=f"scripted-paced-{index}",
             first_token_delay=args.first_token_delay,
             token_interval=args.token_interval,
