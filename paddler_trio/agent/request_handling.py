@@ -117,7 +117,7 @@ class RequestHandling:
         in_flight: _InFlightRequest,
     ) -> None:
         try:
-            engine = await self._engines.wait_for_engine(SWAP_WAIT)
+            engine = self._engines.engine or await self._engines.wait_for_engine(SWAP_WAIT)
             if engine is None:
                 await self._error(request_id, 503, NO_ENGINE_DESCRIPTION)
                 return
