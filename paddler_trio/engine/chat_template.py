@@ -83,5 +83,5 @@ class ChatTemplate:
             raise ChatTemplateRenderError(f"the chat template raised: {error}") from error
         except jinja2.exceptions.SecurityError as error:
             raise ChatTemplateRenderError(f"the chat template did something unsafe: {error}") from error
-        except (jinja2.TemplateError, TypeError, ValueError, KeyError, AttributeError, IndexError) as error:
-            raise ChatTemplateRenderError(f"the chat template failed to render: {error}") from error
+        except Exception as error:  # template code is untrusted: 1/0, endless recursion, bad types...
+            raise ChatTemplateRenderError(f"the chat template failed to render: {type(error).__name__}: {error}") from error
