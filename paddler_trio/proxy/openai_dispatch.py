@@ -104,7 +104,7 @@ class OpenAIDispatcher:
         if not self._cluster.token_generation_enabled:
             raise OpenAIError(501, TOKEN_GENERATION_DISABLED_DESCRIPTION, code="token_generation_disabled")
         request_id = new_request_id()
-        return self.run(request_id, lambda emit: self._forwarder.serve(request_id, request, emit))
+        return self._run(request_id, lambda emit: self._forwarder.serve(request_id, request, emit))
 
     def dispatch_all(self, requests: list[AgentRequest]) -> AgentReplies:
         """Several requests at once (embedding chunks), their replies merged in arrival order."""
@@ -114,9 +114,9 @@ class OpenAIDispatcher:
                 for request in requests:
                     nursery.start_soon(self._forwarder.serve, new_request_id(), request, emit)
 
-        return self.run(new_request_id(), serve_all)
+        return self._run(new_request_id(), serve_all)
 
-    def run(self, request_id: str, work: Callable[[Emit], Awaitable[None]]) -> AgentReplies:
+    def _run(self, request_id: str, work: Callable[[Emit], Awaitable[None]]) -> AgentReplies:
         send, receive = trio.open_memory_channel[InferenceClientBoundMessage](STREAM_BUFFER)
         scope = trio.CancelScope()
         self._request_nursery.start_soon(_relay, request_id, work, send, scope)

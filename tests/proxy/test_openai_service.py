@@ -268,6 +268,24 @@ async def test_agent_lost_mid_responses_stream_is_response_failed() -> None:
         }
 
 
+async def test_shutdown_ends_an_open_stream_with_a_503_event_then_done() -> None:
+    async with openai_balancer() as balancer:
+        agent = await balancer.add_agent(tokens=tuple("abcdefghij"), token_delay=0.2)
+        result: list[Any] = []
+
+        async def request() -> None:
+            result.append(await sse_events(balancer, "/v1/completions", {"model": "m", "prompt": "Hi", "stream": True}))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(request)
+            await wait_until(lambda: agent.active)
+            await trio.sleep(0.3)  # the first token is out: the stream has started
+            balancer.shutdown.trigger()
+        status, data = result[0]
+        assert status == 200 and data[-1] == "[DONE]"
+        assert json.loads(data[-2])["error"]["message"] == "balancer is shutting down"
+
+
 @pytest.mark.parametrize("stream", [False, True])
 async def test_client_that_disconnects_frees_the_slot_and_stops_the_agent(stream: bool) -> None:
     async with openai_balancer() as balancer:
@@ -280,13 +298,22 @@ async def test_client_that_disconnects_frees_the_slot_and_stops_the_agent(stream
         await wait_until(lambda: _slots_free(balancer))
 
 
-async def test_client_that_disconnects_while_buffered_leaves_the_buffer() -> None:
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        (CHAT, {**HELLO, "stream": True}),
+        (CHAT, HELLO),
+        ("/v1/responses", {"model": "m", "input": "Hi"}),
+    ],
+)
+async def test_half_closed_client_leaves_the_buffer_at_once(path: str, body: dict) -> None:
     async with openai_balancer(buffered_request_timeout=30.0) as balancer:
-        client = raw_post(balancer, "/v1/responses", {"model": "m", "input": "Hi"})
+        client = raw_post(balancer, path, body)
         await wait_until(balancer.buffered)
-        client.close()
-        with trio.fail_after(2):
+        client.shutdown(socket.SHUT_WR)
+        with trio.fail_after(1):
             await wait_until(lambda: _buffered_is_zero(balancer))
+        client.close()
 
 
 async def test_generation_in_embeddings_mode_is_501_and_embeddings_elsewhere_too() -> None:
