@@ -78,7 +78,9 @@ function agentRow(agent) {
   return h("tr", { "data-agent-id": agent.id },
     h("td", {}, agent.name || h("span", { class: "muted" }, agent.id)),
     h("td", {}, fileName(agent.model_path) || h("span", { class: "muted" }, "No model loaded"),
-      agent.uses_chat_template_override ? h("span", { class: "tag" }, "template override") : null),
+      agent.uses_chat_template_override
+        ? h("button", { type: "button", class: "tag", onclick: () => showTemplateOverride(agent) }, "template override")
+        : null),
     slots,
     h("td", {}, agent.state_application_status),
     h("td", {}, issues),
@@ -101,6 +103,17 @@ function showIssues(agent) {
   openDialog(`Issues of ${agent.name || agent.id}`, h("ul", { class: "issue-list" }, agent.issues.map((issue) => h("li", {},
     h("strong", {}, issueName(issue)),
     typeof issue === "string" ? null : h("pre", {}, JSON.stringify(Object.values(issue)[0], null, 2))))));
+}
+
+async function showTemplateOverride(agent) {
+  const body = h("div", {}, "Loading the chat template override…");
+  openDialog(`Chat template override of ${agent.name || agent.id}`, body);
+  try {
+    const answer = await requestJson("management", `/api/v1/agent/${encodeURIComponent(agent.id)}/chat_template_override`);
+    replaceChildren(body, answer ? h("pre", { "data-testid": "template-override" }, answer.content) : "The agent uses no override.");
+  } catch (error) {
+    replaceChildren(body, h("p", { class: "error" }, `Cannot read the override: ${error.message}`));
+  }
 }
 
 async function showMetadata(agent) {

@@ -209,6 +209,31 @@ def test_prompt_page_streams_a_reply_and_stop_frees_the_slot(panel_cluster, page
     save_screenshot(page, "web-admin-panel-prompt-stopped")
 
 
+def test_dashboard_shows_the_agents_template_override(panel_cluster, page) -> None:
+    cluster, panel_url = panel_cluster
+    page.goto(panel_url + "/")
+    row = page.locator("tr", has_text=AGENT)
+    row.wait_for(timeout=10_000)
+    row.get_by_role("button", name="template override").click()  # set by the prompt test
+    assert page.get_by_test_id("template-override").inner_text() == PLAIN_TEMPLATE
+
+
+def test_prompt_page_is_disabled_with_a_notice_in_embeddings_mode(panel_cluster, page, gemma_model_path: Path) -> None:
+    cluster, panel_url = panel_cluster
+    page.goto(panel_url + "/prompt")
+    page.get_by_test_id("send").wait_for(timeout=10_000)
+    assert page.get_by_test_id("embeddings-notice").is_hidden()
+    cluster.put_desired_state(gemma_model_path, enable_embeddings=True)
+    # The mode flip arrives over the open inference WebSocket.
+    page.get_by_test_id("embeddings-notice").wait_for(state="visible", timeout=10_000)
+    assert page.get_by_test_id("prompt-input").is_disabled()
+    save_screenshot(page, "web-admin-panel-prompt-embeddings-mode")
+    cluster.put_desired_state(gemma_model_path)
+    page.get_by_test_id("embeddings-notice").wait_for(state="hidden", timeout=10_000)
+    assert page.get_by_test_id("prompt-input").is_enabled()
+    cluster.wait_for_ready_agents([AGENT])  # settled before the cluster is stopped
+
+
 def test_panel_works_with_api_keys_through_its_key_field(tmp_path, browser) -> None:
     cluster = Cluster(tmp_path)
     panel_addr = f"127.0.0.1:{free_port()}"
