@@ -62,6 +62,7 @@ RAW_PROMPT_PATH = "/api/v1/continue_from_raw_prompt"
 INFERENCE_SOCKET_PATH = "/api/v1/inference_socket"
 REQUEST_LIMIT = 120.0  # a request still open after this is a hang: counted as unaccounted
 NEVER_READ_HOLD = 2.0
+RAMP_UP = 5.0  # clients start over this many seconds: a connect storm, not a single instant
 CONNECT_LIMIT = 10.0
 # The management queries of this script use short-lived connections: let their fds close before counting.
 FD_SETTLE = 1.0
@@ -186,7 +187,8 @@ class ChunkedNdjsonReader:
 def classify(message: dict[str, Any]) -> str | None:
     """'token', or raises the Outcome a terminal message means; None for anything else."""
     if "Error" in message:
-        raise Outcome("failed", f"error_{message['Error']['error']['code']}")
+        error = message["Error"]["error"]
+        raise Outcome("failed", f"error_{error['code']}: {error['description'][:48]}")
     response = message.get("Response", {}).get("response", {})
     token = response.get("GeneratedToken") if isinstance(response, dict) else None
     if isinstance(token, dict) and "ContentToken" in token:
@@ -352,7 +354,7 @@ class _Planner:
 
 async def run_ndjson_client(settings: WorkerSettings, index: int, deadline: float, tally: ClientTally) -> None:
     planner = _Planner(settings, index, "ndjson", tally)
-    await trio.sleep(planner.rng.uniform(0, 1))  # spread the first requests over a second
+    await trio.sleep(planner.rng.uniform(0, RAMP_UP))
     while time.monotonic() < deadline:
         plan = planner.next()
         outcome = Outcome("unaccounted", "request_limit_exceeded")
@@ -370,7 +372,7 @@ async def run_ndjson_client(settings: WorkerSettings, index: int, deadline: floa
 async def run_websocket_client(settings: WorkerSettings, index: int, deadline: float, tally: ClientTally) -> None:
     planner = _Planner(settings, index, "websocket", tally)
     ids = itertools.count()
-    await trio.sleep(planner.rng.uniform(0, 1))
+    await trio.sleep(planner.rng.uniform(0, RAMP_UP))
     socket: InferenceSocket | None = None
     try:
         while time.monotonic() < deadline:
@@ -635,10 +637,10 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=60.0, help="seconds during which clients start requests")
     parser.add_argument("--client-processes", type=int, default=2)
     parser.add_argument("--agents", type=int, default=8)
-    parser.add_argument("--slots", type=int, default=32, help="slots per scripted agent")
-    parser.add_argument("--tokens", type=int, default=20, help="ContentTokens per request")
+    parser.add_argument("--slots", type=int, default=16, help="slots per scripted agent")
+    parser.add_argument("--tokens", type=int, default=10, help="ContentTokens per request")
     parser.add_argument("--first-token-delay", type=float, default=0.1, help="agent's seconds before the first token")
-    parser.add_argument("--token-interval", type=float, default=0.05, help="agent's seconds between two tokens")
+    parser.add_argument("--token-interval", type=float, default=0.2, help="agent's seconds between two tokens")
     parser.add_argument("--buffered-request-timeout-ms", type=int, default=60000)
     parser.add_argument("--warmup", type=float, default=10.0, help="seconds of load before the RSS reference is taken")
     parser.add_argument("--quiesce-limit", type=float, default=30.0, help="longest wait for the balancer to go idle")
