@@ -40,6 +40,7 @@ from paddler_trio.proxy.buffer import RequestBuffer
 from paddler_trio.proxy.forwarding import RequestForwarder
 from paddler_trio.proxy.inference_routes import InferenceService
 from paddler_trio.proxy.openai_routes import OpenAIService
+from paddler_trio.proxy.openapi_documents import inference_document, management_document, serve_openapi
 from paddler_trio.proxy.shutdown_signal import ShutdownSignal
 from paddler_trio.security.error_shapes import openai_error
 from paddler_trio.security.service_protection import agent_socket_keys, protect_service
@@ -137,7 +138,7 @@ async def _serve(
                     _serve_http,
                     "management",
                     protect_service(
-                        management.create_app(config.management_cors_origins),
+                        serve_openapi(management.create_app(config.management_cors_origins), management_document()),
                         config,
                         service="management",
                         keys=config.management_api_keys,
@@ -151,7 +152,9 @@ async def _serve(
                     _serve_http,
                     "inference",
                     protect_service(
-                        inference.create_app(config.inference_cors_origins),
+                        serve_openapi(
+                            inference.create_app(config.inference_cors_origins), inference_document(config.max_tokens_limit)
+                        ),
                         config,
                         service="inference",
                         keys=config.inference_api_keys,

@@ -1,7 +1,7 @@
 """Bearer-key authentication for the balancer's services (`require_bearer_key`).
 
-Every route of an app is checked against its key list, except `GET /health` and CORS
-preflights (`OPTIONS`). HTTP requests (NDJSON, SSE, JSON) must send
+Every route of an app is checked against its key list, except `GET /health`, the
+`/openapi.json` description and CORS preflights (`OPTIONS`). HTTP requests (NDJSON, SSE, JSON) must send
 `Authorization: Bearer <key>`. WebSocket upgrades may send the same header or, because
 browsers cannot set headers on a WebSocket, either a `Sec-WebSocket-Protocol` value
 `bearer.<key>` or an `api_key=<key>` query parameter. A refused upgrade gets the HTTP 401
@@ -27,7 +27,7 @@ _logger = logging.getLogger(__name__)
 BEARER_PREFIX = "Bearer "
 WEBSOCKET_SUBPROTOCOL_PREFIX = "bearer."
 WEBSOCKET_QUERY_PARAMETER = "api_key"
-OPEN_PATHS = frozenset({"/health"})
+OPEN_PATHS = frozenset({"/health", "/openapi.json"})
 
 
 @attrs.frozen
