@@ -142,7 +142,9 @@ async def run_dashboard(config: DashboardConfig, console: Console | None = None)
         ) as live:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(dashboard.follow, "agents", "/api/v1/agents/stream", dashboard.take_agents)
-                nursery.start_soon(dashboard.follow, "buffer", "/api/v1/buffered_requests/stream", dashboard.take_buffer)
+                nursery.start_soon(
+                    dashboard.follow, "buffer", "/api/v1/buffered_requests/stream", dashboard.take_buffer
+                )
                 nursery.start_soon(dashboard.count_tokens)
                 nursery.start_soon(dashboard.fetch_metadata)
                 if descriptor is not None:

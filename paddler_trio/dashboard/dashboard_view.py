@@ -33,7 +33,8 @@ def issue_name(issue: object) -> str:
 
 
 def render(state: DashboardState) -> RenderableType:
-    return Group(_header(state), _agents_table(state), _details(state), Text("↑/↓ select an agent · q quit", style="dim"))
+    keys = Text("↑/↓ select an agent · q quit", style="dim")
+    return Group(_header(state), _agents_table(state), _details(state), keys)
 
 
 def _header(state: DashboardState) -> RenderableType:

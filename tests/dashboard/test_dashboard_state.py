@@ -11,20 +11,20 @@ from paddler_trio.protocol import AgentControllerSnapshot, ModelFileDoesNotExist
 
 
 def _agent(agent_id: str, name: str | None, **changes) -> AgentControllerSnapshot:
-    fields = dict(
-        desired_slots_total=4,
-        download_current=0,
-        download_indeterminate=False,
-        download_total=0,
-        id=agent_id,
-        issues=frozenset(),
-        model_path="/models/m.gguf",
-        name=name,
-        slots_processing=1,
-        slots_total=4,
-        state_application_status=StateApplicationStatus.APPLIED,
-        uses_chat_template_override=False,
-    )
+    fields = {
+        "desired_slots_total": 4,
+        "download_current": 0,
+        "download_indeterminate": False,
+        "download_total": 0,
+        "id": agent_id,
+        "issues": frozenset(),
+        "model_path": "/models/m.gguf",
+        "name": name,
+        "slots_processing": 1,
+        "slots_total": 4,
+        "state_application_status": StateApplicationStatus.APPLIED,
+        "uses_chat_template_override": False,
+    }
     return AgentControllerSnapshot(**{**fields, **changes})
 
 

@@ -35,6 +35,7 @@ def binary() -> Path:
     if not BINARY.exists() or BINARY.stat().st_mtime < _newest_source():
         build = subprocess.run(
             [sys.executable, "-m", "PyInstaller", "--noconfirm", "paddler.spec"],
+            check=False,
             cwd=REPOSITORY,
             capture_output=True,
             text=True,
@@ -51,13 +52,21 @@ def _clean_environment(home: Path) -> dict[str, str]:
 
 def test_binary_prints_its_version(binary: Path, tmp_path: Path) -> None:
     result = subprocess.run(
-        [str(binary), "--version"], cwd=tmp_path, env=_clean_environment(tmp_path), capture_output=True, text=True, timeout=120
+        [str(binary), "--version"],
+        check=False,
+        cwd=tmp_path,
+        env=_clean_environment(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == f"paddler {__version__}"
 
 
-def test_binary_quickstart_serves_a_request_and_the_admin_panel(binary: Path, tmp_path: Path, gemma_model_path: Path) -> None:
+def test_binary_quickstart_serves_a_request_and_the_admin_panel(
+    binary: Path, tmp_path: Path, gemma_model_path: Path
+) -> None:
     inference, management, panel = free_port(), free_port(), free_port()
     log = tmp_path / "quickstart.log"
     process = subprocess.Popen(

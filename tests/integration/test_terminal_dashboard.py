@@ -26,7 +26,10 @@ def test_dashboard_shows_the_agent_reconnects_after_a_balancer_restart_and_quits
         cluster.wait_for_ready_agents([AGENT])
         dashboard = pexpect.spawn(
             sys.executable,
-            ["-m", "paddler_trio", "dashboard", "--management-addr", cluster.management_addr, "--max-buffered-requests", "30"],
+            [
+                *("-m", "paddler_trio", "dashboard"),
+                *("--management-addr", cluster.management_addr, "--max-buffered-requests", "30"),
+            ],
             dimensions=(50, 180),
             timeout=20,
             encoding="utf-8",

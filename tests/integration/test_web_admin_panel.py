@@ -156,7 +156,7 @@ def test_model_uri_forms_map_to_model_sources(panel_cluster, page) -> None:
                 "https://example.com/m.gguf",
                 "",
             ];
-            return uris.map((uri) => { const source = parseModelUri(uri); return [source, formatModelSource(source)]; });
+            return uris.map((uri) => [parseModelUri(uri), formatModelSource(parseModelUri(uri))]);
         }"""
     )
     assert [source for source, _ in parsed] == [
@@ -178,7 +178,8 @@ def test_prompt_page_streams_a_reply_and_stop_frees_the_slot(panel_cluster, page
         "multimodal_projection": "None",
         "use_chat_template_override": True,
     }
-    httpx.put(f"{cluster.management_url}/api/v1/balancer_desired_state", content=json.dumps(state), timeout=5).raise_for_status()
+    url = f"{cluster.management_url}/api/v1/balancer_desired_state"
+    httpx.put(url, content=json.dumps(state), timeout=5).raise_for_status()
     wait_until(
         lambda: (agent := cluster.agent_named(AGENT)) is not None
         and agent["uses_chat_template_override"]
@@ -210,7 +211,7 @@ def test_prompt_page_streams_a_reply_and_stop_frees_the_slot(panel_cluster, page
 
 
 def test_dashboard_shows_the_agents_template_override(panel_cluster, page) -> None:
-    cluster, panel_url = panel_cluster
+    _, panel_url = panel_cluster
     page.goto(panel_url + "/")
     row = page.locator("tr", has_text=AGENT)
     row.wait_for(timeout=10_000)
