@@ -46,7 +46,13 @@ def page(browser) -> Iterator:
     page = browser.new_page()
     problems: list[str] = []
     page.on("pageerror", lambda error: problems.append(f"page error: {error}"))
-    page.on("console", lambda message: problems.append(message.text) if message.type == "error" else None)
+    # Script errors fail the test; HTTP statuses ("Failed to load resource") are the tests' own business.
+    page.on(
+        "console",
+        lambda message: problems.append(message.text)
+        if message.type == "error" and not message.text.startswith("Failed to load resource")
+        else None,
+    )
     yield page
     page.close()
     assert not problems, problems
@@ -140,6 +146,29 @@ def test_model_page_validates_and_puts_the_desired_state(panel_cluster, page, ge
     assert state["multimodal_projection"] == "None"
     assert state["use_chat_template_override"] is True
     assert state["chat_template_override"] == {"content": PLAIN_TEMPLATE}
+
+
+def test_model_page_shows_the_balancers_refusal(panel_cluster, page) -> None:
+    """Every value the balancer refuses is caught in the page first, so the refusal is staged in the browser."""
+    _, panel_url = panel_cluster
+    refusal = '{"error": "Invalid inference parameters: context_size is too large for this cluster"}'
+
+    def refuse_puts(route) -> None:
+        if route.request.method == "PUT":
+            route.fulfill(status=400, body=refusal, content_type="application/json", headers={
+                "Access-Control-Allow-Origin": panel_url,
+            })
+        else:
+            route.continue_()
+
+    page.route("**/api/v1/balancer_desired_state", refuse_puts)
+    page.goto(panel_url + "/model")
+    page.get_by_role("button", name="Apply to the cluster").click()
+    outcome = page.get_by_test_id("save-outcome")
+    outcome.filter(has_text="refused").wait_for(timeout=10_000)
+    assert outcome.inner_text() == (
+        "The balancer refused it: 400: Invalid inference parameters: context_size is too large for this cluster"
+    )
 
 
 def test_model_uri_forms_map_to_model_sources(panel_cluster, page) -> None:
