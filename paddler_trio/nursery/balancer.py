@@ -40,7 +40,12 @@ from paddler_trio.proxy.buffer import RequestBuffer
 from paddler_trio.proxy.forwarding import RequestForwarder
 from paddler_trio.proxy.inference_routes import InferenceService
 from paddler_trio.proxy.openai_routes import OpenAIService
-from paddler_trio.proxy.openapi_documents import inference_document, management_document, serve_openapi
+from paddler_trio.proxy.openapi_documents import (
+    inference_document,
+    management_document,
+    openai_document,
+    serve_openapi,
+)
 from paddler_trio.proxy.shutdown_signal import ShutdownSignal
 from paddler_trio.security.error_shapes import openai_error
 from paddler_trio.security.service_protection import agent_socket_keys, protect_service
@@ -172,7 +177,9 @@ async def _serve(
                         _serve_http,
                         "openai",
                         protect_service(
-                            openai.create_app(config.inference_cors_origins),
+                            serve_openapi(
+                                openai.create_app(config.inference_cors_origins), openai_document(config.max_tokens_limit)
+                            ),
                             config,
                             service="openai",
                             keys=config.inference_api_keys,

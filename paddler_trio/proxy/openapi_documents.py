@@ -368,3 +368,122 @@ def serve_openapi(app: QuartTrio, document: dict[str, Any]) -> QuartTrio:
 
     app.add_url_rule(OPENAPI_PATH, endpoint="openapi", view_func=openapi, methods=["GET"])
     return app
+
+
+_OPENAI_ERROR = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["message", "type", "param", "code"],
+            "properties": {
+                "message": {"type": "string"},
+                "type": {"type": "string"},
+                "param": {"type": ["string", "null"]},
+                "code": {"type": ["string", "null"]},
+            },
+        }
+    },
+}
+
+
+def _openai_errors(*statuses: int) -> dict[str, Any]:
+    error = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+    return {str(status): {"description": f"error {status} in OpenAI's shape", **error} for status in statuses}
+
+
+def _openai_post(summary: str, properties: dict[str, Any], required: list[str], *, streams: bool) -> dict[str, Any]:
+    content: dict[str, Any] = {"application/json": {"schema": {"type": "object"}}}
+    if streams:
+        content["text/event-stream"] = {}
+    return {
+        "post": {
+            "summary": summary,
+            "security": _BEARER,
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {"schema": {"type": "object", "required": required, "properties": properties}}
+                },
+            },
+            "responses": {
+                "200": {"description": summary, "content": content},
+                **_openai_errors(400, 401, 404, 413, 501, 502, 503, 504),
+            },
+        }
+    }
+
+
+def openai_document(max_tokens_limit: int) -> dict[str, Any]:
+    """The OpenAI-compatible service's routes; bodies list the fields it reads (others are ignored, as OpenAI's are)."""
+    tokens = {"type": "integer", "minimum": 1, "maximum": max_tokens_limit}
+    content = {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "object"}}]}
+    message = {"type": "object", "required": ["role", "content"], "properties": {"role": {"type": "string"}, "content": content}}
+    sampling = {
+        "temperature": {"type": "number", "minimum": 0, "maximum": 2},
+        "top_p": {"type": "number", "minimum": 0, "maximum": 1},
+        "seed": {"type": "integer", "minimum": 0, "maximum": 4294967295},
+        "stream": {"type": "boolean"},
+    }
+    model_id = [{"name": "model_id", "in": "path", "required": True, "schema": {"type": "string"}}]
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "paddler-trio OpenAI-compatible service", "version": "4.1.0"},
+        "security": _BEARER,
+        "paths": {
+            "/health": _health(),
+            "/v1/models": {
+                "get": {
+                    "summary": "the cluster's model",
+                    "security": _BEARER,
+                    "responses": {
+                        "200": {"description": "model list", "content": {"application/json": {"schema": {"type": "object"}}}},
+                        **_openai_errors(401),
+                    },
+                }
+            },
+            "/v1/models/{model_id}": {
+                "get": {
+                    "summary": "one model",
+                    "security": _BEARER,
+                    "parameters": model_id,
+                    "responses": {
+                        "200": {"description": "model", "content": {"application/json": {"schema": {"type": "object"}}}},
+                        **_openai_errors(401, 404),
+                    },
+                }
+            },
+            "/v1/chat/completions": _openai_post(
+                "chat completion",
+                {
+                    "model": {"type": "string"},
+                    "messages": {"type": "array", "items": message},
+                    "max_tokens": tokens,
+                    "max_completion_tokens": tokens,
+                    **sampling,
+                },
+                ["model", "messages"],
+                streams=True,
+            ),
+            "/v1/completions": _openai_post(
+                "text completion",
+                {"model": {"type": "string"}, "prompt": {"type": "string"}, "max_tokens": tokens, **sampling},
+                ["model", "prompt"],
+                streams=True,
+            ),
+            "/v1/responses": _openai_post(
+                "response",
+                {"model": {"type": "string"}, "input": {"type": "string"}, "max_output_tokens": tokens, **sampling},
+                ["model", "input"],
+                streams=True,
+            ),
+            "/v1/embeddings": _openai_post(
+                "embeddings",
+                {"model": {"type": "string"}, "input": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}},
+                ["model", "input"],
+                streams=False,
+            ),
+        },
+        "components": {"schemas": {"Error": _OPENAI_ERROR}, "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+    }

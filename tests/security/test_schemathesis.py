@@ -1,5 +1,5 @@
 """schemathesis against a real balancer with a real agent (Gemma), driven by the services' own
-`/openapi.json`: valid and invalid inputs on every HTTP route, no 500 (other 5xx only where Paddler answers
+`/openapi.json` (inference, management and OpenAI services): valid and invalid inputs on every HTTP route, no 500 (other 5xx only where Paddler answers
 them and the schema says so), no hang, every error
 with a JSON body. `max_tokens` is bounded by --max-tokens-limit (and so by the schema) to keep
 generations short. Streams without an end (SSE), WebSocket upgrades and the desired-state PUT
@@ -113,3 +113,8 @@ def test_inference_service(cluster: SecuredBalancer) -> None:
 def test_management_service(cluster: SecuredBalancer) -> None:
     fuzzed = _fuzz(cluster, "management", MANAGEMENT_KEY)
     assert "GET /api/v1/agents" in fuzzed
+
+
+def test_openai_service(cluster: SecuredBalancer) -> None:
+    fuzzed = _fuzz(cluster, "openai", KEY)
+    assert "POST /v1/chat/completions" in fuzzed
