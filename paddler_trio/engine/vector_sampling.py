@@ -37,7 +37,8 @@ class VectorSampler:
         self._history: collections.deque[int] = collections.deque()
         self._counts: dict[int, int] = {}
         seed = settings.seed if settings.seed is not None else random.getrandbits(64)
-        self._rng = np.random.default_rng(seed)
+        # Any integer is a valid request seed; numpy wants a non-negative one.
+        self._rng = np.random.default_rng(seed & 0xFFFF_FFFF_FFFF_FFFF)
 
     @property
     def is_plain_greedy(self) -> bool:

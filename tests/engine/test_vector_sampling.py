@@ -133,3 +133,10 @@ async def test_grammar_and_plain_slots_share_a_batch(gemma_model_path):
     assert results["grammar"].content in ("yes", "no")
     assert isinstance(results["grammar"].terminal, GenerationDone)
     assert results["plain"].content.startswith(" 5, 6")
+
+
+def test_any_integer_seed_is_accepted():
+    logits = np.random.default_rng(3).normal(0.0, 2.0, VOCAB).astype(np.float32)
+    for seed in (-1, -(2**70), 2**70):
+        sampler = VectorSampler(settings(seed=seed), n_vocab=VOCAB, context_tokens=1024)
+        assert 0 <= sampler.sample_row(logits.copy()) < VOCAB
