@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import io
 import logging
 import os
+import sys
 
 import trio
 
@@ -42,6 +44,9 @@ def _run(args: argparse.Namespace) -> int:
 
     # Log lines would tear the full-screen view.
     logging.getLogger().setLevel(logging.ERROR)
+    # A terminal without UTF-8 (LANG=C) gets '?' for the status glyphs instead of a crash.
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(errors="replace")
     config = DashboardConfig(
         management_addr=args.management_addr.text,
         max_buffered_requests=args.max_buffered_requests,
