@@ -17,12 +17,15 @@ reopened after a disconnect). Each request is, at random:
   read, holding the connection for up to `NEVER_READ_HOLD` seconds, then close.
 
 Every request ends in exactly one bucket: completed, failed (by reason: the error envelope's
-code, an HTTP status, a transport error), cancelled by the client, or unaccounted (a stream that
-ended without a terminal message, or that outlived `REQUEST_LIMIT`). Time to first token is
-measured by the client; queue wait is time to first token minus the agents' first-token delay
-(buffer wait plus relay). The balancer's RSS and open fds are read from /proc at start (idle,
-agents connected), after `--warmup` seconds of load, at the peak and at the end (after every
-client finished and the balancer went idle). At the end, `/api/v1/agents` must show every
+code and description, an HTTP status, a transport error), cancelled by the client, or
+unaccounted (a stream that ended without a terminal message, or that outlived
+`REQUEST_LIMIT`). Time to first token is measured by the client; queue wait is time to first
+token minus the agents' first-token delay (buffer wait plus relay; on a shared machine also
+any CPU starvation of the balancer). The load runs in `--rounds` rounds of `--duration`, the
+balancer going idle between them; its RSS and open fds are read from /proc at start (idle,
+agents connected), every second (peaks) and after each round, idle: RSS after the last round
+against RSS after the first is the leak check (the first round pays for the high-water mark
+of a thousand connections, which CPython keeps). At the end, `/api/v1/agents` must show every
 `slots_processing` at 0 and every `slots_total` exact, and the buffer must be empty.
 
 One JSON object goes to stdout and, unless `--no-save`, to
@@ -354,7 +357,7 @@ class _Planner:
 
 async def run_ndjson_client(settings: WorkerSettings, index: int, deadline: float, tally: ClientTally) -> None:
     planner = _Planner(settings, index, "ndjson", tally)
-    await trio.sleep(planner.rng.uniform(0, RAMP_UP))
+    await trio.sleep(planner.rng.uniform(0, min(RAMP_UP, settings.duration / 4)))
     while time.monotonic() < deadline:
         plan = planner.next()
         outcome = Outcome("unaccounted", "request_limit_exceeded")
@@ -372,7 +375,7 @@ async def run_ndjson_client(settings: WorkerSettings, index: int, deadline: floa
 async def run_websocket_client(settings: WorkerSettings, index: int, deadline: float, tally: ClientTally) -> None:
     planner = _Planner(settings, index, "websocket", tally)
     ids = itertools.count()
-    await trio.sleep(planner.rng.uniform(0, RAMP_UP))
+    await trio.sleep(planner.rng.uniform(0, min(RAMP_UP, settings.duration / 4)))
     socket: InferenceSocket | None = None
     try:
         while time.monotonic() < deadline:
@@ -436,6 +439,11 @@ def process_rss_mib(pid: int) -> float:
     raise RuntimeError(f"no VmRSS for process {pid}")
 
 
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def open_fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
@@ -490,52 +498,22 @@ def soak(options: argparse.Namespace) -> dict[str, Any]:
             start = {"rss_mib": process_rss_mib(pid), "open_fds": open_fds(pid)}
             progress(f"{options.agents} agents x {options.slots} slots; balancer idle: {start}; load {os.getloadavg()[0]:.1f}")
 
-            per_process = [options.clients // options.client_processes] * options.client_processes
-            per_process[-1] += options.clients - sum(per_process)
-            workers = []
-            first = 0
-            for number, count in enumerate(per_process):
-                workers.append(
-                    subprocess.Popen(
-                        [
-                            sys.executable, str(Path(__file__).resolve()), "worker",
-                            "--inference-addr", f"127.0.0.1:{cluster.inference_port}",
-                            "--clients", str(count), "--first-client-index", str(first),
-                            "--duration", str(options.duration), "--tokens", str(options.tokens),
-                            "--seed", str(options.seed + number),
-                        ],  # fmt: skip
-                        cwd=REPO_ROOT,
-                        stdout=subprocess.PIPE,
-                    )
-                )
-                first += count
-            load_started = time.monotonic()
-            warm: dict[str, Any] | None = None
-            peak_rss = start["rss_mib"]
-            peak_buffered = 0
-            while any(worker.poll() is None for worker in workers):
-                time.sleep(1)
-                rss = process_rss_mib(pid)
-                peak_rss = max(peak_rss, rss)
-                buffered = cluster.buffered_requests()
-                peak_buffered = max(peak_buffered, buffered)
-                elapsed = time.monotonic() - load_started
-                if warm is None and elapsed >= options.warmup:
-                    warm = {"rss_mib": rss, "open_fds": open_fds(pid)}
-                if int(elapsed) % 10 == 0:
-                    progress(f"{elapsed:.0f} s: RSS {rss} MiB, buffered {buffered}, load {os.getloadavg()[0]:.1f}")
-                if elapsed > options.duration + REQUEST_LIMIT + 60:
-                    raise RuntimeError("the client processes did not finish")
-            outputs = [worker.communicate()[0] for worker in workers]
-            if any(worker.returncode != 0 for worker in workers):
-                raise RuntimeError(f"a client process failed: {[worker.returncode for worker in workers]}")
-            load_seconds = time.monotonic() - load_started
-            tallies = merge([json.loads(output) for output in outputs])
-
-            quiesce_started = time.monotonic()
-            idle = _wait_quiet(cluster, pid, start["open_fds"], options.quiesce_limit)
-            quiesce_seconds = time.monotonic() - quiesce_started
-            time.sleep(FD_SETTLE)
+            rounds = []
+            all_outputs: list[dict[str, Any]] = []
+            load_seconds = 0.0
+            for round_number in range(options.rounds):
+                outputs, round_figures = _load_round(options, cluster, pid, agents_process.pid, round_number)
+                all_outputs += outputs
+                load_seconds += round_figures["load_seconds"]
+                idle = _wait_quiet(cluster, pid, start["open_fds"], options.quiesce_limit)
+                round_figures["seconds_to_idle_after_load"] = round(time.monotonic() - round_figures.pop("ended_at"), 1)
+                time.sleep(FD_SETTLE)
+                round_figures["rss_mib_end"] = process_rss_mib(pid)
+                round_figures["open_fds_end"] = open_fds(pid)
+                round_figures["idle_within_limit"] = idle
+                rounds.append(round_figures)
+                progress(f"round {round_number + 1}: {round_figures}")
+            tallies = merge(all_outputs)
             end = {"rss_mib": process_rss_mib(pid), "open_fds": open_fds(pid)}
             snapshot = cluster.agents_snapshot()
             buffered_end = cluster.buffered_requests()
@@ -551,7 +529,6 @@ def soak(options: argparse.Namespace) -> dict[str, Any]:
     slots_exact = len(snapshot) == options.agents and all(
         agent["slots_processing"] == 0 and agent["slots_total"] == options.slots for agent in snapshot
     )
-    warm = warm or start
     figures = {
         "benchmark": "soak",
         "timestamp_utc": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -565,7 +542,7 @@ def soak(options: argparse.Namespace) -> dict[str, Any]:
             "first_token_delay_ms": options.first_token_delay * 1000,
             "token_interval_ms": options.token_interval * 1000,
             "buffered_request_timeout_ms": options.buffered_request_timeout_ms,
-            "warmup_s": options.warmup,
+            "rounds": options.rounds,
             "cpu_count": os.cpu_count(),
         },
         "requests": {
@@ -586,19 +563,19 @@ def soak(options: argparse.Namespace) -> dict[str, Any]:
         },
         "balancer": {
             "rss_mib_start": start["rss_mib"],
-            "rss_mib_after_warmup": warm["rss_mib"],
-            "rss_mib_peak": peak_rss,
             "rss_mib_end": end["rss_mib"],
-            "rss_growth_after_warmup_percent": round((end["rss_mib"] - warm["rss_mib"]) / warm["rss_mib"] * 100, 1),
+            # The leak check: RSS after the last round against RSS after the first, both idle.
+            "rss_growth_after_first_round_percent": round(
+                (end["rss_mib"] - rounds[0]["rss_mib_end"]) / rounds[0]["rss_mib_end"] * 100, 1
+            ),
             "rss_growth_from_start_percent": round((end["rss_mib"] - start["rss_mib"]) / start["rss_mib"] * 100, 1),
             "open_fds_start": start["open_fds"],
-            "open_fds_after_warmup": warm["open_fds"],
             "open_fds_end": end["open_fds"],
-            "peak_buffered_requests": peak_buffered,
-            "seconds_to_idle_after_load": round(quiesce_seconds, 1),
+            "peak_buffered_requests": max(entry["peak_buffered_requests"] for entry in rounds),
+            "rounds": rounds,
         },
         "end_state": {
-            "idle_within_limit": idle,
+            "idle_within_limit": all(entry["idle_within_limit"] for entry in rounds),
             "agents_listed": len(snapshot),
             "slots_processing": [agent["slots_processing"] for agent in snapshot],
             "slots_total": [agent["slots_total"] for agent in snapshot],
@@ -612,6 +589,66 @@ def soak(options: argparse.Namespace) -> dict[str, Any]:
         "load_average_1m_end": round(os.getloadavg()[0], 2),
     }
     return figures
+
+
+def _load_round(
+    options: argparse.Namespace, cluster: Cluster, pid: int, agents_pid: int, round_number: int
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """One round: the client processes run for `--duration`; the balancer is sampled every second."""
+    per_process = [options.clients // options.client_processes] * options.client_processes
+    per_process[-1] += options.clients - sum(per_process)
+    workers = []
+    first = 0
+    for number, count in enumerate(per_process):
+        workers.append(
+            subprocess.Popen(
+                [
+                    sys.executable, str(Path(__file__).resolve()), "worker",
+                    "--inference-addr", f"127.0.0.1:{cluster.inference_port}",
+                    "--clients", str(count), "--first-client-index", str(first),
+                    "--duration", str(options.duration), "--tokens", str(options.tokens),
+                    "--seed", str(options.seed + 1000 * round_number + number),
+                ],  # fmt: skip
+                cwd=REPO_ROOT,
+                stdout=subprocess.PIPE,
+            )
+        )
+        first += count
+    started = time.monotonic()
+    cpu_at_start = {"balancer": cpu_seconds(pid), "agents": cpu_seconds(agents_pid)}
+    peak_rss = process_rss_mib(pid)
+    peak_buffered = 0
+    peak_fds = 0
+    while any(worker.poll() is None for worker in workers):
+        time.sleep(1)
+        rss = process_rss_mib(pid)
+        peak_rss = max(peak_rss, rss)
+        peak_fds = max(peak_fds, open_fds(pid))
+        buffered = cluster.buffered_requests()
+        peak_buffered = max(peak_buffered, buffered)
+        elapsed = time.monotonic() - started
+        if int(elapsed) % 10 == 0:
+            progress(f"round {round_number + 1}, {elapsed:.0f} s: RSS {rss} MiB, buffered {buffered}, load {os.getloadavg()[0]:.1f}")
+        if elapsed > options.duration + REQUEST_LIMIT + 60:
+            raise RuntimeError("the client processes did not finish")
+    outputs = [worker.communicate()[0] for worker in workers]
+    if any(worker.returncode != 0 for worker in workers):
+        raise RuntimeError(f"a client process failed: {[worker.returncode for worker in workers]}")
+    ended_at = time.monotonic()
+    load_seconds = ended_at - started
+    return [json.loads(output) for output in outputs], {
+        "load_seconds": round(load_seconds, 1),
+        "ended_at": ended_at,
+        "rss_mib_peak": peak_rss,
+        "open_fds_peak": peak_fds,
+        "peak_buffered_requests": peak_buffered,
+        # 100 = one core busy for the whole round
+        "cpu_percent": {
+            "balancer": round((cpu_seconds(pid) - cpu_at_start["balancer"]) / load_seconds * 100, 1),
+            "scripted_agents": round((cpu_seconds(agents_pid) - cpu_at_start["agents"]) / load_seconds * 100, 1),
+        },
+        "load_average_1m": round(os.getloadavg()[0], 2),
+    }
 
 
 def _wait_quiet(cluster: Cluster, pid: int, baseline_fds: int, limit: float) -> bool:
@@ -642,7 +679,7 @@ def main() -> None:
     parser.add_argument("--first-token-delay", type=float, default=0.1, help="agent's seconds before the first token")
     parser.add_argument("--token-interval", type=float, default=0.2, help="agent's seconds between two tokens")
     parser.add_argument("--buffered-request-timeout-ms", type=int, default=60000)
-    parser.add_argument("--warmup", type=float, default=10.0, help="seconds of load before the RSS reference is taken")
+    parser.add_argument("--rounds", type=int, default=2, help="load rounds of --duration each, the balancer idle between them")
     parser.add_argument("--quiesce-limit", type=float, default=30.0, help="longest wait for the balancer to go idle")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--no-save", action="store_true", help="print the JSON only")

@@ -18,7 +18,7 @@ SOAK = Path(__file__).resolve().parents[2] / "benchmarks" / "soak.py"
 
 def test_short_soak_accounts_for_every_request_and_leaks_nothing() -> None:
     completed = subprocess.run(
-        [sys.executable, str(SOAK), "--clients", "100", "--slots", "8", "--duration", "10", "--warmup", "3", "--no-save"],
+        [sys.executable, str(SOAK), "--clients", "100", "--slots", "8", "--duration", "6", "--rounds", "2", "--no-save"],
         capture_output=True,
         text=True,
         timeout=90,
