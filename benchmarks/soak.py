@@ -58,7 +58,7 @@ import wsproto.events
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))  # the cluster harness and the scripted agents live in tests/
 
-from tests.integration.cluster import Cluster, wait_until  # noqa: E402
+from tests.integration.cluster import Cluster, wait_until
 
 RESULTS_DIRECTORY = Path(__file__).resolve().parent / "results"
 RAW_PROMPT_PATH = "/api/v1/continue_from_raw_prompt"
@@ -477,7 +477,7 @@ def soak(options: argparse.Namespace) -> dict[str, Any]:
                 "--max-buffered-requests", str(options.clients + 100),
                 "--buffered-request-timeout", str(options.buffered_request_timeout_ms),
                 "--inference-item-timeout", "10000",
-            )  # fmt: skip
+            )
             assert cluster.balancer is not None
             pid = cluster.balancer.process.pid
             agents_process = subprocess.Popen(
@@ -488,7 +488,7 @@ def soak(options: argparse.Namespace) -> dict[str, Any]:
                     "--tokens", str(options.tokens),
                     "--first-token-delay", str(options.first_token_delay),
                     "--token-interval", str(options.token_interval),
-                ],  # fmt: skip
+                ],
                 cwd=REPO_ROOT,
                 stdout=(Path(directory) / "agents.log").open("wb"),
                 stderr=subprocess.STDOUT,
@@ -608,7 +608,7 @@ def _load_round(
                     "--clients", str(count), "--first-client-index", str(first),
                     "--duration", str(options.duration), "--tokens", str(options.tokens),
                     "--seed", str(options.seed + 1000 * round_number + number),
-                ],  # fmt: skip
+                ],
                 cwd=REPO_ROOT,
                 stdout=subprocess.PIPE,
             )

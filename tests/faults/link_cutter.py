@@ -5,6 +5,7 @@ the two ends), then keeps accepting new connections."""
 from __future__ import annotations
 
 import threading
+from typing import Self
 
 import trio
 
@@ -20,7 +21,7 @@ class LinkCutter:
         self.port = 0
         self.accepted = 0
 
-    def __enter__(self) -> LinkCutter:
+    def __enter__(self) -> Self:
         self._thread.start()
         if not self._ready.wait(10):
             raise TimeoutError("the link cutter did not start")

@@ -20,6 +20,7 @@ def test_short_soak_accounts_for_every_request_and_leaks_nothing() -> None:
     completed = subprocess.run(
         [sys.executable, str(SOAK), "--clients", "100", "--slots", "8", "--duration", "6", "--rounds", "2", "--no-save"],
         capture_output=True,
+        check=False,
         text=True,
         timeout=90,
     )

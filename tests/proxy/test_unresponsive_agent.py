@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from tests.proxy.balancer_harness import content_of, errors_of, running_balancer, wait_until
+from tests.proxy.balancer_harness import (
+    content_of,
+    errors_of,
+    running_balancer,
+    wait_until,
+)
 
 
 async def test_agent_that_timed_out_is_skipped_until_its_next_status_update() -> None:
