@@ -113,7 +113,7 @@ def test_link_cut_mid_stream_gives_502_the_agent_reconnects_and_nothing_is_doubl
         assert [(agent["id"], agent["slots_total"], agent["slots_processing"]) for agent in snapshot] == [(agent_id, 2, 0)]
 
 
-def test_balancer_restarted_under_load_clients_get_clear_errors_and_agents_reconnect_within_two_seconds(
+def test_balancer_restarted_under_load_clients_get_clear_errors_agents_reconnect_within_two_seconds_and_all_stop_on_sigterm(
     cluster_factory, gemma_model_path, tmp_path
 ):
     flags = ("--state-database", f"file://{tmp_path / 'state.json'}", "--buffered-request-timeout", "30000")
@@ -168,3 +168,20 @@ def test_balancer_restarted_under_load_clients_get_clear_errors_and_agents_recon
     results = concurrent_short_requests(cluster, 2)
     assert sorted(served_by(lines) for lines in results) == ["r1", "r2"]
     cluster.wait_idle()
+
+    # SIGTERM to every process while a stream is open: a clear envelope, all gone within 5 s.
+    processes = [cluster.balancer, *cluster.agents.values()]
+    with httpx.Client(timeout=30) as client, client.stream("POST", url, json=body("Once upon a time", LONG)) as response:
+        lines = response.iter_lines()
+        next(lines)
+        stopped_at = time.monotonic()
+        for process in processes:
+            process.signal(signal.SIGTERM)
+        rest = [json.loads(line) for line in lines if line.strip()]
+    assert rest[-1]["Error"]["error"] in (
+        {"code": 503, "description": "balancer is shutting down"},
+        {"code": 502, "description": "Agent controller connection closed"},  # the agent left first
+    )
+    for process in processes:
+        assert process.process.wait(5) == 0, process.name
+    assert time.monotonic() - stopped_at < 5
