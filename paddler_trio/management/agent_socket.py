@@ -19,12 +19,12 @@ import trio
 from quart import Websocket
 
 from paddler_trio import PADDLER_COMPATIBLE_VERSION
+from paddler_trio.management.agent_message_decoding import decode_agent_message
 from paddler_trio.management.reconciliation import Reconciliation
 from paddler_trio.proxy.agent_controller import AgentController
 from paddler_trio.proxy.agent_pool import AgentPool, DuplicateAgent
 from paddler_trio.proxy.shutdown_signal import ShutdownSignal
 from paddler_trio.protocol import (
-    BalancerBoundMessage,
     DeregisterAgentNotification,
     ErrorEnvelope,
     RegisterAgentNotification,
@@ -32,7 +32,6 @@ from paddler_trio.protocol import (
     UpdateAgentStatusNotification,
     VersionNotification,
     WireFormatError,
-    from_json,
     to_json,
 )
 
@@ -127,7 +126,7 @@ async def _receive_message(websocket: Websocket, agent_id: str) -> Any:
         _logger.warning("agent %s sent a binary frame: ignored", agent_id)
         return None
     try:
-        return from_json(data, BalancerBoundMessage)
+        return decode_agent_message(data)
     except WireFormatError as error:
         _logger.warning("agent %s sent an invalid message (%s): ignored", agent_id, error)
         return None

@@ -142,10 +142,8 @@ class RequestForwarder:
                 return _Outcome.FINISHED
             produced_output = False
             while True:
-                reply: AgentReply | None = None
                 try:
-                    with trio.move_on_after(self._item_timeout):
-                        reply = await route.receive()
+                    reply = await _next_reply(route, self._item_timeout)
                 except trio.EndOfChannel:
                     settled = True
                     if agent.connection_closed.is_set():
@@ -216,6 +214,34 @@ class RequestForwarder:
         finally:
             agent.close_route(agent_request_id)
             claim.release()
+
+
+async def _next_reply(route: trio.MemoryReceiveChannel[AgentReply], item_timeout: float) -> AgentReply | None:
+    """The next reply, or None after `item_timeout` of silence.
+
+    A reply already queued is taken without a timer or a checkpoint: with an emit that only
+    waits for a full consumer (`emit_into`), a burst of replies then reaches the client's
+    channel in one go, and its writer sends them in one write.
+    """
+    try:
+        return route.receive_nowait()
+    except trio.WouldBlock:
+        pass
+    with trio.move_on_after(item_timeout):
+        return await route.receive()
+    return None
+
+
+def emit_into(send: trio.MemorySendChannel[InferenceClientBoundMessage]) -> Emit:
+    """An `Emit` into a channel that waits only when the channel is full (no checkpoint per message)."""
+
+    async def emit(message: InferenceClientBoundMessage) -> None:
+        try:
+            send.send_nowait(message)
+        except trio.WouldBlock:
+            await send.send(message)
+
+    return emit
 
 
 def _to_client(agent: AgentController, request_id: str, reply: ResponseEnvelope[Any]) -> ResponseEnvelope[Any]:
