@@ -16,8 +16,17 @@ from paddler_trio.engine.chat_template import ChatTemplate, ChatTemplateRenderEr
 from paddler_trio.engine.engine_errors import ChatTemplateDoesNotCompile
 from paddler_trio.engine.model import LoadedModel
 from paddler_trio.engine.request_rejection import RequestRejected
-from paddler_trio.engine.sampling import SamplerChain, SamplingSettings, gbnf_for_constraint
-from paddler_trio.protocol import GbnfGrammar, GrammarInitializationFailed, GrammarSyntaxError, JsonSchemaGrammar
+from paddler_trio.engine.sampling import (
+    SamplerChain,
+    SamplingSettings,
+    gbnf_for_constraint,
+)
+from paddler_trio.protocol import (
+    GbnfGrammar,
+    GrammarInitializationFailed,
+    GrammarSyntaxError,
+    JsonSchemaGrammar,
+)
 
 EXAMPLES = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 

@@ -47,7 +47,7 @@ def test_only_agents_with_the_secret_join(tmp_path) -> None:
 
             wait_until(lambda: "right" in names(), 30, "the agent with the secret to join")
             for refused in agents[:3]:
-                wait_until(lambda: REFUSED_MESSAGE in refused.log(), 30, f"{refused.name} to report the refusal")
+                wait_until(lambda refused=refused: REFUSED_MESSAGE in refused.log(), 30, f"{refused.name} to report the refusal")
                 assert refused.process.poll() is None, "a refused agent keeps retrying"
             assert names() == {"right"}
             assert SECRET not in balancer.process.log()

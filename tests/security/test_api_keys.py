@@ -10,7 +10,11 @@ import httpx
 import pytest
 import trio_websocket
 
-from tests.security.balancer_processes import SecuredBalancer, refusal_lines, secured_balancer
+from tests.security.balancer_processes import (
+    SecuredBalancer,
+    refusal_lines,
+    secured_balancer,
+)
 
 INFERENCE_KEY = "inference-key-1"
 FILE_KEY = "inference-key-from-file"

@@ -12,7 +12,11 @@ import pytest
 import trio
 import trio_websocket
 
-from tests.security.balancer_processes import SecuredBalancer, refusal_lines, secured_balancer
+from tests.security.balancer_processes import (
+    SecuredBalancer,
+    refusal_lines,
+    secured_balancer,
+)
 
 MAX_TOKENS = 50
 MAX_BODY = 4000

@@ -10,7 +10,11 @@ import pytest
 from paddler_trio.balancer_config import BalancerConfig
 from paddler_trio.cli_values import socket_address
 from paddler_trio.security.api_keys import ApiKeys
-from paddler_trio.security.secret_sources import SecretSourceError, collect_keys, collect_secret
+from paddler_trio.security.secret_sources import (
+    SecretSourceError,
+    collect_keys,
+    collect_secret,
+)
 
 
 def test_keys_add_up_from_every_source_without_blanks_or_duplicates(tmp_path: Path) -> None:

@@ -43,6 +43,7 @@ async def test_agent_over_wss_and_clients_over_https(tmp_path, gemma_model_path)
         common = ["agent", "--management-addr", balancer.management_addr, "--slots", "1", "--threads", "2"]
         agent = spawn(tmp_path, "agent-tls", [*common, "--name", "tls", "--management-tls", "--management-ca-file", str(certificate)])
         plain = spawn(tmp_path, "agent-plain", [*common, "--name", "plain"])
+        http = httpx.Client(verify=balancer.verify, timeout=30)
         try:
             state = {
                 "chat_template_override": None,
@@ -52,20 +53,18 @@ async def test_agent_over_wss_and_clients_over_https(tmp_path, gemma_model_path)
                 "use_chat_template_override": False,
             }
             management = balancer.url("management")
-            httpx.put(f"{management}/api/v1/balancer_desired_state", json=state, verify=balancer.verify).raise_for_status()
+            http.put(f"{management}/api/v1/balancer_desired_state", json=state).raise_for_status()
 
             def tls_agent_ready() -> bool:
-                agents = httpx.get(f"{management}/api/v1/agents", verify=balancer.verify).json()["agents"]
+                agents = http.get(f"{management}/api/v1/agents").json()["agents"]
                 return any(a["name"] == "tls" and a["slots_total"] > 0 for a in agents)
 
             wait_until(tls_agent_ready, 90, "the agent to join over wss and load the model")
 
-            response = httpx.post(
+            response = http.post(
                 f"{balancer.url('inference')}/api/v1/continue_from_raw_prompt",
                 json={"raw_prompt": "The capital of France is", "max_tokens": 4},
                 headers={"Authorization": f"Bearer {KEY}"},
-                verify=balancer.verify,
-                timeout=30,
             )
             lines = [json.loads(line) for line in response.text.splitlines()]
             assert "Done" in lines[-1]["Response"]["response"]["GeneratedToken"], lines
@@ -81,18 +80,17 @@ async def test_agent_over_wss_and_clients_over_https(tmp_path, gemma_model_path)
                 )
                 while "Done" not in (message := await socket.get_message()):
                     assert '"w"' in message
-            assert httpx.get(
-                f"{balancer.url('openai')}/v1/models", headers={"Authorization": f"Bearer {KEY}"}, verify=balancer.verify
-            ).status_code == 200
+            assert http.get(f"{balancer.url('openai')}/v1/models", headers={"Authorization": f"Bearer {KEY}"}).status_code == 200
 
             # Plain HTTP to a TLS port gets nowhere, and an agent without --management-tls never joins.
             try:
-                httpx.get(f"http://127.0.0.1:{balancer.inference_port}/health", timeout=2)
+                http.get(f"http://127.0.0.1:{balancer.inference_port}/health", timeout=2)
                 raise AssertionError("plain HTTP was answered on a TLS port")
             except httpx.HTTPError:
                 pass
-            agents = httpx.get(f"{management}/api/v1/agents", verify=balancer.verify).json()["agents"]
+            agents = http.get(f"{management}/api/v1/agents").json()["agents"]
             assert [a["name"] for a in agents] == ["tls"]
         finally:
+            http.close()
             agent.stop()
             plain.stop()
