@@ -1,0 +1,123 @@
+"""A scripted fast agent for the balancer's forwarding benchmark (and load tests): it speaks
+the agent socket protocol like a real agent but answers every generation request with
+`tokens` ContentTokens then `Done`, as fast as the socket takes them.
+
+Never a stand-in for llama.cpp in a feature test. What makes it fast: each request's token
+frame is serialised and WebSocket-encoded once, then written `FRAMES_PER_WRITE` copies at a
+time straight to the TCP stream, so the agent spends almost no CPU per token and the
+balancer is what the benchmark measures. `StopRespondingTo` ends the stream with `Done`.
+
+Run it as a process: `python -m tests.proxy.scripted_fast_agent --management-addr HOST:PORT`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import secrets
+import attrs
+import trio
+import wsproto.events
+from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
+
+from paddler_trio.protocol import (
+    AgentBoundMessage,
+    ContinueFromConversationHistoryParams,
+    ContinueFromRawPromptParams,
+    GenerationDone,
+    RegisterAgentNotification,
+    RequestEnvelope,
+    ResponseEnvelope,
+    StopRespondingToNotification,
+    TokenUsage,
+    VersionNotification,
+    from_json,
+    to_json,
+)
+from tests.proxy.scripted_fake_agent import status_snapshot
+
+FRAMES_PER_WRITE = 64
+
+
+@attrs.define(eq=False)
+class ScriptedFastAgent:
+    management_addr: str
+    slots: int = 64
+    tokens: int = 2000
+    token_text: str = "tok"
+    name: str | None = "scripted-fast"
+    agent_id: str = attrs.field(factory=lambda: "fast-" + secrets.token_hex(4))
+    _ws: WebSocketConnection | None = None
+    _stopped: set[str] = attrs.field(factory=set)
+
+    @property
+    def url(self) -> str:
+        return f"ws://{self.management_addr}/api/v1/agent_socket/{self.agent_id}"
+
+    async def run(self, *, task_status: trio.TaskStatus[ScriptedFastAgent] = trio.TASK_STATUS_IGNORED) -> None:
+        """Connect, register, then serve until the balancer closes the connection."""
+        try:
+            async with open_websocket_url(self.url, max_message_size=64 * 2**20) as ws:
+                self._ws = ws
+                version = from_json(await ws.get_message(), AgentBoundMessage)
+                assert isinstance(version, VersionNotification), version
+                snapshot = status_snapshot(slots=self.slots, model_path="/models/scripted-fast.gguf")
+                await ws.send_message(
+                    to_json(RegisterAgentNotification(name=self.name, slot_aggregated_status_snapshot=snapshot))
+                )
+                async with trio.open_nursery() as nursery:
+                    task_status.started(self)
+                    while True:
+                        message = from_json(await ws.get_message(), AgentBoundMessage)
+                        if isinstance(message, StopRespondingToNotification):
+                            self._stopped.add(message.request_id)
+                        elif isinstance(message, RequestEnvelope) and isinstance(
+                            message.request, (ContinueFromRawPromptParams, ContinueFromConversationHistoryParams)
+                        ):
+                            nursery.start_soon(self._generate, message.id)
+        except* (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+
+    async def _generate(self, request_id: str) -> None:
+        assert self._ws is not None
+        token = '{"Response":{"generated_by":null,"request_id":%s,"response":{"GeneratedToken":{"ContentToken":%s}}}}'
+        frame = self._encode(token % (json.dumps(request_id), json.dumps(self.token_text)))
+        sent = 0
+        while sent < self.tokens and request_id not in self._stopped:
+            count = min(FRAMES_PER_WRITE, self.tokens - sent)
+            await self._write(frame * count)
+            sent += count
+        self._stopped.discard(request_id)
+        done = ResponseEnvelope(
+            generated_by=None,
+            request_id=request_id,
+            response=GenerationDone(usage=TokenUsage(prompt_tokens=1, content_tokens=sent)),
+        )
+        await self._ws.send_message(to_json(done))
+
+    def _encode(self, text: str) -> bytes:
+        assert self._ws is not None
+        # A complete text message leaves wsproto's state untouched; only the bytes are kept.
+        return self._ws._wsproto.send(wsproto.events.TextMessage(data=text))  # noqa: SLF001
+
+    async def _write(self, data: bytes) -> None:
+        assert self._ws is not None
+        # The connection's own lock keeps these writes whole between trio-websocket's frames.
+        async with self._ws._stream_lock:  # noqa: SLF001
+            await self._ws._stream.send_all(data)  # noqa: SLF001
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="A scripted fast agent: ContentTokens as fast as the balancer takes them")
+    parser.add_argument("--management-addr", required=True, help="balancer management HOST:PORT")
+    parser.add_argument("--slots", type=int, default=64)
+    parser.add_argument("--tokens", type=int, default=2000, help="ContentTokens per request before Done")
+    parser.add_argument("--name", default="scripted-fast")
+    args = parser.parse_args(argv)
+    agent = ScriptedFastAgent(args.management_addr, slots=args.slots, tokens=args.tokens, name=args.name)
+    trio.run(agent.run)
+
+
+if __name__ == "__main__":
+    main()
+
