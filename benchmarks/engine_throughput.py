@@ -105,6 +105,8 @@ class Sampling:
 
     name: str
     parameters: InferenceParameters
+    # Generate exactly max_tokens tokens (through end-of-generation) on both sides.
+    ignore_eos: bool = True
 
     def llama_server_fields(self, slots: int) -> dict[str, Any]:
         """The equivalent /completion fields; samplers we do not have are switched off.
@@ -132,10 +134,10 @@ class Sampling:
         }
 
 
-def sampling_named(name: str, context_size: int) -> Sampling:
+def sampling_named(name: str, context_size: int, *, ignore_eos: bool = True, n_gpu_layers: int = 0) -> Sampling:
     """`default`: Paddler's InferenceParameters defaults; `greedy`: Paddler's deterministic preset."""
     base = InferenceParameters() if name == "default" else InferenceParameters.deterministic()
-    return Sampling(name, attrs.evolve(base, context_size=context_size))
+    return Sampling(name, attrs.evolve(base, context_size=context_size, n_gpu_layers=n_gpu_layers), ignore_eos)
 
 
 def prompt_for(run_tag: str, index: int) -> str:
@@ -229,14 +231,15 @@ class OursSide:
 
     name = "ours"
 
-    def __init__(self, engine: Engine, max_tokens: int) -> None:
+    def __init__(self, engine: Engine, max_tokens: int, ignore_eos: bool) -> None:
         self.engine = engine
         self.max_tokens = max_tokens
+        self.ignore_eos = ignore_eos
 
     async def generate(self, prompt: str, timing: RequestTiming, max_tokens: int | None = None) -> None:
         params = ContinueFromRawPromptParams(raw_prompt=prompt, max_tokens=max_tokens or self.max_tokens)
         pieces: list[str] = []
-        async with self.engine.continue_from_raw_prompt(params, ignore_eos=True) as stream:
+        async with self.engine.continue_from_raw_prompt(params, ignore_eos=self.ignore_eos) as stream:
             async for result in stream:
                 if isinstance(result, (ContentToken, ReasoningToken, ToolCallToken, UndeterminableToken)):
                     timing.token_times.append(time.perf_counter())
@@ -254,7 +257,7 @@ async def open_ours(model_path: Path, slots: int, threads: int, sampling: Sampli
         model_path=str(model_path), slots=slots, inference_parameters=sampling.parameters, n_threads=threads
     )
     async with Engine.open(settings) as engine:
-        yield OursSide(engine, max_tokens)
+        yield OursSide(engine, max_tokens, sampling.ignore_eos)
 
 
 # --- llama-server --------------------------------------------------------------------
@@ -301,7 +304,9 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def llama_server_command(binary: Path, model_path: Path, slots: int, context_size: int, threads: int, port: int) -> list[str]:
+def llama_server_command(
+    binary: Path, model_path: Path, slots: int, context_size: int, threads: int, port: int, n_gpu_layers: int = 0
+) -> list[str]:
     """The same shape as our engine: non-unified KV split over the slots, Q8_0 K/V, flash attention auto."""
     return [
         str(binary),
@@ -317,6 +322,7 @@ def llama_server_command(binary: Path, model_path: Path, slots: int, context_siz
         "-ctv", "q8_0",
         "-fa", "auto",
         "--no-webui",
+        "-ngl", str(n_gpu_layers),
         "--host", "127.0.0.1",
         "--port", str(port),
     ]  # fmt: skip
@@ -337,12 +343,13 @@ class LlamaServerSide:
         self.client = client
         self.sampling_fields = sampling.llama_server_fields(slots)
         self.max_tokens = max_tokens
+        self.ignore_eos = sampling.ignore_eos
 
     async def generate(self, prompt: str, timing: RequestTiming, max_tokens: int | None = None) -> None:
         body = {
             "prompt": prompt,
             "n_predict": max_tokens or self.max_tokens,
-            "ignore_eos": True,
+            "ignore_eos": self.ignore_eos,
             "stream": True,
             **self.sampling_fields,
         }
@@ -382,7 +389,9 @@ async def open_llama_server(
 ) -> AsyncIterator[LlamaServerSide]:
     """Start llama-server, wait for /health to answer 200, stop it (SIGTERM, then kill) on the way out."""
     port = free_port()
-    command = llama_server_command(binary, model_path, slots, context_size, threads, port)
+    command = llama_server_command(
+        binary, model_path, slots, context_size, threads, port, n_gpu_layers=sampling.parameters.n_gpu_layers
+    )
     log_path = Path(tempfile.gettempdir()) / f"engine_throughput-llama-server-{port}.log"
     progress(f"starting llama-server ({slots} slots), log in {log_path}: {' '.join(command)}")
     with log_path.open("wb") as log:
@@ -562,6 +571,8 @@ async def run_benchmark(options: Options) -> dict[str, Any]:
         "requests_per_slot": options.requests_per_slot,
         "repeats": options.repeats,
         "sampling": options.sampling.name,
+        "ignore_eos": options.sampling.ignore_eos,
+        "n_gpu_layers": options.sampling.parameters.n_gpu_layers,
         "sampling_parameters": {
             name: getattr(options.sampling.parameters, name)
             for name in ("temperature", "top_k", "top_p", "min_p", "penalty_last_n", "penalty_repeat",
@@ -618,7 +629,17 @@ def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--model", default="qwen", help=f"bundled model ({', '.join(MODEL_ALIASES)}) or the path of a GGUF file"
     )
-    parser.add_argument("--slots", type=slot_counts, default="1,2,4,8", help="slot counts N to measure, comma-separated")
+    parser.add_argument(
+        "--slots", "--parallel", dest="slots", type=slot_counts, default="1,2,4,8",
+        help="slot counts N to measure (= parallel requests), comma-separated",
+    )
+    parser.add_argument(
+        "--ignore-eos", action=argparse.BooleanOptionalAction, default=True,
+        help="generate exactly --max-tokens tokens on both sides, through end-of-generation tokens",
+    )
+    parser.add_argument(
+        "--n-gpu-layers", type=int, default=0, help="layers offloaded to the GPU on both sides (999: all)"
+    )
     parser.add_argument(
         "--requests-per-slot", type=positive_int, default=1, help="requests per run = N x this (N in flight at a time)"
     )
@@ -690,7 +711,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         repeats=arguments.repeats,
         threads=arguments.threads,
         context_size=arguments.context_size,
-        sampling=sampling_named(arguments.sampling, arguments.context_size),
+        sampling=sampling_named(
+            arguments.sampling,
+            arguments.context_size,
+            ignore_eos=arguments.ignore_eos,
+            n_gpu_layers=arguments.n_gpu_layers,
+        ),
         llama_server=llama_server,
         show_sample=arguments.show_sample,
     )
