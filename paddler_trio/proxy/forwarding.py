@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -48,6 +49,11 @@ Emit = Callable[[InferenceClientBoundMessage], Awaitable[None]]
 
 # What `emit` raises when the client cannot take more messages (its stream or socket is gone).
 CLIENT_GONE_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError)
+
+# A reply that follows the previous one this closely waits out the rest of the interval and
+# travels on with those that arrive meanwhile: one wake-up of the client's writer and one write
+# for many messages under load. The first reply, and any after a quiet interval, go at once.
+GATHER_INTERVAL = 0.002
 _GENERATED_TOKENS = (ContentToken, ReasoningToken, ToolCallToken, UndeterminableToken)
 
 
@@ -141,9 +147,10 @@ class RequestForwarder:
                 await emit(error_envelope(request_id, 500, "Failed to generate response"))
                 return _Outcome.FINISHED
             produced_output = False
+            gather_until = -math.inf
             while True:
                 try:
-                    reply = await _next_reply(route, self._item_timeout)
+                    reply = await _next_reply(route, self._item_timeout, gather_until)
                 except trio.EndOfChannel:
                     settled = True
                     if agent.connection_closed.is_set():
@@ -175,6 +182,7 @@ class RequestForwarder:
                 await emit(_to_client(agent, request_id, reply))
                 if settled:
                     return _Outcome.FINISHED
+                gather_until = trio.current_time() + GATHER_INTERVAL
         finally:
             if settled:
                 agent.close_route(agent_request_id)
@@ -216,20 +224,26 @@ class RequestForwarder:
             claim.release()
 
 
-async def _next_reply(route: trio.MemoryReceiveChannel[AgentReply], item_timeout: float) -> AgentReply | None:
+async def _next_reply(
+    route: trio.MemoryReceiveChannel[AgentReply], item_timeout: float, gather_until: float
+) -> AgentReply | None:
     """The next reply, or None after `item_timeout` of silence.
 
-    A reply already queued is taken without a timer or a checkpoint: with an emit that only
-    waits for a full consumer (`emit_into`), a burst of replies then reaches the client's
-    channel in one go, and its writer sends them in one write.
+    A reply already queued is taken without a timer or a checkpoint. One that comes before
+    `gather_until` (shortly after the previous reply went out) is held until then, while those
+    behind it queue up: with an emit that waits only for a full consumer (`emit_into`), they
+    reach the client's writer together, which sends them in one write.
     """
     try:
         return route.receive_nowait()
     except trio.WouldBlock:
         pass
+    reply: AgentReply | None = None
     with trio.move_on_after(item_timeout):
-        return await route.receive()
-    return None
+        reply = await route.receive()
+    if reply is not None and trio.current_time() < gather_until:
+        await trio.sleep_until(gather_until)
+    return reply
 
 
 def emit_into(send: trio.MemorySendChannel[InferenceClientBoundMessage]) -> Emit:

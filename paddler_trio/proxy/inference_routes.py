@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Protocol, TypeVar
 
@@ -54,10 +53,6 @@ _logger = logging.getLogger(__name__)
 # Messages a request may run ahead of its client before the forwarder waits for the client.
 STREAM_BUFFER = 64
 MAX_LINES_PER_CHUNK = STREAM_BUFFER
-# A message that follows the previous write this closely waits for the rest of the interval and
-# goes out with whatever queued meanwhile: one write (and one wake-up of the client) for many
-# lines under load. The first message after a quiet interval, the first token included, goes at once.
-WRITE_INTERVAL = 0.002
 
 ParamsT = TypeVar("ParamsT")
 
@@ -187,14 +182,10 @@ class InferenceService:
             send, receive = trio.open_memory_channel[InferenceClientBoundMessage](STREAM_BUFFER)
             scope = trio.CancelScope()
             self._request_nursery.start_soon(run, send, scope)
-            last_write = -math.inf
             try:
                 async with receive:
                     async for message in receive:
-                        if trio.current_time() - last_write < WRITE_INTERVAL:
-                            await trio.sleep_until(last_write + WRITE_INTERVAL)
                         yield _ndjson_chunk(message, receive)
-                        last_write = trio.current_time()
             finally:
                 scope.cancel()
 
