@@ -166,7 +166,9 @@ async def test_buffered_request_completes_when_an_agent_joins_later() -> None:
 
 async def test_buffered_requests_are_served_in_arrival_order() -> None:
     async with running_balancer() as balancer:
-        agent = await balancer.add_agent(slots=1, token_delay=0.3, tokens=("a",))
+        # Each request holds the only slot long enough for the next one to be seen buffered,
+        # also on a loaded machine.
+        agent = await balancer.add_agent(slots=1, token_delay=1.0, tokens=("a",))
 
         async def buffered_is(count: int) -> bool:
             return await balancer.buffered() == count
