@@ -165,7 +165,7 @@ async def test_buffered_request_completes_when_an_agent_joins_later() -> None:
 
 
 async def test_buffered_requests_are_served_in_arrival_order() -> None:
-    async with running_balancer() as balancer:
+    async with running_balancer(buffered_request_timeout=30.0) as balancer:
         # Each request holds the only slot long enough for the next one to be seen buffered,
         # also on a loaded machine.
         agent = await balancer.add_agent(slots=1, token_delay=1.0, tokens=("a",))
