@@ -50,10 +50,6 @@ Emit = Callable[[InferenceClientBoundMessage], Awaitable[None]]
 # What `emit` raises when the client cannot take more messages (its stream or socket is gone).
 CLIENT_GONE_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError)
 
-# A reply that follows the previous one this closely waits out the rest of the interval and
-# travels on with those that arrive meanwhile: one wake-up of the client's writer and one write
-# for many messages under load. The first reply, and any after a quiet interval, go at once.
-GATHER_INTERVAL = 0.002
 _GENERATED_TOKENS = (ContentToken, ReasoningToken, ToolCallToken, UndeterminableToken)
 
 
@@ -93,21 +89,25 @@ class RequestForwarder:
         self._item_timeout = item_timeout
         self._drain_nursery = drain_nursery
 
-    async def serve(self, request_id: str, request: AgentRequest, emit: Emit) -> None:
+    async def serve(self, request_id: str, request: AgentRequest, emit: Emit, *, gather: float = 0.0) -> None:
         """Relay one request's replies to `emit` until its stream ends.
+
+        With `gather` (seconds), a reply that follows the previous one that closely waits out the
+        rest of the interval and goes on with those that arrive meanwhile: for a client writer that
+        sends what is queued in one write. The first reply, and any after a quiet interval, go at once.
 
         Returns normally for every outcome the client is told about; a client that is gone
         ends it quietly. Cancellation (the client left) propagates after the hand-off to a drain.
         """
         try:
             with self._shutdown.cancel_scope() as shutdown_scope:
-                await self._serve(request_id, request, emit)
+                await self._serve(request_id, request, emit, gather)
             if shutdown_scope.cancelled_caught:
                 await emit(error_envelope(request_id, 503, "balancer is shutting down"))
         except CLIENT_GONE_ERRORS:
             _logger.debug("client of request %s is gone", request_id)
 
-    async def _serve(self, request_id: str, request: AgentRequest, emit: Emit) -> None:
+    async def _serve(self, request_id: str, request: AgentRequest, emit: Emit, gather: float) -> None:
         redispatched = False
         while True:
             try:
@@ -120,7 +120,7 @@ class RequestForwarder:
                 _logger.warning("request %s timed out waiting for a free slot", request_id)
                 await emit(error_envelope(request_id, 504, "Waiting for available slot timed out"))
                 return
-            outcome = await self._forward(claim, request_id, request, emit)
+            outcome = await self._forward(claim, request_id, request, emit, gather)
             if outcome is _Outcome.FINISHED:
                 return
             if redispatched:
@@ -129,7 +129,9 @@ class RequestForwarder:
             _logger.info("agent %s left before answering request %s: dispatching it again", claim.agent.id, request_id)
             redispatched = True
 
-    async def _forward(self, claim: SlotClaim, request_id: str, request: AgentRequest, emit: Emit) -> _Outcome:
+    async def _forward(
+        self, claim: SlotClaim, request_id: str, request: AgentRequest, emit: Emit, gather: float
+    ) -> _Outcome:
         agent = claim.agent
         if agent.connection_closed.is_set():
             # The agent left between handing out this slot and this task running again.
@@ -182,7 +184,8 @@ class RequestForwarder:
                 await emit(_to_client(agent, request_id, reply))
                 if settled:
                     return _Outcome.FINISHED
-                gather_until = trio.current_time() + GATHER_INTERVAL
+                if gather:
+                    gather_until = trio.current_time() + gather
         finally:
             if settled:
                 agent.close_route(agent_request_id)

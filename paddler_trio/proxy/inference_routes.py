@@ -53,6 +53,9 @@ _logger = logging.getLogger(__name__)
 # Messages a request may run ahead of its client before the forwarder waits for the client.
 STREAM_BUFFER = 64
 MAX_LINES_PER_CHUNK = STREAM_BUFFER
+# Tokens that follow each other this closely are handed on together and written as one chunk
+# (see RequestForwarder.serve); the first token is never held back.
+NDJSON_GATHER_INTERVAL = 0.002
 
 ParamsT = TypeVar("ParamsT")
 
@@ -118,7 +121,9 @@ class InferenceService:
         if not self._cluster.token_generation_enabled:
             return json_error(501, TOKEN_GENERATION_DISABLED_DESCRIPTION)
         request_id = new_request_id()
-        return self._ndjson(request_id, lambda emit: self._forwarder.serve(request_id, params, emit))
+        return self._ndjson(
+            request_id, lambda emit: self._forwarder.serve(request_id, params, emit, gather=NDJSON_GATHER_INTERVAL)
+        )
 
     async def generate_embedding_batch(self) -> Response:
         params = await _read_body(GenerateEmbeddingBatchParams)
