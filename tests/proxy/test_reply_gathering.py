@@ -1,0 +1,67 @@
+"""Gathering replies (`RequestForwarder.serve(gather=...)`, used by the NDJSON routes): the first
+reply, and the first after a quiet interval, go on at once; replies that follow closely wait
+out the interval and go on together, in order. Driven on Trio's mock clock."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import trio
+import trio.testing
+
+from paddler_trio.protocol import ContentToken
+from tests.proxy.test_forwarding import DONE, PARAMS, Setup, setup
+
+GATHER = 0.002
+
+
+def start_gathering(s: Setup, gather: float) -> None:
+    async def run() -> None:
+        await s.forwarder.serve("client-1", PARAMS, s.emit, gather=gather)
+
+    s.nursery.start_soon(run)
+
+
+def texts(received: list[Any]) -> list[str]:
+    return [m.response.text for m in received if isinstance(m.response, ContentToken)]
+
+
+async def test_close_replies_wait_out_the_interval_and_go_on_together(mock_clock: trio.testing.MockClock) -> None:
+    async with setup() as s:
+        wire = s.add_agent("a")
+        start_gathering(s, GATHER)
+        agent_request_id = await wire.next_request_id()
+        wire.reply(agent_request_id, ContentToken("first"))
+        await trio.testing.wait_all_tasks_blocked()
+        assert texts(s.received) == ["first"]
+
+        wire.reply(agent_request_id, ContentToken("second"))
+        wire.reply(agent_request_id, ContentToken("third"))
+        await trio.testing.wait_all_tasks_blocked()
+        assert texts(s.received) == ["first"]
+
+        mock_clock.jump(GATHER)
+        await trio.testing.wait_all_tasks_blocked()
+        assert texts(s.received) == ["first", "second", "third"]
+
+        mock_clock.jump(10 * GATHER)
+        wire.reply(agent_request_id, ContentToken("after a pause"))
+        await trio.testing.wait_all_tasks_blocked()
+        assert texts(s.received) == ["first", "second", "third", "after a pause"]
+
+        wire.reply(agent_request_id, DONE)
+        mock_clock.jump(GATHER)
+        await trio.testing.wait_all_tasks_blocked()
+        assert s.received[-1].response == DONE
+        assert s.pool.slots_processing == 0
+
+
+async def test_without_gathering_every_reply_goes_on_at_once(mock_clock: trio.testing.MockClock) -> None:
+    async with setup() as s:
+        wire = s.add_agent("a")
+        start_gathering(s, 0.0)
+        agent_request_id = await wire.next_request_id()
+        for text in ("first", "second", "third"):
+            wire.reply(agent_request_id, ContentToken(text))
+            await trio.testing.wait_all_tasks_blocked()
+        assert texts(s.received) == ["first", "second", "third"]
