@@ -65,3 +65,8 @@ async def test_without_gathering_every_reply_goes_on_at_once(mock_clock: trio.te
             wire.reply(agent_request_id, ContentToken(text))
             await trio.testing.wait_all_tasks_blocked()
         assert texts(s.received) == ["first", "second", "third"]
+
+        wire.reply(agent_request_id, DONE)
+        await trio.testing.wait_all_tasks_blocked()
+        assert s.received[-1].response == DONE
+        assert s.pool.slots_processing == 0
