@@ -9,13 +9,16 @@ import attrs
 import numpy as np
 import pytest
 import trio
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
 
 import paddler_trio.engine  # noqa: F401  (llama_cpp before numpy users)
 from paddler_trio.engine.context import DecodingContext
 from paddler_trio.engine.engine import Engine, EngineSettings
 from paddler_trio.engine.model import LoadedModel
 from paddler_trio.engine.sampling import SamplerChain, SamplingSettings
-from paddler_trio.engine.vector_sampling import VectorSampler
+from paddler_trio.engine.vector_sampling import VectorSampler, top_k_ids
 from paddler_trio.protocol import ContinueFromRawPromptParams, GbnfGrammar, GenerationDone, InferenceParameters
 from tests.engine.engine_harness import raw
 
@@ -140,3 +143,14 @@ def test_any_integer_seed_is_accepted():
     for seed in (-1, -(2**70), 2**70):
         sampler = VectorSampler(settings(seed=seed), n_vocab=VOCAB, context_tokens=1024)
         assert 0 <= sampler.sample_row(logits.copy()) < VOCAB
+
+
+@given(
+    logits=arrays(np.float32, st.integers(2, 3000), elements=st.floats(-30, 30, width=32)),
+    k_fraction=st.floats(0.0, 1.0),
+)
+def test_top_k_keeps_exactly_the_k_largest_logits(logits: np.ndarray, k_fraction: float) -> None:
+    k = 1 + int(k_fraction * (logits.size - 2))  # 1 <= k < size, as sample_row calls it
+    chosen = top_k_ids(logits, k)
+    assert len(set(chosen.tolist())) == k
+    assert sorted(logits[chosen].tolist()) == sorted(logits.tolist())[-k:]
