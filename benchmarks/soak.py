@@ -23,9 +23,10 @@ unaccounted (a stream that ended without a terminal message, or that outlived
 token minus the agents' first-token delay (buffer wait plus relay; on a shared machine also
 any CPU starvation of the balancer). The load runs in `--rounds` rounds of `--duration`, the
 balancer going idle between them; its RSS and open fds are read from /proc at start (idle,
-agents connected), every second (peaks) and after each round, idle: RSS after the last round
-against RSS after the first is the leak check (the first round pays for the high-water mark
-of a thousand connections, which CPython keeps). At the end, `/api/v1/agents` must show every
+agents connected), every second (peaks) and after each round, once idle and once the
+balancer has given freed memory back (paddler_trio/nursery/idle_memory_release.py): RSS at
+the end against RSS at the start is the leak check, and so is RSS after the last round
+against RSS after the first. At the end, `/api/v1/agents` must show every
 `slots_processing` at 0 and every `slots_total` exact, and the buffer must be empty.
 
 One JSON object goes to stdout and, unless `--no-save`, to
@@ -58,6 +59,7 @@ import wsproto.events
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))  # the cluster harness and the scripted agents live in tests/
 
+from paddler_trio.nursery.idle_memory_release import CHECK_INTERVAL as IDLE_CHECK_INTERVAL
 from tests.integration.cluster import Cluster, wait_until
 
 RESULTS_DIRECTORY = Path(__file__).resolve().parent / "results"
@@ -69,6 +71,7 @@ RAMP_UP = 5.0  # clients start over this many seconds: a connect storm, not a si
 CONNECT_LIMIT = 10.0
 # The management queries of this script use short-lived connections: let their fds close before counting.
 FD_SETTLE = 1.0
+MEMORY_RELEASE_WAIT = 2 * IDLE_CHECK_INTERVAL + FD_SETTLE
 ACTIONS = ("complete", "cancel", "disconnect")
 
 
@@ -507,7 +510,8 @@ def soak(options: argparse.Namespace) -> dict[str, Any]:
                 load_seconds += round_figures["load_seconds"]
                 idle = _wait_quiet(cluster, pid, start["open_fds"], options.quiesce_limit)
                 round_figures["seconds_to_idle_after_load"] = round(time.monotonic() - round_figures.pop("ended_at"), 1)
-                time.sleep(FD_SETTLE)
+                # The balancer gives freed memory back two quiet looks after the load ends.
+                time.sleep(MEMORY_RELEASE_WAIT)
                 round_figures["rss_mib_end"] = process_rss_mib(pid)
                 round_figures["open_fds_end"] = open_fds(pid)
                 round_figures["idle_within_limit"] = idle
