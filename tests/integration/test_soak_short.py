@@ -41,4 +41,5 @@ def test_short_soak_accounts_for_every_request_and_leaks_nothing() -> None:
     balancer = figures["balancer"]
     assert balancer["peak_buffered_requests"] > 0  # 100 clients, 64 slots: the buffer was used
     assert balancer["open_fds_end"] <= balancer["open_fds_start"], balancer
+    assert balancer["rss_growth_percent"] < 10, balancer  # idle RSS after the last round against after the first
     assert figures["invariants_hold"]
