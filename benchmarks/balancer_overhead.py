@@ -424,10 +424,13 @@ class CeilingOptions:
     repeats: int
     transports: tuple[str, ...]
     round_trips: int
+    agent_frames: tuple[str, ...]
 
 
 @contextlib.contextmanager
-def scripted_fast_agent(cluster: Cluster, directory: Path, name: str, *, slots: int, tokens: int) -> Iterator[None]:
+def scripted_fast_agent(
+    cluster: Cluster, directory: Path, name: str, *, slots: int, tokens: int, batching: bool = True
+) -> Iterator[None]:
     """A scripted fast agent process, registered with the balancer while the block runs."""
     with (directory / f"{name}.log").open("wb") as log:
         agent = subprocess.Popen(
@@ -437,6 +440,7 @@ def scripted_fast_agent(cluster: Cluster, directory: Path, name: str, *, slots: 
                 "--slots", str(slots),
                 "--tokens", str(tokens),
                 "--name", name,
+                "--batching" if batching else "--no-batching",
             ],
             cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
@@ -458,9 +462,6 @@ def measure_ceiling(options: CeilingOptions) -> dict[str, Any]:
         with scripted_fast_agent(cluster, directory, "round-trip", slots=1, tokens=1):
             round_trip = trio.run(relay_round_trip, cluster.inference_port, options.transports, options.round_trips)
         wait_until(lambda: not cluster.agents_snapshot(), 30, "the round-trip agent to leave")
-        stack.enter_context(
-            scripted_fast_agent(cluster, directory, "ceiling", slots=options.slots, tokens=options.tokens)
-        )
         pid = balancer.process.pid
         result: dict[str, Any] = {
             "relay_round_trip": round_trip,
@@ -470,25 +471,34 @@ def measure_ceiling(options: CeilingOptions) -> dict[str, Any]:
             "requests_per_client": options.requests_per_client,
             "balancer_rss_idle_mib": process_memory_mib(pid)["rss_mib"],
         }
-        for transport in options.transports:
-            runs = []
-            for repeat in range(options.repeats):
-                run = ceiling_run(cluster, pid, transport, options)
-                runs.append(run)
-                progress(
-                    f"ceiling {transport:<9} repeat {repeat + 1}/{options.repeats}: "
-                    f"{run['messages_per_second']:>8} messages/s, balancer CPU {run['balancer_cpu_percent']} % "
-                    f"({run['balancer_cpu_us_per_message']} us/message), "
-                    f"RSS {run['rss_mib']} MiB (load {run['load_average_1m']})"
-                )
-            result[transport] = {
-                "messages_per_second": median_or_none([run["messages_per_second"] for run in runs]),
-                "balancer_cpu_percent": median_or_none([run["balancer_cpu_percent"] for run in runs]),
-                "balancer_cpu_us_per_message": median_or_none([run["balancer_cpu_us_per_message"] for run in runs]),
-                "balancer_peak_rss_mib": max(run["peak_rss_mib"] for run in runs),
-                "runs": runs,
-            }
+        for frames in options.agent_frames:
+            name = f"ceiling-{frames}"
+            with scripted_fast_agent(
+                cluster, directory, name, slots=options.slots, tokens=options.tokens, batching=frames == "batched"
+            ):
+                result[frames] = {transport: ceiling_figures(cluster, pid, transport, frames, options) for transport in options.transports}
+            wait_until(lambda: not cluster.agents_snapshot(), 30, f"agent {name} to leave")
         return result
+
+
+def ceiling_figures(cluster: Cluster, pid: int, transport: str, frames: str, options: CeilingOptions) -> dict[str, Any]:
+    runs = []
+    for repeat in range(options.repeats):
+        run = ceiling_run(cluster, pid, transport, options)
+        runs.append(run)
+        progress(
+            f"ceiling {frames:<8} {transport:<9} repeat {repeat + 1}/{options.repeats}: "
+            f"{run['messages_per_second']:>8} messages/s, balancer CPU {run['balancer_cpu_percent']} % "
+            f"({run['balancer_cpu_us_per_message']} us/message), "
+            f"RSS {run['rss_mib']} MiB (load {run['load_average_1m']})"
+        )
+    return {
+        "messages_per_second": median_or_none([run["messages_per_second"] for run in runs]),
+        "balancer_cpu_percent": median_or_none([run["balancer_cpu_percent"] for run in runs]),
+        "balancer_cpu_us_per_message": median_or_none([run["balancer_cpu_us_per_message"] for run in runs]),
+        "balancer_peak_rss_mib": max(run["peak_rss_mib"] for run in runs),
+        "runs": runs,
+    }
 
 
 async def relay_round_trip(inference_port: int, transports: tuple[str, ...], requests: int) -> dict[str, Any]:
@@ -680,6 +690,10 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--ceiling-requests-per-client", type=int, default=1)
     parser.add_argument("--ceiling-repeats", type=int, default=3)
     parser.add_argument("--round-trips", type=int, default=200, help="one-token requests through the relay")
+    parser.add_argument(
+        "--agent-frames", type=comma_list(("batched", "single")), default=("batched", "single"),
+        help="ceiling agent's frames: batched (one per step, our agents) and/or single (one message each, Paddler's)",
+    )
     parser.add_argument("--label", default=None, help="a word for what is measured (e.g. before), kept in the JSON")
     parser.add_argument("--no-save", action="store_true", help="do not write benchmarks/results/…json")
     return parser.parse_args(argv)
@@ -754,6 +768,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 repeats=args.ceiling_repeats,
                 transports=args.transports,
                 round_trips=args.round_trips,
+                agent_frames=args.agent_frames,
             )
         )
     report["machine"]["load_average_at_end"] = [round(value, 2) for value in os.getloadavg()]

@@ -64,7 +64,9 @@ import wsproto.events
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))  # the cluster harness and the scripted agents live in tests/
 
-from paddler_trio.nursery.idle_memory_release import CHECK_INTERVAL as IDLE_CHECK_INTERVAL
+from paddler_trio.nursery.idle_memory_release import (
+    CHECK_INTERVAL as IDLE_CHECK_INTERVAL,
+)
 from tests.integration.cluster import Cluster, wait_until
 
 RESULTS_DIRECTORY = Path(__file__).resolve().parent / "results"

@@ -2,8 +2,10 @@
 
 On every connection: `RegisterAgent` first, then `UpdateAgentStatus` on every status change
 and every second; incoming `SetState` goes to reconciliation, requests and
-`StopRespondingTo` to request handling. When the link drops, the requests it carried are
-cancelled and the agent reconnects every second with the same id. When the agent is shut
+`StopRespondingTo` to request handling. Replies of one engine step go as one frame when the
+balancer offers it (`protocol.reply_batching`; Paddler's balancer does not). When the link
+drops, the requests it carried are cancelled and the agent reconnects every second with the
+same id. When the agent is shut
 down it flushes what it has queued, sends `DeregisterAgent` and closes the socket cleanly.
 
 With `--agent-secret` the upgrade carries `Authorization: Bearer <secret>`; a balancer that
@@ -40,6 +42,11 @@ from paddler_trio.protocol import (
     WireFormatError,
     from_json,
     to_json,
+)
+from paddler_trio.protocol.reply_batching import (
+    MAX_MESSAGES_PER_FRAME,
+    batch_frame,
+    offers_reply_batching,
 )
 
 _logger = logging.getLogger(__name__)
@@ -147,7 +154,8 @@ class ManagementLink:
                 send.send_nowait(
                     RegisterAgentNotification(name=self._name, slot_aggregated_status_snapshot=registration)
                 )
-                nursery.start_soon(self._write, socket, pending, nursery.cancel_scope)
+                batching = offers_reply_batching(socket.handshake_headers)
+                nursery.start_soon(self._write, socket, pending, nursery.cancel_scope, batching)
                 nursery.start_soon(self._publish_status, send, registration.version)
                 nursery.start_soon(_cancel_when_set, self._leaving, nursery.cancel_scope)
                 await self._receive(socket, nursery, requests, send)
@@ -165,10 +173,23 @@ class ManagementLink:
         socket: trio_websocket.WebSocketConnection,
         pending: trio.MemoryReceiveChannel[BalancerBoundMessage],
         link_scope: trio.CancelScope,
+        batching: bool,
     ) -> None:
+        """Send queued messages; with `batching`, all that are queued together go as one frame."""
         try:
             async for message in pending:
-                await socket.send_message(to_json(message))
+                if not batching:
+                    await socket.send_message(to_json(message))
+                    continue
+                # One scheduler round lets the other requests of the same engine step queue theirs.
+                await trio.lowlevel.checkpoint()
+                texts = [to_json(message)]
+                while len(texts) < MAX_MESSAGES_PER_FRAME:
+                    try:
+                        texts.append(to_json(pending.receive_nowait()))
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        break
+                await socket.send_message(batch_frame(texts))
         except trio_websocket.ConnectionClosed:
             link_scope.cancel()
 

@@ -1,5 +1,6 @@
 """Reading an agent's frames: token replies (one per generated token, by far the most
-frequent frame) on a fast path, everything else through the full protocol decoder.
+frequent frame) on a fast path, everything else through the full protocol decoder. A frame
+holds one message, or (from our agents, see `protocol.reply_batching`) an array of them.
 
 The fast path reads the JSON with the standard parser and checks the exact shape of a
 `{"Response": {"generated_by", "request_id", "response": {"GeneratedToken": {<token kind>: str}}}}`
@@ -20,12 +21,44 @@ from paddler_trio.protocol import (
     ResponseEnvelope,
     ToolCallToken,
     UndeterminableToken,
+    WireFormatError,
     from_json,
+    parse_json,
+    structure,
 )
 
 _TOKEN_KINDS: dict[str, type[ContentToken | ReasoningToken | ToolCallToken | UndeterminableToken]] = {
     cls.__name__: cls for cls in (ContentToken, ReasoningToken, ToolCallToken, UndeterminableToken)
 }
+
+
+def decode_agent_frame(text: str) -> tuple[list[Any], list[str]]:
+    """The `BalancerBoundMessage`s in one text frame, and a description of each part that is not one.
+
+    A frame that is a single message decodes as `decode_agent_message`; one that is an array
+    yields its valid elements in order, so one bad element costs only itself.
+    """
+    if not text.startswith("["):
+        try:
+            return [decode_agent_message(text)], []
+        except WireFormatError as error:
+            return [], [str(error)]
+    try:
+        elements = parse_json(text)
+    except WireFormatError as error:
+        return [], [str(error)]
+    messages: list[Any] = []
+    problems: list[str] = []
+    for index, element in enumerate(elements):
+        message = _token_reply(element)
+        if message is None:
+            try:
+                message = structure(element, BalancerBoundMessage)
+            except WireFormatError as error:
+                problems.append(f"message {index} of the frame: {error}")
+                continue
+        messages.append(message)
+    return messages, problems
 
 
 def decode_agent_message(text: str) -> Any:

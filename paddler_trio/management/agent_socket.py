@@ -8,6 +8,9 @@ only; the balancer's own `slots_processing` is never overwritten) and routes eve
 `Response`/`Error` envelope to the request it answers. Hypercorn pings every 3 s. When
 the socket ends, for whatever reason, the agent leaves the pool, which ends every request
 still streaming from it with "Agent controller connection closed".
+
+The upgrade response offers reply batching (`protocol.reply_batching`): our agents then send
+the replies of one engine step as one frame; Paddler's agents ignore the header.
 """
 
 from __future__ import annotations
@@ -19,11 +22,8 @@ import trio
 from quart import Websocket
 
 from paddler_trio import PADDLER_COMPATIBLE_VERSION
-from paddler_trio.management.agent_message_decoding import decode_agent_message
+from paddler_trio.management.agent_message_decoding import decode_agent_frame
 from paddler_trio.management.reconciliation import Reconciliation
-from paddler_trio.proxy.agent_controller import AgentController
-from paddler_trio.proxy.agent_pool import AgentPool, DuplicateAgent
-from paddler_trio.proxy.shutdown_signal import ShutdownSignal
 from paddler_trio.protocol import (
     DeregisterAgentNotification,
     ErrorEnvelope,
@@ -31,9 +31,15 @@ from paddler_trio.protocol import (
     ResponseEnvelope,
     UpdateAgentStatusNotification,
     VersionNotification,
-    WireFormatError,
     to_json,
 )
+from paddler_trio.protocol.reply_batching import (
+    REPLY_BATCHING_HEADER,
+    REPLY_BATCHING_VERSION,
+)
+from paddler_trio.proxy.agent_controller import AgentController
+from paddler_trio.proxy.agent_pool import AgentPool, DuplicateAgent
+from paddler_trio.proxy.shutdown_signal import ShutdownSignal
 
 _logger = logging.getLogger(__name__)
 
@@ -53,10 +59,11 @@ class AgentSocket:
         self._shutdown = shutdown
 
     async def serve(self, websocket: Websocket, agent_id: str) -> None:
-        await websocket.accept()
+        await websocket.accept(headers={REPLY_BATCHING_HEADER: REPLY_BATCHING_VERSION})
         await websocket.send(to_json(VersionNotification(version=PADDLER_COMPATIBLE_VERSION)))
+        frames = _AgentFrames(websocket, agent_id)
         with self._shutdown.cancel_scope():
-            registration = await self._receive_registration(websocket, agent_id)
+            registration = await self._receive_registration(websocket, frames, agent_id)
             if registration is None:
                 return
             outbox_send, outbox_receive = trio.open_memory_channel[Any](OUTBOX_CAPACITY)
@@ -77,7 +84,7 @@ class AgentSocket:
                 self._reconciliation.send_state_to(agent)
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._write, websocket, outbox_receive)
-                    await self._read(websocket, agent)
+                    await self._read(frames, agent)
                     nursery.cancel_scope.cancel()
             finally:
                 self._pool.deregister(agent_id)
@@ -88,30 +95,33 @@ class AgentSocket:
         else:
             await websocket.close(1000, "")
 
-    async def _receive_registration(self, websocket: Websocket, agent_id: str) -> RegisterAgentNotification | None:
+    async def _receive_registration(
+        self, websocket: Websocket, frames: _AgentFrames, agent_id: str
+    ) -> RegisterAgentNotification | None:
         with trio.move_on_after(REGISTRATION_TIMEOUT):
             while True:
-                message = await _receive_message(websocket, agent_id)
-                if isinstance(message, RegisterAgentNotification):
-                    return message
-                if message is not None:
+                messages = await frames.next()
+                for index, message in enumerate(messages):
+                    if isinstance(message, RegisterAgentNotification):
+                        frames.leftover = messages[index + 1 :]
+                        return message
                     _logger.warning("agent %s sent %s before RegisterAgent: ignored", agent_id, type(message).__name__)
         _logger.warning("agent %s did not register within %.0f s: closing", agent_id, REGISTRATION_TIMEOUT)
         await websocket.close(CLOSE_POLICY_VIOLATION, "expected RegisterAgent")
         return None
 
-    async def _read(self, websocket: Websocket, agent: AgentController) -> None:
+    async def _read(self, frames: _AgentFrames, agent: AgentController) -> None:
         while True:
-            message = await _receive_message(websocket, agent.id)
-            if isinstance(message, (ResponseEnvelope, ErrorEnvelope)):
-                agent.deliver(message.request_id, message)
-            elif isinstance(message, UpdateAgentStatusNotification):
-                if agent.update_status(message.slot_aggregated_status_snapshot):
-                    self._pool.notify_changed()
-            elif isinstance(message, DeregisterAgentNotification):
-                return
-            elif isinstance(message, RegisterAgentNotification):
-                _logger.warning("agent %s registered twice on one connection: ignored", agent.id)
+            for message in await frames.next():
+                if isinstance(message, (ResponseEnvelope, ErrorEnvelope)):
+                    agent.deliver(message.request_id, message)
+                elif isinstance(message, UpdateAgentStatusNotification):
+                    if agent.update_status(message.slot_aggregated_status_snapshot):
+                        self._pool.notify_changed()
+                elif isinstance(message, DeregisterAgentNotification):
+                    return
+                elif isinstance(message, RegisterAgentNotification):
+                    _logger.warning("agent %s registered twice on one connection: ignored", agent.id)
 
     async def _write(self, websocket: Websocket, outbox: trio.MemoryReceiveChannel[Any]) -> None:
         async with outbox:
@@ -119,14 +129,27 @@ class AgentSocket:
                 await websocket.send(to_json(message))
 
 
-async def _receive_message(websocket: Websocket, agent_id: str) -> Any:
-    """The next message, or None for a frame that is not one (logged)."""
-    data = await websocket.receive()
-    if isinstance(data, bytes):
-        _logger.warning("agent %s sent a binary frame: ignored", agent_id)
-        return None
-    try:
-        return decode_agent_message(data)
-    except WireFormatError as error:
-        _logger.warning("agent %s sent an invalid message (%s): ignored", agent_id, error)
-        return None
+class _AgentFrames:
+    """An agent's messages a frame at a time (one message, or a batch from our agents)."""
+
+    def __init__(self, websocket: Websocket, agent_id: str) -> None:
+        self._websocket = websocket
+        self._agent_id = agent_id
+        # Messages that came in the frame after RegisterAgent; handed out first.
+        self.leftover: list[Any] = []
+
+    async def next(self) -> list[Any]:
+        """The next frame's valid messages (never empty); invalid frames and parts are logged and skipped."""
+        if self.leftover:
+            messages, self.leftover = self.leftover, []
+            return messages
+        while True:
+            data = await self._websocket.receive()
+            if isinstance(data, bytes):
+                _logger.warning("agent %s sent a binary frame: ignored", self._agent_id)
+                continue
+            messages, problems = decode_agent_frame(data)
+            for problem in problems:
+                _logger.warning("agent %s sent an invalid message (%s): ignored", self._agent_id, problem)
+            if messages:
+                return messages

@@ -31,10 +31,19 @@ from paddler_trio.balancer_config import BalancerConfig
 from paddler_trio.cli_values import SocketAddress
 from paddler_trio.management.management_routes import ManagementService
 from paddler_trio.management.reconciliation import Reconciliation
-from paddler_trio.management.state_database import MemoryStateDatabase, open_state_database
-from paddler_trio.management.web_admin_panel import WebAdminPanelSettings, create_web_admin_panel_app
+from paddler_trio.management.state_database import (
+    MemoryStateDatabase,
+    open_state_database,
+)
 from paddler_trio.management.statsd_reporter import report_to_statsd
-from paddler_trio.nursery.idle_memory_release import LoadSnapshot, release_memory_when_idle
+from paddler_trio.management.web_admin_panel import (
+    WebAdminPanelSettings,
+    create_web_admin_panel_app,
+)
+from paddler_trio.nursery.idle_memory_release import (
+    LoadSnapshot,
+    release_memory_when_idle,
+)
 from paddler_trio.nursery.signals import cancel_on_signals
 from paddler_trio.proxy.agent_pool import AgentPool
 from paddler_trio.proxy.buffer import RequestBuffer

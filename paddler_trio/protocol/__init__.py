@@ -63,7 +63,7 @@ from paddler_trio.protocol.conversation_message import (
     MessageToolCall,
     TextPart,
 )
-from paddler_trio.protocol.converter import from_json, structure, to_json, unstructure
+from paddler_trio.protocol.converter import from_json, parse_json, structure, to_json, unstructure
 from paddler_trio.protocol.embedding_result import (
     DocumentExceedsBatchSize,
     Embedding,
@@ -257,6 +257,7 @@ __all__ = [
     "VersionNotification",
     "WireFormatError",
     "from_json",
+    "parse_json",
     "is_terminal",
     "structure",
     "to_json",

@@ -909,12 +909,16 @@ def _reject_constant(name: str) -> NoReturn:
     raise ValueError(f"{name} is not valid JSON")
 
 
-def from_json(text: str | bytes, cls: type[T]) -> T:
-    """Parse JSON text into a protocol value of type ``cls``; any failure raises ``WireFormatError``."""
+def parse_json(text: str | bytes) -> Any:
+    """Decoded JSON (no NaN or Infinity); invalid text raises ``WireFormatError``."""
     try:
-        data = json.loads(text, parse_constant=_reject_constant)
+        return json.loads(text, parse_constant=_reject_constant)
     except RecursionError:
         raise WireFormatError("invalid JSON: nested too deeply") from None
     except ValueError as exc:
         raise WireFormatError(f"invalid JSON: {exc}") from None
-    return structure(data, cls)
+
+
+def from_json(text: str | bytes, cls: type[T]) -> T:
+    """Parse JSON text into a protocol value of type ``cls``; any failure raises ``WireFormatError``."""
+    return structure(parse_json(text), cls)

@@ -1,8 +1,10 @@
 """A scripted fake balancer (test double): the agent-socket half of a balancer's management service.
 
 It accepts `/api/v1/agent_socket/{agent_id}` on a loopback port, sends the Version
-notification, records every frame an agent sends (as parsed JSON), and lets a test send
-SetState, requests and StopRespondingTo, and drop connections.
+notification, records every message an agent sends (as parsed JSON), and lets a test send
+SetState, requests and StopRespondingTo, and drop connections. Like Paddler's balancer it
+offers no reply batching unless `offer_reply_batching` is set; then it unpacks batched
+frames into their messages and counts the messages of each frame in `frame_sizes`.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import trio
 import trio_websocket
 
 from paddler_trio import PADDLER_COMPATIBLE_VERSION
+from paddler_trio.protocol.reply_batching import REPLY_BATCHING_HEADER, REPLY_BATCHING_VERSION
 
 AGENT_SOCKET_PREFIX = "/api/v1/agent_socket/"
 WAIT_TIMEOUT = 30.0
@@ -28,6 +31,8 @@ class AgentConnection:
         self.agent_id = agent_id
         self.socket = socket
         self.frames: list[Frame] = []
+        # Messages per WebSocket frame, in arrival order (1 unless the agent batched).
+        self.frame_sizes: list[int] = []
         self.closed = trio.Event()
         self._arrived = trio.Event()
 
@@ -133,7 +138,8 @@ def is_terminal_for(frame: Frame, request_id: str) -> bool:
 
 
 class ScriptedFakeBalancer:
-    def __init__(self) -> None:
+    def __init__(self, *, offer_reply_batching: bool = False) -> None:
+        self.offer_reply_batching = offer_reply_batching
         self.port = 0
         self.connections: list[AgentConnection] = []
         self._connected = trio.Event()
@@ -163,7 +169,8 @@ class ScriptedFakeBalancer:
         if not request.path.startswith(AGENT_SOCKET_PREFIX):
             await request.reject(404)
             return
-        socket = await request.accept()
+        offer = [(REPLY_BATCHING_HEADER.encode(), REPLY_BATCHING_VERSION.encode())] if self.offer_reply_batching else []
+        socket = await request.accept(extra_headers=offer)
         connection = AgentConnection(request.path[len(AGENT_SOCKET_PREFIX) :], socket)
         self.connections.append(connection)
         self._connected.set()
@@ -171,8 +178,11 @@ class ScriptedFakeBalancer:
         try:
             await connection.send({"Notification": {"Version": {"version": PADDLER_COMPATIBLE_VERSION}}})
             while True:
-                text = await socket.get_message()
-                connection.record(json.loads(text))
+                frame = json.loads(await socket.get_message())
+                messages = frame if isinstance(frame, list) else [frame]
+                connection.frame_sizes.append(len(messages))
+                for message in messages:
+                    connection.record(message)
         except trio_websocket.ConnectionClosed:
             pass
         finally:

@@ -246,6 +246,29 @@ async def test_serves_raw_prompts_concurrently_stops_and_cancels_on_link_loss(
     assert all(s["slots_total"] == 2 for f in second.frames if (s := snapshot_of(f)) is not None)
 
 
+async def test_batches_the_replies_of_one_engine_step_only_when_the_balancer_offers_it(
+    nursery: trio.Nursery, gemma_model_path: Path
+) -> None:
+    for offered in (False, True):
+        fake = ScriptedFakeBalancer(offer_reply_batching=offered)
+        await nursery.start(fake.serve)
+        await start_agent(nursery, fake.address, slots=2)
+        connection = await fake.first_connection()
+        await loaded(connection, gemma_model_path)
+        first_frame = len(connection.frame_sizes)
+        await connection.request("b-1", raw_prompt(12))
+        await connection.request("b-2", raw_prompt(12, "Once upon a time"))
+        for request_id in ("b-1", "b-2"):
+            results = await connection.results_of(request_id)
+            assert all(is_token(payload) for payload in results[:-1])
+            assert done_usage(results[-1])["content_tokens"] == len(results) - 1
+        sizes = connection.frame_sizes[first_frame:]
+        if offered:
+            assert max(sizes) >= 2, f"the two slots' tokens of one step should share a frame: {sizes}"
+        else:
+            assert set(sizes) == {1}, "a balancer that does not offer batching gets one message per frame"
+
+
 async def test_reports_load_failures_with_paddlers_progression_and_recovers(
     nursery: trio.Nursery, balancer: ScriptedFakeBalancer, gemma_model_path: Path, tmp_path: Path
 ) -> None:

@@ -1,5 +1,6 @@
 """The agent socket's fast path for token replies decodes exactly what the full decoder does,
-and every other frame (or a slightly malformed token frame) gets the full decoder's answer."""
+and every other frame (or a slightly malformed token frame) gets the full decoder's answer;
+a batched frame yields its messages in order, a bad one among them costing only itself."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from paddler_trio.management.agent_message_decoding import decode_agent_message
+from paddler_trio.management.agent_message_decoding import decode_agent_frame, decode_agent_message
 from paddler_trio.protocol import (
     BalancerBoundMessage,
     ContentToken,
@@ -22,6 +23,7 @@ from paddler_trio.protocol import (
     from_json,
     to_json,
 )
+from paddler_trio.protocol.reply_batching import batch_frame
 from tests.protocol.strategies import for_type, json_values
 
 TOKEN_CLASSES = (ContentToken, ReasoningToken, ToolCallToken, UndeterminableToken)
@@ -107,3 +109,27 @@ TOKEN_FRAME = {"Response": {"generated_by": None, "request_id": "r-1", "response
 )
 def test_frames_off_the_fast_path_get_the_full_decoders_answer(text: str) -> None:
     assert fast_path_outcome(text) == full_decoder_outcome(text)
+
+
+@given(messages=st.lists(for_type(BalancerBoundMessage), min_size=1, max_size=6))
+def test_a_batched_frame_decodes_to_its_messages_in_order(messages: list[Any]) -> None:
+    frame = batch_frame([to_json(message) for message in messages])
+    assert decode_agent_frame(frame) == ([from_json(to_json(m), BalancerBoundMessage) for m in messages], [])
+
+
+def test_a_bad_message_in_a_batch_costs_only_itself() -> None:
+    good = [to_json(ResponseEnvelope(generated_by=None, request_id=f"r-{n}", response=ContentToken("a"))) for n in (1, 2)]
+    frame = batch_frame([good[0], '{"Response": {"request_id": 7}}', good[1]])
+    messages, problems = decode_agent_frame(frame)
+    assert [message.request_id for message in messages] == ["r-1", "r-2"]
+    assert len(problems) == 1 and problems[0].startswith("message 1 of the frame:")
+
+
+@pytest.mark.parametrize("frame", ["[", "[1,", '[{"Response": NaN}]', "nonsense", "{}"])
+def test_a_frame_that_is_not_json_or_no_message_yields_a_problem_and_nothing_else(frame: str) -> None:
+    messages, problems = decode_agent_frame(frame)
+    assert messages == [] and len(problems) >= 1
+
+
+def test_an_empty_batch_is_nothing_at_all() -> None:
+    assert decode_agent_frame("[]") == ([], [])

@@ -8,7 +8,10 @@ import pytest
 import trio
 import trio.testing
 
-from paddler_trio.nursery.idle_memory_release import LoadSnapshot, release_memory_when_idle
+from paddler_trio.nursery.idle_memory_release import (
+    LoadSnapshot,
+    release_memory_when_idle,
+)
 
 IDLE = LoadSnapshot(in_flight=0, buffered=0, tokens_relayed=0)
 RELEASED = "idle again: memory released"

@@ -3,9 +3,14 @@ the agent socket protocol like a real agent but answers every generation request
 `tokens` ContentTokens then `Done`, as fast as the socket takes them.
 
 Never a stand-in for llama.cpp in a feature test. What makes it fast: each request's token
-frame is serialised and WebSocket-encoded once, then written `FRAMES_PER_WRITE` copies at a
-time straight to the TCP stream, so the agent spends almost no CPU per token and the
-balancer is what the benchmark measures. `StopRespondingTo` ends the stream with `Done`.
+message is serialised once and frames are written straight to the TCP stream, so the agent
+spends almost no CPU per token and the balancer is what the benchmark measures.
+`StopRespondingTo` ends the stream with `Done`.
+
+When the balancer offers reply batching (`paddler_trio.protocol.reply_batching`) and
+`batching` is on, it behaves like a real agent's engine: each step sends one frame holding
+one token of every request in flight (up to `MAX_MESSAGES_PER_FRAME`). Otherwise it sends
+one message per frame, as Paddler's agents do, `FRAMES_PER_WRITE` frames per write.
 
 Run it as a process: `python -m tests.proxy.scripted_fast_agent --management-addr HOST:PORT`.
 """
@@ -13,8 +18,9 @@ Run it as a process: `python -m tests.proxy.scripted_fast_agent --management-add
 from __future__ import annotations
 
 import argparse
-import json
 import secrets
+from typing import Any
+
 import attrs
 import trio
 import wsproto.events
@@ -22,6 +28,7 @@ from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket
 
 from paddler_trio.protocol import (
     AgentBoundMessage,
+    ContentToken,
     ContinueFromConversationHistoryParams,
     ContinueFromRawPromptParams,
     GenerationDone,
@@ -33,6 +40,11 @@ from paddler_trio.protocol import (
     VersionNotification,
     from_json,
     to_json,
+)
+from paddler_trio.protocol.reply_batching import (
+    MAX_MESSAGES_PER_FRAME,
+    batch_frame,
+    offers_reply_batching,
 )
 from tests.proxy.scripted_fake_agent import status_snapshot
 
@@ -47,8 +59,12 @@ class ScriptedFastAgent:
     token_text: str = "tok"
     name: str | None = "scripted-fast"
     agent_id: str = attrs.field(factory=lambda: "fast-" + secrets.token_hex(4))
+    batching: bool = True
     _ws: WebSocketConnection | None = None
     _stopped: set[str] = attrs.field(factory=set)
+    # Batching mode: each request in flight with its token message and the tokens still to send.
+    _in_flight: dict[str, list[Any]] = attrs.field(factory=dict)
+    _step_wanted: trio.Event = attrs.field(factory=trio.Event)
 
     @property
     def url(self) -> str:
@@ -65,7 +81,10 @@ class ScriptedFastAgent:
                 await ws.send_message(
                     to_json(RegisterAgentNotification(name=self.name, slot_aggregated_status_snapshot=snapshot))
                 )
+                batching = self.batching and offers_reply_batching(ws.handshake_headers)
                 async with trio.open_nursery() as nursery:
+                    if batching:
+                        nursery.start_soon(self._step_forever)
                     task_status.started(self)
                     while True:
                         message = from_json(await ws.get_message(), AgentBoundMessage)
@@ -74,26 +93,43 @@ class ScriptedFastAgent:
                         elif isinstance(message, RequestEnvelope) and isinstance(
                             message.request, (ContinueFromRawPromptParams, ContinueFromConversationHistoryParams)
                         ):
-                            nursery.start_soon(self._generate, message.id)
+                            if batching:
+                                self._in_flight[message.id] = [token_message(message.id, self.token_text), self.tokens]
+                                self._step_wanted.set()
+                            else:
+                                nursery.start_soon(self._generate, message.id)
         except* (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError):
             pass
 
     async def _generate(self, request_id: str) -> None:
         assert self._ws is not None
-        token = '{"Response":{"generated_by":null,"request_id":%s,"response":{"GeneratedToken":{"ContentToken":%s}}}}'
-        frame = self._encode(token % (json.dumps(request_id), json.dumps(self.token_text)))
+        frame = self._encode(token_message(request_id, self.token_text))
         sent = 0
         while sent < self.tokens and request_id not in self._stopped:
             count = min(FRAMES_PER_WRITE, self.tokens - sent)
             await self._write(frame * count)
             sent += count
         self._stopped.discard(request_id)
-        done = ResponseEnvelope(
-            generated_by=None,
-            request_id=request_id,
-            response=GenerationDone(usage=TokenUsage(prompt_tokens=1, content_tokens=sent)),
-        )
-        await self._ws.send_message(to_json(done))
+        await self._ws.send_message(done_message(request_id, sent))
+
+    async def _step_forever(self) -> None:
+        """Batching mode: one frame per step, one token of every request in flight."""
+        while True:
+            if not self._in_flight:
+                await self._step_wanted.wait()
+                self._step_wanted = trio.Event()
+                continue
+            texts: list[str] = []
+            for request_id, entry in list(self._in_flight.items())[:MAX_MESSAGES_PER_FRAME]:
+                message, remaining = entry
+                if remaining == 0 or request_id in self._stopped:
+                    del self._in_flight[request_id]
+                    self._stopped.discard(request_id)
+                    texts.append(done_message(request_id, self.tokens - remaining))
+                else:
+                    texts.append(message)
+                    entry[1] = remaining - 1
+            await self._write(self._encode(batch_frame(texts)))
 
     def _encode(self, text: str) -> bytes:
         assert self._ws is not None
@@ -107,14 +143,29 @@ class ScriptedFastAgent:
             await self._ws._stream.send_all(data)  # noqa: SLF001
 
 
+def token_message(request_id: str, text: str) -> str:
+    return to_json(ResponseEnvelope(generated_by=None, request_id=request_id, response=ContentToken(text)))
+
+
+def done_message(request_id: str, content_tokens: int) -> str:
+    usage = TokenUsage(prompt_tokens=1, content_tokens=content_tokens)
+    return to_json(ResponseEnvelope(generated_by=None, request_id=request_id, response=GenerationDone(usage=usage)))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="A scripted fast agent: ContentTokens as fast as the balancer takes them")
     parser.add_argument("--management-addr", required=True, help="balancer management HOST:PORT")
     parser.add_argument("--slots", type=int, default=64)
     parser.add_argument("--tokens", type=int, default=2000, help="ContentTokens per request before Done")
     parser.add_argument("--name", default="scripted-fast")
+    parser.add_argument(
+        "--batching", action=argparse.BooleanOptionalAction, default=True,
+        help="one frame per step for all requests in flight when the balancer offers it (our agents' way)",
+    )
     args = parser.parse_args(argv)
-    agent = ScriptedFastAgent(args.management_addr, slots=args.slots, tokens=args.tokens, name=args.name)
+    agent = ScriptedFastAgent(
+        args.management_addr, slots=args.slots, tokens=args.tokens, name=args.name, batching=args.batching
+    )
     trio.run(agent.run)
 
 

@@ -10,25 +10,27 @@ Run several in one process: `python -m tests.proxy.scripted_paced_agent --manage
 from __future__ import annotations
 
 import argparse
-import json
 
 import attrs
 import trio
 
-from paddler_trio.protocol import GenerationDone, ResponseEnvelope, TokenUsage, to_json
-from tests.proxy.scripted_fast_agent import ScriptedFastAgent
-
-_TOKEN_FRAME = '{"Response":{"generated_by":null,"request_id":%s,"response":{"GeneratedToken":{"ContentToken":%s}}}}'
+from tests.proxy.scripted_fast_agent import (
+    ScriptedFastAgent,
+    done_message,
+    token_message,
+)
 
 
 @attrs.define(eq=False)
 class ScriptedPacedAgent(ScriptedFastAgent):
     first_token_delay: float = 0.05
     token_interval: float = 0.05
+    # Every request keeps its own pace, so each token goes as its own frame.
+    batching: bool = False
 
     async def _generate(self, request_id: str) -> None:
         assert self._ws is not None
-        frame = self._encode(_TOKEN_FRAME % (json.dumps(request_id), json.dumps(self.token_text)))
+        frame = self._encode(token_message(request_id, self.token_text))
         sent = 0
         await trio.sleep(self.first_token_delay)
         while sent < self.tokens and request_id not in self._stopped:
@@ -37,12 +39,7 @@ class ScriptedPacedAgent(ScriptedFastAgent):
             await self._write(frame)
             sent += 1
         self._stopped.discard(request_id)
-        done = ResponseEnvelope(
-            generated_by=None,
-            request_id=request_id,
-            response=GenerationDone(usage=TokenUsage(prompt_tokens=1, content_tokens=sent)),
-        )
-        await self._ws.send_message(to_json(done))
+        await self._ws.send_message(done_message(request_id, sent))
 
 
 async def run_agents(agents: list[ScriptedPacedAgent]) -> None:
