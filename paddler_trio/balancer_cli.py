@@ -13,6 +13,7 @@ from paddler_trio.balancer_config import (
     DEFAULT_MAX_REQUEST_BODY_BYTES,
     DEFAULT_MAX_REQUESTS_PER_INFERENCE_SOCKET,
     DEFAULT_MAX_TOKENS_LIMIT,
+    DEFAULT_STREAM_GATHER_INTERVAL,
     DEFAULT_WEBSOCKET_MAX_MESSAGE_BYTES,
     BalancerConfig,
 )
@@ -61,6 +62,15 @@ def add_parser(subcommands: argparse._SubParsersAction) -> None:
         default="127.0.0.1:8061",
         metavar="HOST:PORT",
         help="inference service address (default: 127.0.0.1:8061)",
+    )
+    parser.add_argument(
+        "--stream-gather-interval",
+        type=milliseconds,
+        default=milliseconds(str(round(DEFAULT_STREAM_GATHER_INTERVAL * 1000))),
+        metavar="MS",
+        help="tokens of one HTTP stream that come closer together than this are written to the client "
+        "together (the first token, and any after a pause, go at once); 0 writes every token on its own "
+        f"(default: {round(DEFAULT_STREAM_GATHER_INTERVAL * 1000)})",
     )
     parser.add_argument(
         "--inference-item-timeout",
@@ -234,6 +244,7 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         web_admin_panel_addr=args.web_admin_panel_addr,
         buffered_request_timeout=args.buffered_request_timeout,
         inference_item_timeout=args.inference_item_timeout,
+        stream_gather_interval=args.stream_gather_interval,
         max_buffered_requests=args.max_buffered_requests,
         inference_cors_allowed_hosts=tuple(args.inference_cors_allowed_host),
         management_cors_allowed_hosts=tuple(args.management_cors_allowed_host),

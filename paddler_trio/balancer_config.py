@@ -12,6 +12,8 @@ DEFAULT_MAX_REQUEST_BODY_BYTES = 50 * 1024 * 1024
 DEFAULT_WEBSOCKET_MAX_MESSAGE_BYTES = 50 * 1024 * 1024
 DEFAULT_MAX_TOKENS_LIMIT = 32768
 DEFAULT_MAX_REQUESTS_PER_INFERENCE_SOCKET = 64
+# Tokens of one NDJSON stream that follow each other closer than this are written together.
+DEFAULT_STREAM_GATHER_INTERVAL = 0.02
 
 
 @attrs.frozen(kw_only=True)
@@ -23,6 +25,7 @@ class BalancerConfig:
     # Durations in seconds (given in integer milliseconds on the command line).
     buffered_request_timeout: float = 10.0
     inference_item_timeout: float = 30.0
+    stream_gather_interval: float = DEFAULT_STREAM_GATHER_INTERVAL
     max_buffered_requests: int = 30
     inference_cors_allowed_hosts: tuple[str, ...] = ()
     management_cors_allowed_hosts: tuple[str, ...] = ()

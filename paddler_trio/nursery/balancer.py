@@ -147,6 +147,7 @@ async def _serve(
                 request_nursery=background,
                 max_tokens_limit=config.max_tokens_limit,
                 max_requests_per_socket=config.max_requests_per_inference_socket,
+                stream_gather_interval=config.stream_gather_interval,
             )
             async with trio.open_nursery() as servers:
                 management_bound = await servers.start(

@@ -4,6 +4,7 @@ that carry each in-flight request's replies back to the task serving it."""
 
 from __future__ import annotations
 
+import enum
 import logging
 from typing import Any
 
@@ -23,6 +24,18 @@ _logger = logging.getLogger(__name__)
 
 # What the agent socket reader hands to the task serving one request.
 AgentReply = ResponseEnvelope[Any] | ErrorEnvelope
+
+
+class Silence(enum.Enum):
+    """The marker the forwarder's item-timeout watch puts in a route: the agent fell silent."""
+
+    SILENCE = enum.auto()
+
+
+SILENCE = Silence.SILENCE
+
+# What a route carries.
+RouteItem = AgentReply | Silence
 
 # Replies buffered per request before the request is declared too slow to follow.
 ROUTE_CAPACITY = 4096
@@ -54,7 +67,7 @@ class AgentController:
     # (agents send one every second), so a frozen agent takes no new work until it answers again.
     unresponsive: bool = False
     connection_closed: trio.Event = attrs.field(factory=trio.Event)
-    _routes: dict[str, trio.MemorySendChannel[AgentReply]] = attrs.field(factory=dict)
+    _routes: dict[str, trio.MemorySendChannel[RouteItem]] = attrs.field(factory=dict)
 
     @property
     def slots_total(self) -> int:
@@ -111,10 +124,10 @@ class AgentController:
 
     # --- per-request reply routes ------------------------------------------------------
 
-    def open_route(self, request_id: str) -> trio.MemoryReceiveChannel[AgentReply]:
+    def open_route(self, request_id: str) -> trio.MemoryReceiveChannel[RouteItem]:
         if request_id in self._routes:
             raise DuplicateRoute(request_id)
-        send, receive = trio.open_memory_channel[AgentReply](ROUTE_CAPACITY)
+        send, receive = trio.open_memory_channel[RouteItem](ROUTE_CAPACITY)
         self._routes[request_id] = send
         return receive
 
@@ -123,7 +136,7 @@ class AgentController:
         if send is not None:
             send.close()
 
-    def deliver(self, request_id: str, reply: AgentReply) -> None:
+    def deliver(self, request_id: str, reply: RouteItem) -> None:
         """Hand a reply to its request without ever blocking the socket reader."""
         send = self._routes.get(request_id)
         if send is None:

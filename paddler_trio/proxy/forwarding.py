@@ -11,6 +11,10 @@ When the client leaves (its task is cancelled, or `emit` finds it gone) or the a
 falls silent for `--inference-item-timeout`, the request is handed to a drain task
 owned by the balancer: it tells the agent `StopRespondingTo`, waits for the agent's
 terminal message (at most another item timeout), and only then releases the slot.
+
+The item timeout costs nothing per reply: instead of a timer around every wait, a relay
+notes when it starts waiting, and one watch task per forwarder (running only while relays
+are in flight) drops a `SILENCE` marker into the route of any relay that has waited too long.
 """
 
 from __future__ import annotations
@@ -21,9 +25,10 @@ import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import attrs
 import trio
 
-from paddler_trio.proxy.agent_controller import AgentController, AgentReply
+from paddler_trio.proxy.agent_controller import SILENCE, AgentController, AgentReply, RouteItem
 from paddler_trio.proxy.agent_pool import SlotClaim
 from paddler_trio.proxy.buffer import BufferOverflow, BufferTimeout, RequestBuffer
 from paddler_trio.proxy.request_id import new_request_id
@@ -73,6 +78,52 @@ class _Outcome(enum.Enum):
     AGENT_LOST_BEFORE_OUTPUT = enum.auto()
 
 
+@attrs.define(eq=False)
+class _Relay:
+    """One dispatch being relayed; `waiting_since` is set while it waits for the agent's next reply."""
+
+    agent: AgentController
+    agent_request_id: str
+    waiting_since: float | None = None
+
+
+class _SilenceWatch:
+    """Ends the wait of every relay whose agent stays silent for the item timeout.
+
+    It checks every `interval` (a tenth of the timeout, at most 100 ms) and runs only while
+    relays are registered, so an idle balancer has no timer at all.
+    """
+
+    def __init__(self, item_timeout: float, nursery: trio.Nursery) -> None:
+        self._item_timeout = item_timeout
+        self._interval = max(min(0.1, item_timeout / 10), 0.001)
+        self._nursery = nursery
+        self._relays: set[_Relay] = set()
+        self._scope: trio.CancelScope | None = None
+
+    def add(self, relay: _Relay) -> None:
+        self._relays.add(relay)
+        if self._scope is None:
+            self._scope = trio.CancelScope()
+            self._nursery.start_soon(self._run, self._scope)
+
+    def discard(self, relay: _Relay) -> None:
+        self._relays.discard(relay)
+        if not self._relays and self._scope is not None:
+            self._scope.cancel()
+            self._scope = None
+
+    async def _run(self, scope: trio.CancelScope) -> None:
+        with scope:
+            while True:
+                await trio.sleep(self._interval)
+                now = trio.current_time()
+                for relay in list(self._relays):
+                    if relay.waiting_since is not None and now - relay.waiting_since >= self._item_timeout:
+                        relay.waiting_since = None  # one marker per silence
+                        relay.agent.deliver(relay.agent_request_id, SILENCE)
+
+
 class RequestForwarder:
     """Serves requests for the inference routes; one per balancer."""
 
@@ -88,6 +139,7 @@ class RequestForwarder:
         self._shutdown = shutdown
         self._item_timeout = item_timeout
         self._drain_nursery = drain_nursery
+        self._silence = _SilenceWatch(item_timeout, drain_nursery)
 
     async def serve(self, request_id: str, request: AgentRequest, emit: Emit, *, gather: float = 0.0) -> None:
         """Relay one request's replies to `emit` until its stream ends.
@@ -139,6 +191,13 @@ class RequestForwarder:
             return _Outcome.AGENT_LOST_BEFORE_OUTPUT
         agent_request_id = new_request_id()
         route = agent.open_route(agent_request_id)
+        relay = _Relay(agent, agent_request_id)
+        try:
+            self._silence.add(relay)
+        except RuntimeError:  # the balancer is past shutting down
+            agent.close_route(agent_request_id)
+            claim.release()
+            return _Outcome.FINISHED
         settled = False  # the agent owes us nothing more: release at once instead of draining
         try:
             try:
@@ -152,7 +211,7 @@ class RequestForwarder:
             gather_until = -math.inf
             while True:
                 try:
-                    reply = await _next_reply(route, self._item_timeout, gather_until)
+                    reply = await _next_reply(route, relay, gather_until)
                 except trio.EndOfChannel:
                     settled = True
                     if agent.connection_closed.is_set():
@@ -162,7 +221,7 @@ class RequestForwarder:
                     else:
                         await emit(error_envelope(request_id, 502, "Response channel closed before terminator"))
                     return _Outcome.FINISHED
-                if reply is None:
+                if reply is SILENCE:
                     agent.unresponsive = True
                     _logger.warning(
                         "request %s: agent %s sent nothing for %.0f ms (--inference-item-timeout)",
@@ -187,6 +246,7 @@ class RequestForwarder:
                 if gather:
                     gather_until = trio.current_time() + gather
         finally:
+            self._silence.discard(relay)
             if settled:
                 agent.close_route(agent_request_id)
                 claim.release()
@@ -197,7 +257,7 @@ class RequestForwarder:
         self,
         agent: AgentController,
         agent_request_id: str,
-        route: trio.MemoryReceiveChannel[AgentReply],
+        route: trio.MemoryReceiveChannel[RouteItem],
         claim: SlotClaim,
     ) -> None:
         try:
@@ -210,7 +270,7 @@ class RequestForwarder:
         self,
         agent: AgentController,
         agent_request_id: str,
-        route: trio.MemoryReceiveChannel[AgentReply],
+        route: trio.MemoryReceiveChannel[RouteItem],
         claim: SlotClaim,
     ) -> None:
         try:
@@ -220,31 +280,35 @@ class RequestForwarder:
                 return
             with trio.move_on_after(self._item_timeout):
                 async for reply in route:
-                    if ends_stream(reply):
+                    if reply is not SILENCE and ends_stream(reply):
                         return
         finally:
             agent.close_route(agent_request_id)
             claim.release()
 
 
-async def _next_reply(
-    route: trio.MemoryReceiveChannel[AgentReply], item_timeout: float, gather_until: float
-) -> AgentReply | None:
-    """The next reply, or None after `item_timeout` of silence.
+async def _next_reply(route: trio.MemoryReceiveChannel[RouteItem], relay: _Relay, gather_until: float) -> RouteItem:
+    """The next reply, or `SILENCE` when the agent said nothing for the item timeout.
 
-    A reply already queued is taken without a timer or a checkpoint. One that comes before
-    `gather_until` (shortly after the previous reply went out) is held until then, while those
-    behind it queue up: with an emit that waits only for a full consumer (`emit_into`), they
-    reach the client's writer together, which sends them in one write.
+    A reply already queued is taken without a checkpoint (a `SILENCE` found that way is
+    stale: a reply overtook it, so it is skipped). One that comes before `gather_until`
+    (shortly after the previous reply went out) is held until then, while those behind it
+    queue up: with an emit that waits only for a full consumer (`emit_into`), they reach the
+    client's writer together, which sends them in one write.
     """
+    while True:
+        try:
+            reply = route.receive_nowait()
+        except trio.WouldBlock:
+            break
+        if reply is not SILENCE:
+            return reply
+    relay.waiting_since = trio.current_time()
     try:
-        return route.receive_nowait()
-    except trio.WouldBlock:
-        pass
-    reply: AgentReply | None = None
-    with trio.move_on_after(item_timeout):
         reply = await route.receive()
-    if reply is not None and trio.current_time() < gather_until:
+    finally:
+        relay.waiting_since = None
+    if reply is not SILENCE and trio.current_time() < gather_until:
         await trio.sleep_until(gather_until)
     return reply
 

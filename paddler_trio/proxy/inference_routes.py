@@ -53,9 +53,6 @@ _logger = logging.getLogger(__name__)
 # Messages a request may run ahead of its client before the forwarder waits for the client.
 STREAM_BUFFER = 64
 MAX_LINES_PER_CHUNK = STREAM_BUFFER
-# Tokens that follow each other this closely are handed on together and written as one chunk
-# (see RequestForwarder.serve); the first token is never held back.
-NDJSON_GATHER_INTERVAL = 0.002
 
 ParamsT = TypeVar("ParamsT")
 
@@ -78,7 +75,12 @@ class InferenceService:
         request_nursery: trio.Nursery,
         max_tokens_limit: int | None = None,
         max_requests_per_socket: int | None = None,
+        stream_gather_interval: float = 0.0,
     ) -> None:
+        """`stream_gather_interval`: tokens of one NDJSON stream that follow each other this closely
+        are handed on together and written as one chunk (RequestForwarder.serve); the first
+        token, and the first after a pause, are never held back."""
+        self._stream_gather_interval = stream_gather_interval
         self._max_tokens_limit = max_tokens_limit
         self._max_requests_per_socket = max_requests_per_socket
         self._forwarder = forwarder
@@ -122,7 +124,7 @@ class InferenceService:
             return json_error(501, TOKEN_GENERATION_DISABLED_DESCRIPTION)
         request_id = new_request_id()
         return self._ndjson(
-            request_id, lambda emit: self._forwarder.serve(request_id, params, emit, gather=NDJSON_GATHER_INTERVAL)
+            request_id, lambda emit: self._forwarder.serve(request_id, params, emit, gather=self._stream_gather_interval)
         )
 
     async def generate_embedding_batch(self) -> Response:
