@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import enum
 import logging
-import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -145,8 +144,9 @@ class RequestForwarder:
         """Relay one request's replies to `emit` until its stream ends.
 
         With `gather` (seconds), a reply that follows the previous one that closely waits out the
-        rest of the interval and goes on with those that arrive meanwhile: for a client writer that
-        sends what is queued in one write. The first reply, and any after a quiet interval, go at once.
+        rest of the interval and goes on with those that arrive meanwhile: with an emit that waits
+        only for a full consumer (`emit_into`), they reach the client's writer together, which
+        sends them in one write. The first reply, and any after a quiet interval, go at once.
 
         Returns normally for every outcome the client is told about; a client that is gone
         ends it quietly. Cancellation (the client left) propagates after the hand-off to a drain.
@@ -208,10 +208,9 @@ class RequestForwarder:
                 await emit(error_envelope(request_id, 500, "Failed to generate response"))
                 return _Outcome.FINISHED
             produced_output = False
-            gather_until = -math.inf
             while True:
                 try:
-                    reply = await _next_reply(route, relay, gather_until)
+                    reply = await _next_reply(route, relay)
                 except trio.EndOfChannel:
                     settled = True
                     if agent.connection_closed.is_set():
@@ -243,8 +242,10 @@ class RequestForwarder:
                 await emit(_to_client(agent, request_id, reply))
                 if settled:
                     return _Outcome.FINISHED
-                if gather:
-                    gather_until = trio.current_time() + gather
+                if gather and not route.statistics().current_buffer_used:
+                    # Replies that come meanwhile wait in the route and go on together; nothing is
+                    # held outside the route, so a client leaving now loses no terminal reply.
+                    await trio.sleep(gather)
         finally:
             self._silence.discard(relay)
             if settled:
@@ -287,14 +288,11 @@ class RequestForwarder:
             claim.release()
 
 
-async def _next_reply(route: trio.MemoryReceiveChannel[RouteItem], relay: _Relay, gather_until: float) -> RouteItem:
+async def _next_reply(route: trio.MemoryReceiveChannel[RouteItem], relay: _Relay) -> RouteItem:
     """The next reply, or `SILENCE` when the agent said nothing for the item timeout.
 
     A reply already queued is taken without a checkpoint (a `SILENCE` found that way is
-    stale: a reply overtook it, so it is skipped). One that comes before `gather_until`
-    (shortly after the previous reply went out) is held until then, while those behind it
-    queue up: with an emit that waits only for a full consumer (`emit_into`), they reach the
-    client's writer together, which sends them in one write.
+    stale: a reply overtook it, so it is skipped).
     """
     while True:
         try:
@@ -305,12 +303,9 @@ async def _next_reply(route: trio.MemoryReceiveChannel[RouteItem], relay: _Relay
             return reply
     relay.waiting_since = trio.current_time()
     try:
-        reply = await route.receive()
+        return await route.receive()
     finally:
         relay.waiting_since = None
-    if reply is not SILENCE and trio.current_time() < gather_until:
-        await trio.sleep_until(gather_until)
-    return reply
 
 
 def emit_into(send: trio.MemorySendChannel[InferenceClientBoundMessage]) -> Emit:

@@ -70,3 +70,24 @@ async def test_without_gathering_every_reply_goes_on_at_once(mock_clock: trio.te
         await trio.testing.wait_all_tasks_blocked()
         assert s.received[-1].response == DONE
         assert s.pool.slots_processing == 0
+
+
+async def test_a_client_leaving_during_the_interval_frees_the_slot_at_once(mock_clock: trio.testing.MockClock) -> None:
+    async with setup() as s:
+        wire = s.add_agent("a")
+        client = trio.CancelScope()
+
+        async def run() -> None:
+            with client:
+                await s.forwarder.serve("client-1", PARAMS, s.emit, gather=GATHER)
+
+        s.nursery.start_soon(run)
+        agent_request_id = await wire.next_request_id()
+        wire.reply(agent_request_id, ContentToken("first"))
+        await trio.testing.wait_all_tasks_blocked()
+        wire.reply(agent_request_id, DONE)  # the agent is done, inside the gathering interval
+        await trio.testing.wait_all_tasks_blocked()
+        client.cancel()  # ... and the client leaves before the interval ends
+        await trio.testing.wait_all_tasks_blocked()
+        assert texts(s.received) == ["first"]
+        assert s.pool.slots_processing == 0, "the agent's Done was kept: the slot needs no item timeout to come back"
