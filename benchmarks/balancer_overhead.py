@@ -42,7 +42,6 @@ import datetime
 import json
 import math
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -62,6 +61,8 @@ import paddler_trio.engine  # noqa: F401  (import order matters)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))  # the cluster harness and the scripted fast agent live in tests/
+
+from host_figures import machine_info, process_cpu_seconds, process_memory_mib
 
 from paddler_trio.bundled_models import MODEL_ALIASES, ensure_model
 from paddler_trio.engine.engine import Engine, EngineSettings
@@ -401,20 +402,6 @@ async def probe_ttft(sides: list[Side], requests: int) -> dict[str, Any]:
 # --- part b: forwarding ceiling ----------------------------------------------------------
 
 
-def process_cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
-
-
-def process_memory_mib(pid: int) -> dict[str, float]:
-    values = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, rest = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            values[key] = round(int(rest.split()[0]) / 1024, 1)
-    return {"rss_mib": values["VmRSS"], "peak_rss_mib": values["VmHWM"]}
-
-
 @attrs.frozen
 class CeilingOptions:
     slots: int
@@ -617,22 +604,6 @@ async def ceiling_clients(inference_addr: str, transport: str, clients: int, req
 
 
 # --- command line ------------------------------------------------------------------------
-
-
-def machine_info() -> dict[str, Any]:
-    cpu_model = platform.processor() or None
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
-    return {
-        "cpu_model": cpu_model,
-        "cores": os.cpu_count(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "load_average_at_start": [round(value, 2) for value in os.getloadavg()],
-    }
 
 
 def git_commit() -> str | None:

@@ -36,7 +36,6 @@ import json
 import logging
 import math
 import os
-import platform
 import shutil
 import signal
 import socket
@@ -54,6 +53,7 @@ import httpx
 import llama_cpp
 import trio
 
+from host_figures import machine_info
 from paddler_trio.bundled_models import MODEL_ALIASES, ensure_model
 from paddler_trio.protocol import (
     ContentToken,
@@ -538,23 +538,14 @@ def show_sample(prompt: str, text: str) -> None:
     )
 
 
-def machine_info(llama_server: Path | None) -> dict[str, Any]:
-    cpu_model = platform.processor() or None
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
+def machine_info_with_llama(llama_server: Path | None) -> dict[str, Any]:
+    """The machine, the threads available, and both llama.cpp builds being compared."""
     return {
-        "cpu_model": cpu_model,
-        "cores": os.cpu_count(),
+        **machine_info(),
         "cores_available": default_thread_count(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
         "llama_cpp_python": llama_cpp.__version__,
         "llama_cpp_python_system_info": llama_cpp.llama_print_system_info().decode(errors="replace").strip(),
         "llama_server": llama_server_build(llama_server) if llama_server is not None else None,
-        "load_average_at_start": [round(value, 2) for value in os.getloadavg()],
     }
 
 
@@ -562,7 +553,7 @@ async def run_benchmark(options: Options) -> dict[str, Any]:
     report: dict[str, Any] = {
         "benchmark": "engine_throughput",
         "utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine_info(options.llama_server),
+        "machine": machine_info_with_llama(options.llama_server),
         "model": options.model,
         "model_file": options.model_path.name,
         "threads": options.threads,

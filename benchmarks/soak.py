@@ -64,6 +64,8 @@ import wsproto.events
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))  # the cluster harness and the scripted agents live in tests/
 
+from host_figures import open_fds, process_cpu_seconds, process_memory_mib
+
 from paddler_trio.nursery.idle_memory_release import (
     CHECK_INTERVAL as IDLE_CHECK_INTERVAL,
 )
@@ -442,22 +444,6 @@ def worker_main(argv: list[str]) -> None:
 # --- the run (orchestrator) ----------------------------------------------------------------
 
 
-def process_rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return round(int(line.split()[1]) / 1024, 1)
-    raise RuntimeError(f"no VmRSS for process {pid}")
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def open_fds(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
-
-
 def percentile(values: list[float], fraction: float) -> float | None:
     if not values:
         return None
@@ -509,7 +495,7 @@ def soak(options: argparse.Namespace) -> dict[str, Any]:
             )
             wait_until(lambda: len([a for a in cluster.agents_snapshot() if a["slots_total"] > 0]) == options.agents, 30, "the scripted agents")
             time.sleep(FD_SETTLE)
-            start = {"rss_mib": process_rss_mib(pid), "open_fds": open_fds(pid)}
+            start = {"rss_mib": process_memory_mib(pid)["rss_mib"], "open_fds": open_fds(pid)}
             progress(f"{options.agents} agents x {options.slots} slots; balancer idle: {start}; load {os.getloadavg()[0]:.1f}")
 
             rounds = []
@@ -523,13 +509,13 @@ def soak(options: argparse.Namespace) -> dict[str, Any]:
                 round_figures["seconds_to_idle_after_load"] = round(time.monotonic() - round_figures.pop("ended_at"), 1)
                 # The balancer gives freed memory back two quiet looks after the load ends.
                 time.sleep(MEMORY_RELEASE_WAIT)
-                round_figures["rss_mib_end"] = process_rss_mib(pid)
+                round_figures["rss_mib_end"] = process_memory_mib(pid)["rss_mib"]
                 round_figures["open_fds_end"] = open_fds(pid)
                 round_figures["idle_within_limit"] = idle
                 rounds.append(round_figures)
                 progress(f"round {round_number + 1}: {round_figures}")
             tallies = merge(all_outputs)
-            end = {"rss_mib": process_rss_mib(pid), "open_fds": open_fds(pid)}
+            end = {"rss_mib": process_memory_mib(pid)["rss_mib"], "open_fds": open_fds(pid)}
             snapshot = cluster.agents_snapshot()
             buffered_end = cluster.buffered_requests()
         finally:
@@ -630,13 +616,13 @@ def _load_round(
         )
         first += count
     started = time.monotonic()
-    cpu_at_start = {"balancer": cpu_seconds(pid), "agents": cpu_seconds(agents_pid)}
-    peak_rss = process_rss_mib(pid)
+    cpu_at_start = {"balancer": process_cpu_seconds(pid), "agents": process_cpu_seconds(agents_pid)}
+    peak_rss = process_memory_mib(pid)["rss_mib"]
     peak_buffered = 0
     peak_fds = 0
     while any(worker.poll() is None for worker in workers):
         time.sleep(1)
-        rss = process_rss_mib(pid)
+        rss = process_memory_mib(pid)["rss_mib"]
         peak_rss = max(peak_rss, rss)
         peak_fds = max(peak_fds, open_fds(pid))
         buffered = cluster.buffered_requests()
@@ -659,8 +645,8 @@ def _load_round(
         "peak_buffered_requests": peak_buffered,
         # 100 = one core busy for the whole round
         "cpu_percent": {
-            "balancer": round((cpu_seconds(pid) - cpu_at_start["balancer"]) / load_seconds * 100, 1),
-            "scripted_agents": round((cpu_seconds(agents_pid) - cpu_at_start["agents"]) / load_seconds * 100, 1),
+            "balancer": round((process_cpu_seconds(pid) - cpu_at_start["balancer"]) / load_seconds * 100, 1),
+            "scripted_agents": round((process_cpu_seconds(agents_pid) - cpu_at_start["agents"]) / load_seconds * 100, 1),
         },
         "load_average_1m": round(os.getloadavg()[0], 2),
     }
