@@ -332,21 +332,7 @@ async def measure_latency(options: LatencyOptions) -> dict[str, Any]:
     async with contextlib.AsyncExitStack() as stack:
         cluster = await stack.enter_async_context(open_cluster(options, parameters))
         engine = await stack.enter_async_context(Engine.open(engine_settings))
-        sides: list[Side] = [DirectSide(engine)]
-        if "ndjson" in options.transports:
-            client = await stack.enter_async_context(
-                httpx.AsyncClient(base_url=cluster.inference_url, timeout=CLIENT_TIMEOUT_S)
-            )
-            sides.append(NdjsonSide(client))
-        if "websocket" in options.transports:
-            socket = await stack.enter_async_context(
-                trio_websocket.open_websocket_url(f"ws://127.0.0.1:{cluster.inference_port}/api/v1/inference_socket")
-            )
-            websocket_side = WebSocketSide(socket)
-            nursery = await stack.enter_async_context(trio.open_nursery())
-            await nursery.start(websocket_side.read)
-            stack.callback(nursery.cancel_scope.cancel)
-            sides.append(websocket_side)
+        sides: list[Side] = [DirectSide(engine), *await balancer_sides(stack, cluster.inference_port, options.transports)]
         for side in sides:
             progress(f"  warming up {side.name}")
             await run_requests(side, f"warm-{side.name}", options.slots, options.slots, 8)
@@ -488,26 +474,32 @@ def ceiling_figures(cluster: Cluster, pid: int, transport: str, frames: str, opt
     }
 
 
+async def balancer_sides(stack: contextlib.AsyncExitStack, inference_port: int, transports: Sequence[str]) -> list[Side]:
+    """A client side per transport on the balancer's inference port, closed with `stack`."""
+    sides: list[Side] = []
+    if "ndjson" in transports:
+        client = await stack.enter_async_context(
+            httpx.AsyncClient(base_url=f"http://127.0.0.1:{inference_port}", timeout=CLIENT_TIMEOUT_S)
+        )
+        sides.append(NdjsonSide(client))
+    if "websocket" in transports:
+        socket = await stack.enter_async_context(
+            trio_websocket.open_websocket_url(f"ws://127.0.0.1:{inference_port}/api/v1/inference_socket")
+        )
+        websocket_side = WebSocketSide(socket)
+        nursery = await stack.enter_async_context(trio.open_nursery())
+        await nursery.start(websocket_side.read)
+        stack.callback(nursery.cancel_scope.cancel)
+        sides.append(websocket_side)
+    return sides
+
+
 async def relay_round_trip(inference_port: int, transports: tuple[str, ...], requests: int) -> dict[str, Any]:
     """TTFT through the balancer to the scripted fast agent, whose own work is negligible: what the
     balancer's relay and the agent socket add to a request, with no engine time to hide it."""
     result: dict[str, Any] = {"requests": requests}
     async with contextlib.AsyncExitStack() as stack:
-        sides: list[Side] = []
-        if "ndjson" in transports:
-            client = await stack.enter_async_context(
-                httpx.AsyncClient(base_url=f"http://127.0.0.1:{inference_port}", timeout=CLIENT_TIMEOUT_S)
-            )
-            sides.append(NdjsonSide(client))
-        if "websocket" in transports:
-            socket = await stack.enter_async_context(
-                trio_websocket.open_websocket_url(f"ws://127.0.0.1:{inference_port}/api/v1/inference_socket")
-            )
-            websocket_side = WebSocketSide(socket)
-            nursery = await stack.enter_async_context(trio.open_nursery())
-            await nursery.start(websocket_side.read)
-            stack.callback(nursery.cancel_scope.cancel)
-            sides.append(websocket_side)
+        sides = await balancer_sides(stack, inference_port, transports)
         for side in sides:
             ttfts = []
             for index in range(requests):

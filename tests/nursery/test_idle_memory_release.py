@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 
 import pytest
@@ -17,6 +18,11 @@ IDLE = LoadSnapshot(in_flight=0, buffered=0, tokens_relayed=0)
 RELEASED = "idle again: memory released"
 
 
+async def watch(nursery: trio.Nursery, load: list[LoadSnapshot]) -> None:
+    """The release task, looking every second at the last snapshot in `load`."""
+    await nursery.start(functools.partial(release_memory_when_idle, lambda: load[-1], interval=1.0))
+
+
 def releases(caplog: pytest.LogCaptureFixture) -> int:
     return sum(RELEASED in record.getMessage() for record in caplog.records)
 
@@ -27,7 +33,7 @@ async def test_memory_is_released_once_after_load_ends(
     caplog.set_level(logging.INFO, logger="paddler_trio.nursery.idle_memory_release")
     load = [IDLE]
     async with trio.open_nursery() as nursery:
-        await nursery.start(lambda task_status: release_memory_when_idle(lambda: load[-1], interval=1.0, task_status=task_status))
+        await watch(nursery, load)
         await trio.sleep(5.5)
         assert releases(caplog) == 0, "a balancer that never worked has nothing to give back"
 
@@ -52,7 +58,7 @@ async def test_tokens_relayed_between_looks_count_as_work(
     caplog.set_level(logging.INFO, logger="paddler_trio.nursery.idle_memory_release")
     load = [IDLE]
     async with trio.open_nursery() as nursery:
-        await nursery.start(lambda task_status: release_memory_when_idle(lambda: load[-1], interval=1.0, task_status=task_status))
+        await watch(nursery, load)
         await trio.sleep(1.5)
         # Short requests came and went between two looks: idle both times, but tokens moved.
         load.append(LoadSnapshot(in_flight=0, buffered=0, tokens_relayed=64))
