@@ -5,9 +5,10 @@ and how many token messages one balancer process can forward.
 Part `latency` (real engine, `--model gemma|qwen`, greedy sampling): the same workload, N
 requests in flight on N slots, short distinct prompts, `--max-tokens` generated tokens,
 sent (i) straight into an in-process `Engine` ("direct") and (ii) through a real balancer
-and agent (subprocesses) over the HTTP NDJSON route ("ndjson", httpx) and over the
-inference WebSocket ("websocket", trio-websocket). The engine and the agent get the same
-model, slots, threads and inference parameters. Every repeat runs each side once, rotating
+and agent (subprocesses) over the HTTP NDJSON route ("ndjson": a lean HTTP/1.1 client on h11,
+so that what is measured is the balancer and not the client library; "ndjson-httpx": the same
+through httpx, on request) and over the inference WebSocket ("websocket", trio-websocket). The
+engine and the agent get the same model, slots, threads and inference parameters. Every repeat runs each side once, rotating
 which goes first; figures are medians over the repeats: time to first token p50/p99 (and
 pooled over every request), aggregate tok/s, and for each balancer side the added TTFT and
 the tok/s ratio against direct, paired by repeat. Both cores are shared: the balancer and
@@ -52,6 +53,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import attrs
+import h11
 import httpx
 import trio
 import trio_websocket
@@ -83,6 +85,7 @@ RESULTS_DIRECTORY = Path(__file__).resolve().parent / "results"
 CONTEXT_SIZE = 4096
 CLIENT_TIMEOUT_S = 600.0
 PROBE_MAX_TOKENS = 4
+CEILING_TRANSPORTS = ("ndjson", "websocket")
 
 PROMPTS: tuple[str, ...] = (
     "The old lighthouse keeper climbed the spiral stairs one last time before the storm, and",
@@ -181,9 +184,65 @@ def _observe(message: dict[str, Any], timing: RequestTiming) -> bool:
 
 
 class NdjsonSide:
-    """POST /api/v1/continue_from_raw_prompt on the balancer, read line by line (httpx)."""
+    """POST /api/v1/continue_from_raw_prompt on the balancer over keep-alive HTTP/1.1 connections
+    parsed with h11 (one connection per request in flight): a lean client, so that the figure is
+    the balancer's and not the client library's. `HttpxNdjsonSide` is the same through httpx."""
 
     name = "ndjson"
+
+    def __init__(self, inference_port: int) -> None:
+        self._port = inference_port
+        self._idle: list[tuple[trio.SocketStream, h11.Connection]] = []
+
+    async def aclose(self) -> None:
+        for stream, _ in self._idle:
+            await stream.aclose()
+
+    async def generate(self, prompt: str, max_tokens: int, timing: RequestTiming) -> None:
+        if self._idle:
+            stream, connection = self._idle.pop()
+        else:
+            stream, connection = await trio.open_tcp_stream("127.0.0.1", self._port), h11.Connection(h11.CLIENT)
+        body = json.dumps({"raw_prompt": prompt, "max_tokens": max_tokens}).encode()
+        headers = [("Host", f"127.0.0.1:{self._port}"), ("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
+        request = h11.Request(method="POST", target="/api/v1/continue_from_raw_prompt", headers=headers)
+        await stream.send_all(connection.send(request) + connection.send(h11.Data(data=body)) + connection.send(h11.EndOfMessage()))
+        ended = False
+        status = 0
+        pending = b""
+        while True:
+            event = connection.next_event()
+            if event is h11.NEED_DATA:
+                connection.receive_data(await stream.receive_some(65536))
+            elif isinstance(event, h11.Response):
+                status = event.status_code
+            elif isinstance(event, h11.Data):
+                pending += event.data
+                if status != 200:
+                    continue
+                *lines, pending = pending.split(b"\n")
+                for line in lines:
+                    if line.strip() and _observe(json.loads(line), timing):
+                        ended = True
+            elif isinstance(event, h11.EndOfMessage):
+                break
+            else:
+                raise RuntimeError(f"unexpected HTTP event from the balancer: {event!r}")
+        if status != 200:
+            raise RuntimeError(f"the balancer answered {status}: {pending[:300]!r}")
+        if not ended:
+            raise RuntimeError("the NDJSON stream ended without Done")
+        if connection.our_state is h11.MUST_CLOSE:  # e.g. Hypercorn's keep-alive request limit
+            await stream.aclose()
+            return
+        connection.start_next_cycle()
+        self._idle.append((stream, connection))
+
+
+class HttpxNdjsonSide:
+    """The NDJSON route read line by line with httpx: what a typical Python client adds on top."""
+
+    name = "ndjson-httpx"
 
     def __init__(self, client: httpx.AsyncClient) -> None:
         self._client = client
@@ -341,9 +400,9 @@ async def measure_latency(options: LatencyOptions) -> dict[str, Any]:
         runs: dict[str, list[dict[str, Any]]] = {side.name: [] for side in sides}
         for repeat in range(options.repeats):
             shift = repeat % len(sides)
-            for side in sides[shift:] + sides[:shift]:
+            for position, side in [*enumerate(sides)][shift:] + [*enumerate(sides)][:shift]:
                 timings = await run_requests(
-                    side, f"{side.name[0]}{repeat}", options.requests_per_run, options.slots, options.max_tokens
+                    side, f"{position}-{repeat}", options.requests_per_run, options.slots, options.max_tokens
                 )
                 figures = run_figures(timings)
                 runs[side.name].append({"repeat": repeat + 1, **figures})
@@ -361,16 +420,17 @@ async def measure_latency(options: LatencyOptions) -> dict[str, Any]:
 
 
 async def probe_ttft(sides: list[Side], requests: int) -> dict[str, Any]:
-    """TTFT with nothing else running: the same prompt (but for its first character) on every
+    """TTFT with nothing else running: the same prompt (but for its first digit) on every
     side in turn, rotating the order, so that the differences paired by prompt isolate what the
     balancer and agent add."""
     ttfts: dict[str, list[float]] = {side.name: [] for side in sides}
     for index in range(requests):
         shift = index % len(sides)
-        for side in sides[shift:] + sides[:shift]:
+        for position, side in [*enumerate(sides)][shift:] + [*enumerate(sides)][:shift]:
             timing = RequestTiming(issued=time.perf_counter())
-            # Same length everywhere, a different first character for each side: no prompt cache helps.
-            prompt = f"{side.name[0]}{index:03d} {PROMPTS[index % len(PROMPTS)]}"
+            # Same length everywhere, a different first digit for each side (digits are single
+            # tokens in both bundled vocabularies): no prompt cache helps, and no side has more to prefill.
+            prompt = f"{position}{index:03d} {PROMPTS[index % len(PROMPTS)]}"
             await side.generate(prompt, PROBE_MAX_TOKENS, timing)
             assert timing.first_token is not None
             ttfts[side.name].append((timing.first_token - timing.issued) * 1000)
@@ -449,7 +509,11 @@ def measure_ceiling(options: CeilingOptions) -> dict[str, Any]:
             with scripted_fast_agent(
                 cluster, directory, name, slots=options.slots, tokens=options.tokens, batching=frames == "batched"
             ):
-                result[frames] = {transport: ceiling_figures(cluster, pid, transport, frames, options) for transport in options.transports}
+                result[frames] = {
+                    transport: ceiling_figures(cluster, pid, transport, frames, options)
+                    for transport in options.transports
+                    if transport in CEILING_TRANSPORTS
+                }
             wait_until(lambda: not cluster.agents_snapshot(), 30, f"agent {name} to leave")
         return result
 
@@ -478,10 +542,14 @@ async def balancer_sides(stack: contextlib.AsyncExitStack, inference_port: int, 
     """A client side per transport on the balancer's inference port, closed with `stack`."""
     sides: list[Side] = []
     if "ndjson" in transports:
+        ndjson_side = NdjsonSide(inference_port)
+        stack.push_async_callback(ndjson_side.aclose)
+        sides.append(ndjson_side)
+    if "ndjson-httpx" in transports:
         client = await stack.enter_async_context(
             httpx.AsyncClient(base_url=f"http://127.0.0.1:{inference_port}", timeout=CLIENT_TIMEOUT_S)
         )
-        sides.append(NdjsonSide(client))
+        sides.append(HttpxNdjsonSide(client))
     if "websocket" in transports:
         socket = await stack.enter_async_context(
             trio_websocket.open_websocket_url(f"ws://127.0.0.1:{inference_port}/api/v1/inference_socket")
@@ -646,7 +714,11 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--requests-per-run", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=5, help="runs of each side (latency)")
     parser.add_argument("--probe-requests", type=int, default=40, help="isolated TTFT requests per side")
-    parser.add_argument("--transports", type=comma_list(("ndjson", "websocket")), default=("ndjson", "websocket"))
+    parser.add_argument(
+        "--transports", type=comma_list(("ndjson", "ndjson-httpx", "websocket")), default=("ndjson", "websocket"),
+        help="client sides: ndjson (a lean h11 client), ndjson-httpx (the same route through httpx), websocket; "
+        "the ceiling's clients use httpx for ndjson and skip ndjson-httpx",
+    )
     parser.add_argument("--ceiling-slots", type=int, default=64)
     parser.add_argument("--ceiling-tokens", type=int, default=2000)
     parser.add_argument("--ceiling-clients", type=int, default=64)

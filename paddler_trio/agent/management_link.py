@@ -53,6 +53,10 @@ _logger = logging.getLogger(__name__)
 
 RECONNECT_INTERVAL = 1.0
 STATUS_INTERVAL = 1.0
+# A snapshot prompted by a change waits this long (seconds): a burst of changes (requests
+# starting together) goes as one snapshot, and the request behind a change reaches the
+# engine before the snapshot is built.
+STATUS_CHANGE_SETTLE = 0.02
 CONNECT_TIMEOUT = 10.0
 # How long a shutting-down agent may spend flushing, deregistering and closing the socket.
 GOODBYE_TIMEOUT = 2.0
@@ -195,8 +199,10 @@ class ManagementLink:
 
     async def _publish_status(self, send: trio.MemorySendChannel[BalancerBoundMessage], seen_version: int) -> None:
         while True:
-            with trio.move_on_after(STATUS_INTERVAL):
+            with trio.move_on_after(STATUS_INTERVAL) as interval:
                 await self._status.wait_for_change(seen_version)
+            if not interval.cancelled_caught:
+                await trio.sleep(STATUS_CHANGE_SETTLE)
             snapshot = self._status.snapshot()
             seen_version = snapshot.version
             await send.send(UpdateAgentStatusNotification(slot_aggregated_status_snapshot=snapshot))

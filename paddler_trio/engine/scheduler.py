@@ -8,6 +8,13 @@ Each step, at a step boundary (never inside a decode):
 4. one `llama_decode`; then per slot with logits: sample, detokenise, check stops;
 5. back in Trio, hand each generation's events to its output channel.
 
+After a step that sampled some request's first token, the next step waits (at most
+`FIRST_TOKEN_HANDOFF_LIMIT`) until every task of the process has done what it can with
+those events, i.e. until the first tokens are on their way to the client. On a machine whose
+cores all run llama.cpp's threads, that hand-off would otherwise compete with the next decode
+for a core, and each first token would reach its client milliseconds later. Later tokens are
+handed on while the next step runs, as before.
+
 Steps 1-4 run in one worker-thread call behind a CapacityLimiter(1): the context is only
 ever touched by one thread, and the Trio loop keeps serving while a step runs. A slot whose
 consumer is not reading is paused (left out of batches) until it drains, so one slow
@@ -21,6 +28,7 @@ from collections.abc import Iterable
 
 import attrs
 import trio
+import trio.testing
 
 from paddler_trio.engine.context import DecodingContext
 from paddler_trio.engine.model import LoadedModel
@@ -38,6 +46,9 @@ OUTBOX_PAUSE_THRESHOLD = 32
 OUTPUT_CHANNEL_SIZE = 64
 
 KV_PRESSURE_MESSAGE = "Request evicted due to KV cache pressure"
+
+# Longest wait for a first token's hand-off before the next step starts anyway (seconds).
+FIRST_TOKEN_HANDOFF_LIMIT = 0.003
 
 
 @attrs.define(eq=False)
@@ -61,6 +72,8 @@ class Scheduler:
         self._wake = trio.Event()
         # Steps started so far; a cancellation or stop is applied by the next step started.
         self.steps_started = 0
+        # Set by the worker thread when a step samples some request's first token.
+        self._sampled_first_token = False
 
     @property
     def limiter(self) -> trio.CapacityLimiter:
@@ -117,12 +130,20 @@ class Scheduler:
                 step = _StepInput(self._admissions, self._cancellations, self._stops)
                 self._admissions, self._cancellations, self._stops = [], [], []
                 self.steps_started += 1
+                self._sampled_first_token = False
                 await trio.to_thread.run_sync(self._step, step, limiter=self._limiter)
                 await trio.lowlevel.checkpoint()
+                if self._sampled_first_token:
+                    await self._hand_off_first_tokens()
         finally:
             for generation in self._live:
                 generation.output.close()
             self._live.clear()
+
+    async def _hand_off_first_tokens(self) -> None:
+        self._deliver()
+        with trio.move_on_after(FIRST_TOKEN_HANDOFF_LIMIT):
+            await trio.testing.wait_all_tasks_blocked()
 
     def _deliver(self) -> None:
         still_live: list[Generation] = []
@@ -322,6 +343,8 @@ class Scheduler:
 
     def _commit_and_sample(self, planned: Iterable[tuple[Generation, list[int]]]) -> None:
         context, model = self._context, self._model
+        if any(generation.is_prefilling and generation.logits_index is not None for generation, _ in planned):
+            self._sampled_first_token = True
         for generation, tokens in planned:
             generation.slot.cached_tokens.extend(tokens)
             if generation.is_prefilling:
