@@ -35,8 +35,12 @@ from paddler_trio.engine.model import LoadedModel
 from paddler_trio.engine.request_rejection import RequestRejected
 from paddler_trio.engine.sampling import SamplerChain
 from paddler_trio.engine.slot import Generation, Slot
+from paddler_trio.engine.token_classifier import (
+    Section,
+    SectionMarkers,
+    TokenClassifier,
+)
 from paddler_trio.engine.vector_sampling import SlotSampler, VectorSampler, sample_step
-from paddler_trio.engine.token_classifier import Section, SectionMarkers, TokenClassifier
 from paddler_trio.protocol import GeneratedTokenResult, SamplerError
 
 _logger = logging.getLogger(__name__)
