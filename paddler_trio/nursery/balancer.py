@@ -47,8 +47,10 @@ from paddler_trio.nursery.idle_memory_release import (
 from paddler_trio.nursery.signals import cancel_on_signals
 from paddler_trio.proxy.agent_pool import AgentPool
 from paddler_trio.proxy.buffer import RequestBuffer
+from paddler_trio.proxy.connection_front import Takeover, serve_with_front
 from paddler_trio.proxy.forwarding import RequestForwarder
 from paddler_trio.proxy.inference_routes import InferenceService
+from paddler_trio.proxy.inference_socket_takeover import inference_socket_takeover
 from paddler_trio.proxy.openai_routes import OpenAIService
 from paddler_trio.proxy.openapi_documents import (
     inference_document,
@@ -57,6 +59,7 @@ from paddler_trio.proxy.openapi_documents import (
     serve_openapi,
 )
 from paddler_trio.proxy.shutdown_signal import ShutdownSignal
+from paddler_trio.security.api_keys import ApiKeys
 from paddler_trio.security.error_shapes import openai_error
 from paddler_trio.security.service_protection import agent_socket_keys, protect_service
 
@@ -178,6 +181,12 @@ async def _serve(
                     config.inference_addr,
                     shutdown,
                     config,
+                    inference_socket_takeover(
+                        inference.socket_session,
+                        keys=ApiKeys.of(config.inference_api_keys),
+                        max_message_bytes=config.websocket_max_message_bytes,
+                        ping_interval=WEBSOCKET_PING_INTERVAL,
+                    ),
                 )
                 openai_bound = None
                 if config.compat_openai_addr is not None:
@@ -254,9 +263,11 @@ async def _serve_http(
     address: SocketAddress,
     shutdown: ShutdownSignal,
     balancer_config: BalancerConfig,
+    takeover: Takeover | None = None,
     *,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
+    """Serve `app` with Hypercorn; with `takeover`, through the front that lets it claim connections."""
     config = HypercornConfig()
     host = f"[{address.host}]" if ":" in address.host else address.host
     config.bind = [f"{host}:{address.port}"]
@@ -271,7 +282,11 @@ async def _serve_http(
     config.accesslog = None
     config.errorlog = logging.getLogger(f"{__name__}.{name}_http")
     async with trio.open_nursery() as nursery:
-        binds: list[str] = await nursery.start(functools.partial(serve, app, config, shutdown_trigger=shutdown.wait))
+        if takeover is None:
+            server = functools.partial(serve, app, config, shutdown_trigger=shutdown.wait)
+        else:
+            server = functools.partial(serve_with_front, app, config, takeover, shutdown_trigger=shutdown.wait)
+        binds: list[str] = await nursery.start(server)
         scheme, _, bound = binds[0].partition("://")
         _logger.info("%s service listening on %s://%s", name, scheme, bound)
         task_status.started(bound)

@@ -29,6 +29,8 @@ from paddler_trio.proxy.forwarding import CLIENT_GONE_ERRORS, Emit, RequestForwa
 from paddler_trio.proxy.inference_socket import (
     TOKEN_GENERATION_DISABLED_DESCRIPTION,
     InferenceSocketSession,
+    MessageSocket,
+    QuartMessageSocket,
     TokenGenerationMode,
 )
 from paddler_trio.proxy.request_id import new_request_id
@@ -160,15 +162,19 @@ class InferenceService:
         return self._ndjson(done_id, fan_out)
 
     async def inference_socket(self) -> None:
-        session = InferenceSocketSession(
-            websocket._get_current_object(),  # type: ignore[attr-defined]
+        """The inference socket when the upgrade reached Quart (see `socket_takeover`)."""
+        await self.socket_session(QuartMessageSocket(websocket._get_current_object())).serve()  # type: ignore[attr-defined]
+
+    def socket_session(self, socket: MessageSocket) -> InferenceSocketSession:
+        return InferenceSocketSession(
+            socket,
             forwarder=self._forwarder,
             mode=self._cluster,
             shutdown=self._shutdown,
             max_tokens_limit=self._max_tokens_limit,
             max_requests_in_flight=self._max_requests_per_socket,
+            stream_gather_interval=self._stream_gather_interval,
         )
-        await session.serve()
 
     def _ndjson(self, request_id: str, work: Callable[[Emit], Awaitable[None]]) -> Response:
         """HTTP 200 streaming one JSON message per line, produced by `work` in its own task."""

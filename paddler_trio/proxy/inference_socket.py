@@ -14,6 +14,12 @@ multiplexed over one WebSocket, each served by its own task.
 * On balancer shutdown every request gets the 503 envelope and the socket closes with 1001.
 * Limits (`--max-tokens-limit`, `--max-requests-per-inference-socket`): a request asking for
   more tokens gets the 400 envelope; one beyond the in-flight limit gets the 429 envelope.
+* Writes: the messages queued for the client when the writer wakes go out together (each
+  its own WebSocket message), and a request's tokens are gathered as on the NDJSON routes
+  (`--stream-gather-interval`). The socket is usually a `DirectWebSocket` (the inference
+  port's front takes these upgrades over, `connection_front.py`), which writes them with
+  one `send_all`; a socket that reached Quart instead (`QuartMessageSocket`) sends them one
+  by one.
 """
 
 from __future__ import annotations
@@ -21,14 +27,12 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+from collections.abc import Iterable
 from typing import Any, Protocol
 
 import trio
 from quart import Websocket
 
-from paddler_trio.proxy.forwarding import CLIENT_GONE_ERRORS, RequestForwarder, emit_into, error_envelope
-from paddler_trio.proxy.request_validation import generation_request_problems, invalid_parameters_description
-from paddler_trio.proxy.shutdown_signal import ShutdownSignal
 from paddler_trio.protocol import (
     ErrorEnvelope,
     InferenceClientBoundMessage,
@@ -43,10 +47,23 @@ from paddler_trio.protocol import (
     from_json,
     to_json,
 )
+from paddler_trio.proxy.forwarding import (
+    CLIENT_GONE_ERRORS,
+    RequestForwarder,
+    emit_into,
+    error_envelope,
+)
+from paddler_trio.proxy.request_validation import (
+    generation_request_problems,
+    invalid_parameters_description,
+)
+from paddler_trio.proxy.shutdown_signal import ShutdownSignal
 
 _logger = logging.getLogger(__name__)
 
 OUTBOX_CAPACITY = 256
+# Messages written together at most (about 64 KiB of token messages).
+MAX_MESSAGES_PER_WRITE = 256
 TOKEN_GENERATION_DISABLED_DESCRIPTION = "Token generation is disabled while the cluster is configured for embeddings"
 
 CLOSE_GOING_AWAY = 1001
@@ -64,17 +81,51 @@ class TokenGenerationMode(Protocol):
     async def wait_changed(self, seen_version: int) -> int: ...
 
 
+class MessageSocket(Protocol):
+    """An accepted WebSocket as the session uses it."""
+
+    async def accept(self) -> None: ...
+
+    async def receive(self) -> str | bytes: ...
+
+    async def send_texts(self, texts: Iterable[str]) -> None: ...
+
+    async def close(self, code: int, reason: str | None = None) -> None: ...
+
+
+class QuartMessageSocket:
+    """Quart's WebSocket (an upgrade that reached the app) as a `MessageSocket`."""
+
+    def __init__(self, websocket: Websocket) -> None:
+        self._websocket = websocket
+
+    async def accept(self) -> None:
+        await self._websocket.accept()
+
+    async def receive(self) -> str | bytes:
+        return await self._websocket.receive()
+
+    async def send_texts(self, texts: Iterable[str]) -> None:
+        for text in texts:
+            await self._websocket.send(text)
+
+    async def close(self, code: int, reason: str | None = None) -> None:
+        await self._websocket.close(code, reason)
+
+
 class InferenceSocketSession:
     def __init__(
         self,
-        websocket: Websocket,
+        websocket: MessageSocket,
         *,
         forwarder: RequestForwarder,
         mode: TokenGenerationMode,
         shutdown: ShutdownSignal,
         max_tokens_limit: int | None = None,
         max_requests_in_flight: int | None = None,
+        stream_gather_interval: float = 0.0,
     ) -> None:
+        self._stream_gather_interval = stream_gather_interval
         self._max_tokens_limit = max_tokens_limit
         self._max_requests_in_flight = max_requests_in_flight
         self._websocket = websocket
@@ -166,7 +217,7 @@ class InferenceSocketSession:
     ) -> None:
         try:
             with scope:
-                await self._forwarder.serve(request_id, request, emit_into(outbox))
+                await self._forwarder.serve(request_id, request, emit_into(outbox), gather=self._stream_gather_interval)
         except Exception:
             _logger.exception("inference socket request %s failed", request_id)
             with contextlib.suppress(*CLIENT_GONE_ERRORS):
@@ -198,7 +249,13 @@ class InferenceSocketSession:
     async def _write(self, outbox: trio.MemoryReceiveChannel[InferenceClientBoundMessage]) -> None:
         async with outbox:
             async for message in outbox:
-                await self._websocket.send(to_json(message))
+                texts = [to_json(message)]
+                while len(texts) < MAX_MESSAGES_PER_WRITE:
+                    try:
+                        texts.append(to_json(outbox.receive_nowait()))
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        break
+                await self._websocket.send_texts(texts)
 
 
 def _request_id_in(data: str) -> str | None:

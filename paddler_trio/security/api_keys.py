@@ -86,7 +86,7 @@ def require_bearer_key(
         required = keys_for(request.path)
         if request.method == "OPTIONS" or request.path in OPEN_PATHS or not required.required:
             return None
-        presented = _bearer_key(request.headers.get("Authorization"))
+        presented = bearer_key(request.headers.get("Authorization"))
         client = request.remote_addr or "unknown client"
         if presented is None:
             return refuse(request.path, client, "missing key", "Missing API key: send 'Authorization: Bearer <key>'")
@@ -100,7 +100,7 @@ def require_bearer_key(
         if not required.required:
             return None
         client = websocket.remote_addr or "unknown client"
-        header_key = _bearer_key(websocket.headers.get("Authorization"))
+        header_key = bearer_key(websocket.headers.get("Authorization"))
         subprotocol_key = next(
             (
                 offered.removeprefix(WEBSOCKET_SUBPROTOCOL_PREFIX)
@@ -129,7 +129,7 @@ def require_bearer_key(
         return None
 
 
-def _bearer_key(authorization: str | None) -> str | None:
+def bearer_key(authorization: str | None) -> str | None:
     if authorization is None or authorization[: len(BEARER_PREFIX)].lower() != BEARER_PREFIX.lower():
         return None
     key = authorization[len(BEARER_PREFIX) :].strip()

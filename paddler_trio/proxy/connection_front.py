@@ -1,0 +1,188 @@
+"""Hypercorn's trio worker with a front door: each new connection's first request head is read
+here, and a `Takeover` may claim the connection for its own handler (the inference port's
+WebSocket, whose token frames are too many for one ASGI send each). Every other connection,
+with the bytes already read, goes to Hypercorn unchanged: HTTP/1.1, HTTP/2 (h2c or ALPN), TLS.
+A connection's later requests (keep-alive) stay with whoever took its first.
+
+`serve_with_front` is `hypercorn.trio.serve` (0.18's `worker_serve`: lifespan, sockets,
+listeners, graceful shutdown) with that one change, so it uses Hypercorn's own building blocks
+(`TCPServer`, `WorkerContext`, `Lifespan`); pyproject.toml pins Hypercorn to the 0.18 series.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import h11
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio.lifespan import Lifespan
+from hypercorn.trio.statsd import StatsdLogger
+from hypercorn.trio.tcp_server import TCPServer
+from hypercorn.trio.worker_context import WorkerContext
+from hypercorn.typing import ConnectionState, LifespanState
+from hypercorn.utils import ShutdownError, raise_shutdown, repr_socket_addr, wrap_app
+
+_logger = logging.getLogger(__name__)
+
+RECEIVE_SIZE = 65536
+# A request head longer than this is not one we take over (Hypercorn answers it).
+MAX_HEAD_BYTES = 16 * 1024
+
+# Given a connection's stream and everything read from it so far (the request head and
+# possibly more), serve it to the end.
+ConnectionHandler = Callable[[trio.abc.Stream, bytes], Awaitable[None]]
+# Given the first request of a connection, the handler that takes the connection, or None.
+Takeover = Callable[[h11.Request], ConnectionHandler | None]
+
+
+async def serve_with_front(
+    app: Any,
+    config: HypercornConfig,
+    takeover: Takeover,
+    *,
+    shutdown_trigger: Callable[[], Awaitable[None]],
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve `app` on `config.bind` as `hypercorn.trio.serve` does, but offer each connection to `takeover` first."""
+    config.set_statsd_logger_class(StatsdLogger)
+    wrapped = wrap_app(app, config.wsgi_max_body_size, None)
+    lifespan_state: LifespanState = {}
+    lifespan = Lifespan(wrapped, config, lifespan_state)
+    context = WorkerContext(None)
+    async with trio.open_nursery() as lifespan_nursery:
+        await lifespan_nursery.start(lifespan.handle_lifespan)
+        await lifespan.wait_for_startup()
+        async with trio.open_nursery() as server_nursery:
+            listeners, binds = _listeners(config)
+            hypercorn_connection = functools.partial(
+                TCPServer, wrapped, config, context, ConnectionState(lifespan_state.copy())
+            )
+
+            async def handle(stream: trio.abc.Stream) -> None:
+                await _route(stream, config, takeover, hypercorn_connection)
+
+            task_status.started(binds)
+            try:
+                async with trio.open_nursery(strict_exception_groups=True) as nursery:
+                    nursery.start_soon(raise_shutdown, shutdown_trigger)
+                    nursery.start_soon(raise_shutdown, context.terminate.wait)
+                    nursery.start_soon(
+                        functools.partial(trio.serve_listeners, handle, listeners, handler_nursery=server_nursery)
+                    )
+                    await trio.sleep_forever()
+            except BaseExceptionGroup as error:
+                _, other_errors = error.split((ShutdownError, KeyboardInterrupt))
+                if other_errors is not None:
+                    raise other_errors from None
+            finally:
+                await context.terminated.set()
+                server_nursery.cancel_scope.deadline = trio.current_time() + config.graceful_timeout
+        await lifespan.wait_for_shutdown()
+        lifespan_nursery.cancel_scope.cancel()
+
+
+def _listeners(config: HypercornConfig) -> tuple[list[trio.abc.Listener[Any]], list[str]]:
+    sockets = config.create_sockets()
+    ssl_context = config.create_ssl_context()
+    listeners: list[trio.abc.Listener[Any]] = []
+    binds: list[str] = []
+    for sock in sockets.secure_sockets:
+        sock.listen(config.backlog)
+        listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
+        listeners.append(trio.SSLListener(listener, ssl_context, https_compatible=True))
+        binds.append(f"https://{repr_socket_addr(sock.family, sock.getsockname())}")
+    for sock in sockets.insecure_sockets:
+        sock.listen(config.backlog)
+        listeners.append(trio.SocketListener(trio.socket.from_stdlib_socket(sock)))
+        binds.append(f"http://{repr_socket_addr(sock.family, sock.getsockname())}")
+    return listeners, binds
+
+
+async def _route(
+    stream: trio.abc.Stream,
+    config: HypercornConfig,
+    takeover: Takeover,
+    hypercorn_connection: Callable[[trio.abc.Stream], TCPServer],
+) -> None:
+    received = b""
+    request: h11.Request | None = None
+    with trio.move_on_after(config.keep_alive_timeout) as waiting:
+        if await _speaks_http1(stream, config):
+            received, request = await _read_request_head(stream)
+    if waiting.cancelled_caught:
+        await stream.aclose()
+        return
+    handler = takeover(request) if request is not None else None
+    if handler is not None:
+        await handler(stream, received)
+    else:
+        await hypercorn_connection(_Replayed(stream, received))
+
+
+async def _speaks_http1(stream: trio.abc.Stream, config: HypercornConfig) -> bool:
+    """False for a TLS connection that agreed on HTTP/2, or whose handshake fails (Hypercorn then
+    sees the failure itself)."""
+    if not isinstance(stream, trio.SSLStream):
+        return True
+    try:
+        with trio.fail_after(config.ssl_handshake_timeout):
+            await stream.do_handshake()
+    except (trio.BrokenResourceError, trio.TooSlowError):
+        return False
+    return stream.selected_alpn_protocol() != "h2"
+
+
+async def _read_request_head(stream: trio.abc.Stream) -> tuple[bytes, h11.Request | None]:
+    """Read until the first request head is complete; the bytes read and the request, if it is one."""
+    received = b""
+    while b"\r\n\r\n" not in received and len(received) <= MAX_HEAD_BYTES:
+        try:
+            data = await stream.receive_some(RECEIVE_SIZE)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return received, None
+        if not data:
+            return received, None
+        received += data
+    parser = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
+    try:
+        parser.receive_data(received)
+        event = parser.next_event()
+    except h11.RemoteProtocolError:
+        return received, None
+    return received, event if isinstance(event, h11.Request) else None
+
+
+class _Replayed(trio.abc.Stream):
+    """A connection's stream that first hands back the bytes already read from it; everything
+    else (Hypercorn reads `socket`, `do_handshake`, `transport_stream`) goes to the stream."""
+
+    def __init__(self, stream: trio.abc.Stream, received: bytes) -> None:
+        self._stream = stream
+        self._pending = received
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        if self._pending:
+            size = len(self._pending) if max_bytes is None else max_bytes
+            data, self._pending = self._pending[:size], self._pending[size:]
+            await trio.lowlevel.checkpoint()
+            return data
+        return await self._stream.receive_some(max_bytes)
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self._stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self._stream.wait_send_all_might_not_block()
+
+    async def send_eof(self) -> None:
+        await self._stream.send_eof()  # type: ignore[attr-defined]
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()

@@ -1,0 +1,169 @@
+"""A server-side WebSocket on a Trio stream (wsproto), for the upgrades that the inference
+port's front takes over from Hypercorn (`connection_front.py`).
+
+Through ASGI every message costs its own trip through Quart, Hypercorn and a socket write
+(about 80 µs each on a small machine); here `send_texts` frames any number of messages and
+writes them with one `send_all`. What Hypercorn did for these sockets is done here too: pings
+every `ping_interval`, answers to the client's pings, a 1009 close for a message over
+`max_message_bytes`, and the closing handshake. Permessage-deflate is declined (allowed by
+RFC 6455): token messages are short, and compressing each would cost more than it saves.
+
+`serve` runs a handler with the open socket and cancels it when the client closes or the
+connection breaks, as Quart does for its WebSocket handlers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+
+import trio
+from wsproto import ConnectionType, WSConnection
+from wsproto.connection import ConnectionState
+from wsproto.events import (
+    AcceptConnection,
+    CloseConnection,
+    Message,
+    Ping,
+    Request,
+    TextMessage,
+)
+from wsproto.frame_protocol import CloseReason
+from wsproto.utilities import LocalProtocolError, RemoteProtocolError
+
+_logger = logging.getLogger(__name__)
+
+RECEIVE_SIZE = 65536
+# Messages from the client queued before the reader waits for the handler.
+INCOMING_CAPACITY = 64
+# How long a closing handshake may take before the connection is dropped.
+CLOSE_TIMEOUT = 2.0
+BAD_REQUEST = b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+
+
+class DirectWebSocket:
+    """An accepted server-side WebSocket (see the module docstring)."""
+
+    def __init__(self, stream: trio.abc.Stream, connection: WSConnection, *, max_message_bytes: int) -> None:
+        self._stream = stream
+        self._connection = connection
+        self._max_message_bytes = max_message_bytes
+        self._send_lock = trio.Lock()
+        self._incoming_send, self._incoming = trio.open_memory_channel[str | bytes](INCOMING_CAPACITY)
+        self._closing = False
+
+    async def accept(self) -> None:
+        """Nothing to do: the socket was accepted before the handler runs (Quart's socket needs it)."""
+
+    async def receive(self) -> str | bytes:
+        """The next whole message; waits forever once the client has closed (the handler is cancelled then)."""
+        try:
+            return await self._incoming.receive()
+        except trio.EndOfChannel:
+            await trio.sleep_forever()
+            raise AssertionError("unreachable") from None
+
+    async def send_texts(self, texts: Iterable[str]) -> None:
+        """Each text as its own message, all in one write."""
+        await self._write(b"".join(self._connection.send(TextMessage(data=text)) for text in texts))
+
+    async def close(self, code: int, reason: str | None = None) -> None:
+        """Start the closing handshake; the client's answer (or CLOSE_TIMEOUT) ends `serve`."""
+        if self._closing:
+            return
+        self._closing = True
+        try:
+            await self._write(self._connection.send(CloseConnection(code=code, reason=reason)))
+        except LocalProtocolError:
+            pass
+
+    async def _write(self, data: bytes) -> None:
+        async with self._send_lock:
+            await self._stream.send_all(data)
+
+    async def _read(self, scope: trio.CancelScope) -> None:
+        """Feed the client's messages to `receive`; cancel `scope` when the connection ends."""
+        parts: list[str | bytes] = []
+        size = 0
+        try:
+            async with self._incoming_send:
+                while True:
+                    # The first round handles what the client sent together with the upgrade request.
+                    for event in self._connection.events():
+                        if isinstance(event, Message):
+                            parts.append(event.data)
+                            size += len(event.data)
+                            if size > self._max_message_bytes:
+                                _logger.info("inference socket: a message over %d bytes, closing", self._max_message_bytes)
+                                await self.close(CloseReason.MESSAGE_TOO_BIG)
+                                return
+                            if event.message_finished:
+                                message = "".join(parts) if isinstance(event, TextMessage) else b"".join(parts)  # type: ignore[arg-type]
+                                parts, size = [], 0
+                                await self._incoming_send.send(message)
+                        elif isinstance(event, Ping):
+                            await self._write(self._connection.send(event.response()))
+                        elif isinstance(event, CloseConnection):
+                            if self._connection.state is ConnectionState.REMOTE_CLOSING:
+                                await self._write(self._connection.send(event.response()))
+                            return
+                    data = await self._stream.receive_some(RECEIVE_SIZE)
+                    if not data:
+                        return
+                    self._connection.receive_data(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, RemoteProtocolError, LocalProtocolError):
+            return
+        finally:
+            scope.cancel()
+
+    async def _ping(self, interval: float) -> None:
+        while True:
+            await trio.sleep(interval)
+            if self._closing:
+                return
+            await self._write(self._connection.send(Ping()))
+
+
+async def serve(
+    stream: trio.abc.Stream,
+    request_bytes: bytes,
+    handler: Callable[[DirectWebSocket], Awaitable[None]],
+    *,
+    max_message_bytes: int,
+    ping_interval: float | None,
+) -> None:
+    """Accept the WebSocket upgrade in `request_bytes` (its HTTP request, and whatever the client
+    sent after it) and run `handler` with the socket until either ends; then close the stream."""
+    connection = WSConnection(ConnectionType.SERVER)
+    # wsproto drops what follows the request head when it accepts: hand that over afterwards.
+    head_end = request_bytes.find(b"\r\n\r\n") + 4
+    head, early_frames = request_bytes[:head_end], request_bytes[head_end:]
+    try:
+        connection.receive_data(head)
+        request = next(connection.events())
+        if not isinstance(request, Request):
+            raise RemoteProtocolError("expected a WebSocket upgrade request")
+    except RemoteProtocolError as error:
+        _logger.info("refused a WebSocket upgrade: %s", error)
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await stream.send_all(BAD_REQUEST)
+        await stream.aclose()
+        return
+    socket = DirectWebSocket(stream, connection, max_message_bytes=max_message_bytes)
+    try:
+        await socket._write(connection.send(AcceptConnection()))
+        if early_frames:
+            connection.receive_data(early_frames)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(socket._read, nursery.cancel_scope)
+            if ping_interval is not None:
+                nursery.start_soon(socket._ping, ping_interval)
+            await handler(socket)
+            # The handler closed the socket (e.g. on shutdown): give the client a moment to answer.
+            nursery.cancel_scope.deadline = trio.current_time() + CLOSE_TIMEOUT
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass
+    finally:
+        with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT):
+            await stream.aclose()
