@@ -68,8 +68,8 @@ def add_parser(subcommands: argparse._SubParsersAction) -> None:
         type=milliseconds,
         default=milliseconds(str(round(DEFAULT_STREAM_GATHER_INTERVAL * 1000))),
         metavar="MS",
-        help="tokens of one HTTP stream that come closer together than this are written to the client "
-        "together (the first token, and any after a pause, go at once); 0 writes every token on its own "
+        help="tokens of one stream (NDJSON or inference socket) that come closer together than this are written "
+        "to the client together (the first token, and any after a pause, go at once); 0 writes every token on its own "
         f"(default: {round(DEFAULT_STREAM_GATHER_INTERVAL * 1000)})",
     )
     parser.add_argument(

@@ -27,25 +27,31 @@ from typing import Any
 import attrs
 import trio
 
-from paddler_trio.proxy.agent_controller import SILENCE, AgentController, AgentReply, RouteItem
-from paddler_trio.proxy.agent_pool import SlotClaim
-from paddler_trio.proxy.buffer import BufferOverflow, BufferTimeout, RequestBuffer
-from paddler_trio.proxy.request_id import new_request_id
-from paddler_trio.proxy.shutdown_signal import ShutdownSignal
 from paddler_trio.protocol import (
     AgentRequest,
+    ContentToken,
     ErrorDetails,
     ErrorEnvelope,
     InferenceClientBoundMessage,
+    ReasoningToken,
     RequestEnvelope,
     ResponseEnvelope,
-    ContentToken,
-    ReasoningToken,
     StopRespondingToNotification,
     ToolCallToken,
     UndeterminableToken,
     is_terminal,
+    to_json,
 )
+from paddler_trio.proxy.agent_controller import (
+    SILENCE,
+    AgentController,
+    AgentReply,
+    RouteItem,
+)
+from paddler_trio.proxy.agent_pool import SlotClaim
+from paddler_trio.proxy.buffer import BufferOverflow, BufferTimeout, RequestBuffer
+from paddler_trio.proxy.request_id import new_request_id
+from paddler_trio.proxy.shutdown_signal import ShutdownSignal
 
 _logger = logging.getLogger(__name__)
 
@@ -318,6 +324,20 @@ def emit_into(send: trio.MemorySendChannel[InferenceClientBoundMessage]) -> Emit
             await send.send(message)
 
     return emit
+
+
+def queued_texts(
+    first: InferenceClientBoundMessage, receive: trio.MemoryReceiveChannel[InferenceClientBoundMessage], limit: int
+) -> list[str]:
+    """`first` and whatever is already queued behind it (at most `limit` in all), as JSON, without
+    waiting: what a client's writer sends in one write (many messages under load, one when idle)."""
+    texts = [to_json(first)]
+    while len(texts) < limit:
+        try:
+            texts.append(to_json(receive.receive_nowait()))
+        except (trio.WouldBlock, trio.EndOfChannel):
+            break
+    return texts
 
 
 def _to_client(agent: AgentController, request_id: str, reply: ResponseEnvelope[Any]) -> ResponseEnvelope[Any]:

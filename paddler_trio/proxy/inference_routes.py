@@ -23,20 +23,6 @@ import trio
 from quart import Response, request, websocket
 from quart_trio import QuartTrio
 
-from paddler_trio.proxy.agent_pool import AgentPool
-from paddler_trio.proxy.embedding_batch_chunks import chunk_evenly_with_cap
-from paddler_trio.proxy.forwarding import CLIENT_GONE_ERRORS, Emit, RequestForwarder, emit_into, error_envelope
-from paddler_trio.proxy.inference_socket import (
-    TOKEN_GENERATION_DISABLED_DESCRIPTION,
-    InferenceSocketSession,
-    MessageSocket,
-    QuartMessageSocket,
-    TokenGenerationMode,
-)
-from paddler_trio.proxy.request_id import new_request_id
-from paddler_trio.proxy.request_validation import generation_request_problems, invalid_parameters_description
-from paddler_trio.proxy.service_app import create_service_app, json_error
-from paddler_trio.proxy.shutdown_signal import ShutdownSignal
 from paddler_trio.protocol import (
     AgentDesiredState,
     ContinueFromConversationHistoryParams,
@@ -47,8 +33,31 @@ from paddler_trio.protocol import (
     ResponseEnvelope,
     WireFormatError,
     from_json,
-    to_json,
 )
+from paddler_trio.proxy.agent_pool import AgentPool
+from paddler_trio.proxy.embedding_batch_chunks import chunk_evenly_with_cap
+from paddler_trio.proxy.forwarding import (
+    CLIENT_GONE_ERRORS,
+    Emit,
+    RequestForwarder,
+    emit_into,
+    error_envelope,
+    queued_texts,
+)
+from paddler_trio.proxy.inference_socket import (
+    TOKEN_GENERATION_DISABLED_DESCRIPTION,
+    InferenceSocketSession,
+    MessageSocket,
+    QuartMessageSocket,
+    TokenGenerationMode,
+)
+from paddler_trio.proxy.request_id import new_request_id
+from paddler_trio.proxy.request_validation import (
+    generation_request_problems,
+    invalid_parameters_description,
+)
+from paddler_trio.proxy.service_app import create_service_app, json_error
+from paddler_trio.proxy.shutdown_signal import ShutdownSignal
 
 _logger = logging.getLogger(__name__)
 
@@ -114,7 +123,7 @@ class InferenceService:
         return await self._generation(ContinueFromRawPromptParams)
 
     async def _generation(
-        self, params_type: type[ContinueFromConversationHistoryParams] | type[ContinueFromRawPromptParams]
+        self, params_type: type[ContinueFromConversationHistoryParams | ContinueFromRawPromptParams]
     ) -> Response:
         params = await _read_body(params_type)
         if isinstance(params, Response):
@@ -198,7 +207,7 @@ class InferenceService:
             try:
                 async with receive:
                     async for message in receive:
-                        yield _ndjson_chunk(message, receive)
+                        yield "\n".join([*queued_texts(message, receive, MAX_LINES_PER_CHUNK), ""]).encode()
             finally:
                 scope.cancel()
 
@@ -206,21 +215,6 @@ class InferenceService:
         response.headers["Cache-Control"] = "no-cache"
         response.timeout = None
         return response
-
-
-def _ndjson_chunk(
-    first: InferenceClientBoundMessage, receive: trio.MemoryReceiveChannel[InferenceClientBoundMessage]
-) -> bytes:
-    """`first` and whatever is already queued behind it, as one chunk: one write for many
-    lines under load, and no waiting for more when there is none."""
-    lines = [to_json(first)]
-    while len(lines) < MAX_LINES_PER_CHUNK:
-        try:
-            lines.append(to_json(receive.receive_nowait()))
-        except (trio.WouldBlock, trio.EndOfChannel):
-            break
-    lines.append("")
-    return "\n".join(lines).encode()
 
 
 async def _read_body(params_type: type[ParamsT]) -> ParamsT | Response:

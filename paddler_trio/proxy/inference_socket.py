@@ -45,13 +45,13 @@ from paddler_trio.protocol import (
     TokenGenerationEnabledNotification,
     WireFormatError,
     from_json,
-    to_json,
 )
 from paddler_trio.proxy.forwarding import (
     CLIENT_GONE_ERRORS,
     RequestForwarder,
     emit_into,
     error_envelope,
+    queued_texts,
 )
 from paddler_trio.proxy.request_validation import (
     generation_request_problems,
@@ -249,13 +249,7 @@ class InferenceSocketSession:
     async def _write(self, outbox: trio.MemoryReceiveChannel[InferenceClientBoundMessage]) -> None:
         async with outbox:
             async for message in outbox:
-                texts = [to_json(message)]
-                while len(texts) < MAX_MESSAGES_PER_WRITE:
-                    try:
-                        texts.append(to_json(outbox.receive_nowait()))
-                    except (trio.WouldBlock, trio.EndOfChannel):
-                        break
-                await self._websocket.send_texts(texts)
+                await self._websocket.send_texts(queued_texts(message, outbox, MAX_MESSAGES_PER_WRITE))
 
 
 def _request_id_in(data: str) -> str | None:
