@@ -118,9 +118,22 @@ async def _route(
         return
     handler = takeover(request) if request is not None else None
     if handler is not None:
-        await handler(stream, received)
+        await _serve_taken(handler, stream, received)
     else:
         await hypercorn_connection(_Replayed(stream, received))
+
+
+async def _serve_taken(handler: ConnectionHandler, stream: trio.abc.Stream, received: bytes) -> None:
+    """Run a takeover's handler; whatever happens to one connection stays with that connection."""
+    try:
+        await handler(stream, received)
+    except* (trio.BrokenResourceError, trio.ClosedResourceError):
+        _logger.debug("a client went away in the middle of a write")
+    except* Exception:
+        _logger.exception("a connection taken over from Hypercorn failed")
+    finally:
+        with trio.CancelScope(shield=True):
+            await stream.aclose()
 
 
 async def _speaks_http1(stream: trio.abc.Stream, config: HypercornConfig) -> bool:

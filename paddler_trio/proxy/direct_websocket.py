@@ -122,7 +122,10 @@ class DirectWebSocket:
             await trio.sleep(interval)
             if self._closing:
                 return
-            await self._write(self._connection.send(Ping()))
+            try:
+                await self._write(self._connection.send(Ping()))
+            except LocalProtocolError:  # the client has started closing
+                return
 
 
 async def serve(

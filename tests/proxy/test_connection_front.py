@@ -4,17 +4,24 @@ real balancer, so that what goes over the wire is what is checked."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import socket
+import struct
 from typing import Any
 
 import h11
+import httpx
 import trio
+from hypercorn.config import Config as HypercornConfig
+from quart_trio import QuartTrio
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, Ping, Pong, Request, TextMessage
 
 from paddler_trio.nursery.balancer import WEBSOCKET_PING_INTERVAL
-from tests.proxy.balancer_harness import running_balancer
+from paddler_trio.proxy.connection_front import serve_with_front
+from tests.proxy.balancer_harness import BalancerUnderTest, running_balancer, wait_until
 
 SOCKET_PATH = "/api/v1/inference_socket"
 
@@ -131,3 +138,57 @@ async def test_requests_the_front_does_not_take_get_the_answers_they_got_before(
         )
         assert missing_key.status_code == 400
         assert (await balancer.http.get(f"{balancer.inference}/health")).text == "OK"
+
+
+async def test_a_client_that_vanishes_mid_stream_frees_its_slot_and_the_service_goes_on() -> None:
+    async with running_balancer() as balancer:
+        await balancer.add_agent(slots=1, tokens=tuple("abcdefghijklmnopqrstuvwxyz" * 20), token_delay=0.002)
+        client = await RawClient.connect(balancer.addresses.inference)
+        await client.stream.send_all(client.upgrade_request())
+        assert isinstance((await client.events())[0], AcceptConnection)
+        request = {"ContinueFromRawPrompt": {"raw_prompt": "Hi", "max_tokens": 500}}
+        await client.send_text(json.dumps({"Request": {"id": "r1", "request": request}}))
+        assert "Response" in await client.next_message()
+        # Reset the connection (SO_LINGER 0) while tokens are still being written to it.
+        client.stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        client.stream.socket.close()
+        await wait_until(lambda: balancer_idle(balancer))
+        messages = await balancer.raw_prompt("still there?", max_tokens=3)
+        assert "Done" in json.dumps(messages[-1])
+
+
+async def balancer_idle(balancer: BalancerUnderTest) -> bool:
+    return await balancer.slots_processing() == 0
+
+
+async def test_a_failing_takeover_handler_ends_only_its_own_connection(nursery: trio.Nursery) -> None:
+    app = QuartTrio("front-test")
+
+    @app.route("/health")
+    async def health() -> str:
+        return "OK"
+
+    async def failing(stream: trio.abc.Stream, received: bytes) -> None:
+        raise RuntimeError("a handler bug")
+
+    config = HypercornConfig()
+    config.bind = ["127.0.0.1:0"]
+    shutdown = trio.Event()
+    binds = await nursery.start(
+        functools.partial(
+            serve_with_front,
+            app,
+            config,
+            lambda request: failing if request.target == b"/taken" else None,
+            shutdown_trigger=shutdown.wait,
+        )
+    )
+    address = binds[0].removeprefix("http://")
+    client = await RawClient.connect(address)
+    await client.stream.send_all(b"GET /taken HTTP/1.1\r\nHost: x\r\n\r\n")
+    with trio.fail_after(5):
+        assert await client.stream.receive_some(100) == b""  # that connection is closed
+    async with httpx.AsyncClient() as http:
+        response = await http.get(f"http://{address}/health")
+    assert (response.status_code, response.text) == (200, "OK")
+    shutdown.set()
