@@ -48,6 +48,7 @@ from paddler_trio.protocol.reply_batching import (
     batch_frame,
     offers_reply_batching,
 )
+from paddler_trio.queued_messages import queued_texts
 
 _logger = logging.getLogger(__name__)
 
@@ -187,13 +188,7 @@ class ManagementLink:
                     continue
                 # One scheduler round lets the other requests of the same engine step queue theirs.
                 await trio.lowlevel.checkpoint()
-                texts = [to_json(message)]
-                while len(texts) < MAX_MESSAGES_PER_FRAME:
-                    try:
-                        texts.append(to_json(pending.receive_nowait()))
-                    except (trio.WouldBlock, trio.EndOfChannel):
-                        break
-                await socket.send_message(batch_frame(texts))
+                await socket.send_message(batch_frame(queued_texts(message, pending, MAX_MESSAGES_PER_FRAME)))
         except trio_websocket.ConnectionClosed:
             link_scope.cancel()
 

@@ -40,7 +40,6 @@ from paddler_trio.protocol import (
     ToolCallToken,
     UndeterminableToken,
     is_terminal,
-    to_json,
 )
 from paddler_trio.proxy.agent_controller import (
     SILENCE,
@@ -324,20 +323,6 @@ def emit_into(send: trio.MemorySendChannel[InferenceClientBoundMessage]) -> Emit
             await send.send(message)
 
     return emit
-
-
-def queued_texts(
-    first: InferenceClientBoundMessage, receive: trio.MemoryReceiveChannel[InferenceClientBoundMessage], limit: int
-) -> list[str]:
-    """`first` and whatever is already queued behind it (at most `limit` in all), as JSON, without
-    waiting: what a client's writer sends in one write (many messages under load, one when idle)."""
-    texts = [to_json(first)]
-    while len(texts) < limit:
-        try:
-            texts.append(to_json(receive.receive_nowait()))
-        except (trio.WouldBlock, trio.EndOfChannel):
-            break
-    return texts
 
 
 def _to_client(agent: AgentController, request_id: str, reply: ResponseEnvelope[Any]) -> ResponseEnvelope[Any]:

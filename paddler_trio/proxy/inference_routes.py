@@ -42,7 +42,6 @@ from paddler_trio.proxy.forwarding import (
     RequestForwarder,
     emit_into,
     error_envelope,
-    queued_texts,
 )
 from paddler_trio.proxy.inference_socket import (
     TOKEN_GENERATION_DISABLED_DESCRIPTION,
@@ -58,6 +57,7 @@ from paddler_trio.proxy.request_validation import (
 )
 from paddler_trio.proxy.service_app import create_service_app, json_error
 from paddler_trio.proxy.shutdown_signal import ShutdownSignal
+from paddler_trio.queued_messages import queued_texts
 
 _logger = logging.getLogger(__name__)
 

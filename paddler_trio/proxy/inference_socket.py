@@ -51,13 +51,13 @@ from paddler_trio.proxy.forwarding import (
     RequestForwarder,
     emit_into,
     error_envelope,
-    queued_texts,
 )
 from paddler_trio.proxy.request_validation import (
     generation_request_problems,
     invalid_parameters_description,
 )
 from paddler_trio.proxy.shutdown_signal import ShutdownSignal
+from paddler_trio.queued_messages import queued_texts
 
 _logger = logging.getLogger(__name__)
 
