@@ -82,6 +82,21 @@ class DirectWebSocket:
         async with self._send_lock:
             await self._stream.send_all(data)
 
+    async def _run(
+        self, handler: Callable[[DirectWebSocket], Awaitable[None]], early_frames: bytes, ping_interval: float | None
+    ) -> None:
+        """Accept, then serve `handler` with the client's messages and the pings until either side ends."""
+        await self._write(self._connection.send(AcceptConnection()))
+        if early_frames:
+            self._connection.receive_data(early_frames)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._read, nursery.cancel_scope)
+            if ping_interval is not None:
+                nursery.start_soon(self._ping, ping_interval)
+            await handler(self)
+            # The handler closed the socket (e.g. on shutdown): give the client a moment to answer.
+            nursery.cancel_scope.deadline = trio.current_time() + CLOSE_TIMEOUT
+
     async def _read(self, scope: trio.CancelScope) -> None:
         """Feed the client's messages to `receive`; cancel `scope` when the connection ends."""
         parts: list[str | bytes] = []
@@ -155,16 +170,7 @@ async def serve(
         return
     socket = DirectWebSocket(stream, connection, max_message_bytes=max_message_bytes)
     try:
-        await socket._write(connection.send(AcceptConnection()))
-        if early_frames:
-            connection.receive_data(early_frames)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(socket._read, nursery.cancel_scope)
-            if ping_interval is not None:
-                nursery.start_soon(socket._ping, ping_interval)
-            await handler(socket)
-            # The handler closed the socket (e.g. on shutdown): give the client a moment to answer.
-            nursery.cancel_scope.deadline = trio.current_time() + CLOSE_TIMEOUT
+        await socket._run(handler, early_frames, ping_interval)
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         pass
     finally:
