@@ -47,10 +47,11 @@ from paddler_trio.nursery.idle_memory_release import (
 from paddler_trio.nursery.signals import cancel_on_signals
 from paddler_trio.proxy.agent_pool import AgentPool
 from paddler_trio.proxy.buffer import RequestBuffer
-from paddler_trio.proxy.connection_front import Takeover, serve_with_front
+from paddler_trio.proxy.connection_front import Takeover, first_of, serve_with_front
 from paddler_trio.proxy.forwarding import RequestForwarder
 from paddler_trio.proxy.inference_routes import InferenceService
 from paddler_trio.proxy.inference_socket_takeover import inference_socket_takeover
+from paddler_trio.proxy.ndjson_generation_takeover import ndjson_generation_takeover
 from paddler_trio.proxy.openai_routes import OpenAIService
 from paddler_trio.proxy.openapi_documents import (
     inference_document,
@@ -181,11 +182,18 @@ async def _serve(
                     config.inference_addr,
                     shutdown,
                     config,
-                    inference_socket_takeover(
-                        inference.socket_session,
-                        keys=ApiKeys.of(config.inference_api_keys),
-                        max_message_bytes=config.websocket_max_message_bytes,
-                        ping_interval=WEBSOCKET_PING_INTERVAL,
+                    first_of(
+                        inference_socket_takeover(
+                            inference.socket_session,
+                            keys=ApiKeys.of(config.inference_api_keys),
+                            max_message_bytes=config.websocket_max_message_bytes,
+                            ping_interval=WEBSOCKET_PING_INTERVAL,
+                        ),
+                        ndjson_generation_takeover(
+                            inference,
+                            keys=ApiKeys.of(config.inference_api_keys),
+                            max_body_bytes=config.max_request_body_bytes,
+                        ),
                     ),
                 )
                 openai_bound = None

@@ -1,8 +1,10 @@
-"""Hypercorn's trio worker with a front door: each new connection's first request head is read
-here, and a `Takeover` may claim the connection for its own handler (the inference port's
-WebSocket, whose token frames are too many for one ASGI send each). Every other connection,
-with the bytes already read, goes to Hypercorn unchanged: HTTP/1.1, HTTP/2 (h2c or ALPN), TLS.
-A connection's later requests (keep-alive) stay with whoever took its first.
+"""Hypercorn's trio worker with a front door: each request head of an HTTP/1.1 connection is read
+here first, and a `Takeover` may claim it for its own handler (the inference port's WebSocket,
+whose token frames are too many for one ASGI send each, and its NDJSON generation routes, where
+Quart and Hypercorn cost a millisecond before the first token). A handler that has answered its
+request gives the connection back to the front (keep-alive: the next request is offered again);
+one that declines, or any request no takeover claims, sends the connection with the bytes
+already read to Hypercorn, which serves it from then on: HTTP/1.1, HTTP/2 (h2c or ALPN), TLS.
 
 `serve_with_front` is `hypercorn.trio.serve` (0.18's `worker_serve`: lifespan, sockets,
 listeners, graceful shutdown) with that one change, so it uses Hypercorn's own building blocks
@@ -16,6 +18,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import attrs
 import h11
 import trio
 from hypercorn.config import Config as HypercornConfig
@@ -32,11 +35,48 @@ RECEIVE_SIZE = 65536
 # A request head longer than this is not one we take over (Hypercorn answers it).
 MAX_HEAD_BYTES = 16 * 1024
 
-# Given a connection's stream and everything read from it so far (the request head and
-# possibly more), serve it to the end.
-ConnectionHandler = Callable[[trio.abc.Stream, bytes], Awaitable[None]]
-# Given the first request of a connection, the handler that takes the connection, or None.
+
+
+@attrs.frozen
+class Answered:
+    """The handler answered its request and the connection may carry another; `unread` is what it
+    read from the client beyond that request (the start of the next one, if the client pipelines)."""
+
+    unread: bytes = b""
+
+
+@attrs.frozen
+class Declined:
+    """The handler will not answer the request: Hypercorn serves the connection from `received` on
+    (everything read from the client since the request's head began)."""
+
+    received: bytes
+
+
+# Given a connection's stream and everything read from it since the request's head began, answer
+# the request. None: the connection is over (the front closes it).
+ConnectionHandler = Callable[[trio.abc.Stream, bytes], Awaitable[Answered | Declined | None]]
+# Given a request head, the handler that takes the request, or None.
 Takeover = Callable[[h11.Request], ConnectionHandler | None]
+
+
+def authorization_of(headers: dict[bytes, bytes]) -> str | None:
+    """The `Authorization` header among a request head's (h11 lowercases their names)."""
+    value = headers.get(b"authorization")
+    return None if value is None else value.decode("latin-1")
+
+
+def first_of(*takeovers: Takeover) -> Takeover:
+    """The handler of the first takeover that claims a request."""
+
+    def takeover(request: h11.Request) -> ConnectionHandler | None:
+        for candidate in takeovers:
+            handler = candidate(request)
+            if handler is not None:
+                return handler
+        return None
+
+    return takeover
 
 
 async def serve_with_front(
@@ -63,7 +103,7 @@ async def serve_with_front(
             )
 
             async def handle(stream: trio.abc.Stream) -> None:
-                await _route(stream, config, takeover, hypercorn_connection)
+                await _route(stream, config, context, takeover, hypercorn_connection)
 
             task_status.started(binds)
             try:
@@ -105,6 +145,7 @@ def _listeners(config: HypercornConfig) -> tuple[list[trio.abc.Listener[Any]], l
 async def _route(
     stream: trio.abc.Stream,
     config: HypercornConfig,
+    context: WorkerContext,
     takeover: Takeover,
     hypercorn_connection: Callable[[trio.abc.Stream], TCPServer],
 ) -> None:
@@ -116,24 +157,55 @@ async def _route(
     if waiting.cancelled_caught:
         await stream.aclose()
         return
-    handler = takeover(request) if request is not None else None
-    if handler is not None:
-        await _serve_taken(handler, stream, received)
-    else:
-        await hypercorn_connection(_Replayed(stream, received))
+    while request is not None and (handler := takeover(request)) is not None:
+        outcome = await _serve_taken(handler, stream, received)
+        if isinstance(outcome, Declined):
+            received = outcome.received
+            break
+        if outcome is None:
+            return
+        received, request = await _next_request_head(stream, outcome.unread, config, context)
+        if request is None and not received:
+            with trio.CancelScope(shield=True):
+                await stream.aclose()
+            return
+    await hypercorn_connection(_Replayed(stream, received))
 
 
-async def _serve_taken(handler: ConnectionHandler, stream: trio.abc.Stream, received: bytes) -> None:
+async def _serve_taken(handler: ConnectionHandler, stream: trio.abc.Stream, received: bytes) -> Answered | Declined | None:
     """Run a takeover's handler; whatever happens to one connection stays with that connection."""
+    outcome: Answered | Declined | None = None
     try:
-        await handler(stream, received)
+        outcome = await handler(stream, received)
     except* (trio.BrokenResourceError, trio.ClosedResourceError):
         _logger.debug("a client went away in the middle of a write")
     except* Exception:
         _logger.exception("a connection taken over from Hypercorn failed")
     finally:
-        with trio.CancelScope(shield=True):
-            await stream.aclose()
+        if outcome is None:
+            with trio.CancelScope(shield=True):
+                await stream.aclose()
+    return outcome
+
+
+async def _next_request_head(
+    stream: trio.abc.Stream, unread: bytes, config: HypercornConfig, context: WorkerContext
+) -> tuple[bytes, h11.Request | None]:
+    """The next request of a kept-alive connection, as `_read_request_head`; nothing once the
+    client has been idle for the keep-alive timeout or the server shuts down while it is idle
+    (as Hypercorn closes its own idle connections)."""
+    received, request = b"", None
+    async with trio.open_nursery() as nursery:
+
+        async def stop_at_shutdown() -> None:
+            await context.terminated.wait()
+            nursery.cancel_scope.cancel()
+
+        nursery.start_soon(stop_at_shutdown)
+        with trio.move_on_after(config.keep_alive_timeout):
+            received, request = await _read_request_head(stream, unread)
+        nursery.cancel_scope.cancel()
+    return received, request
 
 
 async def _speaks_http1(stream: trio.abc.Stream, config: HypercornConfig) -> bool:
@@ -149,9 +221,9 @@ async def _speaks_http1(stream: trio.abc.Stream, config: HypercornConfig) -> boo
     return stream.selected_alpn_protocol() != "h2"
 
 
-async def _read_request_head(stream: trio.abc.Stream) -> tuple[bytes, h11.Request | None]:
-    """Read until the first request head is complete; the bytes read and the request, if it is one."""
-    received = b""
+async def _read_request_head(stream: trio.abc.Stream, received: bytes = b"") -> tuple[bytes, h11.Request | None]:
+    """Read until a request head is complete; the bytes read (with `received`, what was read
+    before) and the request, if it is one."""
     while b"\r\n\r\n" not in received and len(received) <= MAX_HEAD_BYTES:
         try:
             data = await stream.receive_some(RECEIVE_SIZE)

@@ -5,11 +5,12 @@ plain HTTP error carrying `{"error": "<description>"}` (spec 2.4). Past those ch
 answer is HTTP 200 with one JSON message per line, errors included (spec 2.5).
 
 Each NDJSON request is served by a task in the balancer's request nursery that feeds the
-response body through a small channel. The body generator starts that task on its first
-iteration and cancels it when it ends: a client that disconnects (Quart-Trio cancels the
-response when Hypercorn reports `http.disconnect`, also while nothing is being written,
-e.g. while the request waits in the buffer) thereby leaves the buffer at once, or makes
-the forwarder stop the agent and drain the slot.
+response body through a small channel (`ndjson_chunks`). The body starts that task and
+cancels it when it ends: a client that disconnects (Quart-Trio cancels the response when
+Hypercorn reports `http.disconnect`, also while nothing is being written, e.g. while the
+request waits in the buffer) thereby leaves the buffer at once, or makes the forwarder stop
+the agent and drain the slot. Generation requests that pass every check are usually served
+by the port's front instead (`ndjson_generation_takeover.py`), from the same pieces.
 """
 
 from __future__ import annotations
@@ -133,9 +134,23 @@ class InferenceService:
             return json_error(400, invalid_parameters_description(problems))
         if not self._cluster.token_generation_enabled:
             return json_error(501, TOKEN_GENERATION_DISABLED_DESCRIPTION)
+        return self._ndjson(*self.generation(params))
+
+    def accepts_generation(self, params: ContinueFromConversationHistoryParams | ContinueFromRawPromptParams) -> bool:
+        """Whether the generation route would stream `params` (every check it and the request
+        limits make before the stream starts passes)."""
+        return (
+            not generation_request_problems(params, max_tokens_limit=self._max_tokens_limit)
+            and self._cluster.token_generation_enabled
+        )
+
+    def generation(
+        self, params: ContinueFromConversationHistoryParams | ContinueFromRawPromptParams
+    ) -> tuple[str, Callable[[Emit], Awaitable[None]]]:
+        """A new request id, and the work that forwards `params` under it."""
         request_id = new_request_id()
-        return self._ndjson(
-            request_id, lambda emit: self._forwarder.serve(request_id, params, emit, gather=self._stream_gather_interval)
+        return request_id, lambda emit: self._forwarder.serve(
+            request_id, params, emit, gather=self._stream_gather_interval
         )
 
     async def generate_embedding_batch(self) -> Response:
@@ -188,6 +203,23 @@ class InferenceService:
     def _ndjson(self, request_id: str, work: Callable[[Emit], Awaitable[None]]) -> Response:
         """HTTP 200 streaming one JSON message per line, produced by `work` in its own task."""
 
+        async def body() -> AsyncIterator[bytes]:
+            async with self.ndjson_chunks(request_id, work) as chunks:
+                async for chunk in chunks:
+                    yield chunk
+
+        response = Response(body(), status=200, content_type="application/json")
+        response.headers["Cache-Control"] = "no-cache"
+        response.timeout = None
+        return response
+
+    @contextlib.asynccontextmanager
+    async def ndjson_chunks(
+        self, request_id: str, work: Callable[[Emit], Awaitable[None]]
+    ) -> AsyncIterator[AsyncIterator[bytes]]:
+        """The NDJSON body of `work` (run in its own task of the request nursery), as chunks of
+        whole lines. Leaving the context cancels `work` (the client went away, or the stream ended)."""
+
         async def run(send: trio.MemorySendChannel[InferenceClientBoundMessage], scope: trio.CancelScope) -> None:
             with scope:
                 async with send:
@@ -200,21 +232,31 @@ class InferenceService:
                         with contextlib.suppress(*CLIENT_GONE_ERRORS):
                             await send.send(error_envelope(request_id, 500, "Internal server error"))
 
-        async def body() -> AsyncIterator[bytes]:
-            send, receive = trio.open_memory_channel[InferenceClientBoundMessage](STREAM_BUFFER)
-            scope = trio.CancelScope()
-            self._request_nursery.start_soon(run, send, scope)
-            try:
-                async with receive:
-                    async for message in receive:
-                        yield "\n".join([*queued_texts(message, receive, MAX_LINES_PER_CHUNK), ""]).encode()
-            finally:
-                scope.cancel()
+        send, receive = trio.open_memory_channel[InferenceClientBoundMessage](STREAM_BUFFER)
+        scope = trio.CancelScope()
+        self._request_nursery.start_soon(run, send, scope)
+        try:
+            with receive:
+                yield _NdjsonChunks(receive)
+        finally:
+            scope.cancel()
 
-        response = Response(body(), status=200, content_type="application/json")
-        response.headers["Cache-Control"] = "no-cache"
-        response.timeout = None
-        return response
+
+class _NdjsonChunks:
+    """Messages as NDJSON chunks: each holds every message that was waiting when it was made."""
+
+    def __init__(self, receive: trio.MemoryReceiveChannel[InferenceClientBoundMessage]) -> None:
+        self._receive = receive
+
+    def __aiter__(self) -> _NdjsonChunks:
+        return self
+
+    async def __anext__(self) -> bytes:
+        try:
+            message = await self._receive.receive()
+        except trio.EndOfChannel:
+            raise StopAsyncIteration from None
+        return "\n".join([*queued_texts(message, self._receive, MAX_LINES_PER_CHUNK), ""]).encode()
 
 
 async def _read_body(params_type: type[ParamsT]) -> ParamsT | Response:

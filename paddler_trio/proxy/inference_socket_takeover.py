@@ -16,9 +16,13 @@ import h11
 import trio
 
 from paddler_trio.proxy import direct_websocket
-from paddler_trio.proxy.connection_front import ConnectionHandler, Takeover
+from paddler_trio.proxy.connection_front import (
+    ConnectionHandler,
+    Takeover,
+    authorization_of,
+)
 from paddler_trio.proxy.inference_socket import InferenceSocketSession, MessageSocket
-from paddler_trio.security.api_keys import ApiKeys, bearer_key
+from paddler_trio.security.api_keys import ApiKeys
 
 INFERENCE_SOCKET_PATH = b"/api/v1/inference_socket"
 WEBSOCKET_VERSION = b"13"
@@ -31,7 +35,7 @@ def inference_socket_takeover(
     max_message_bytes: int,
     ping_interval: float | None,
 ) -> Takeover:
-    async def serve(stream: trio.abc.Stream, received: bytes) -> None:
+    async def serve(stream: trio.abc.Stream, received: bytes) -> None:  # the socket ends its connection
         await direct_websocket.serve(
             stream,
             received,
@@ -46,10 +50,8 @@ def inference_socket_takeover(
         headers = {name: value for name, value in request.headers}  # h11 lowercases the names
         if not _is_websocket_upgrade(headers):
             return None
-        if keys.required:
-            presented = bearer_key(headers.get(b"authorization", b"").decode("latin-1") or None)
-            if presented is None or not keys.accepts(presented):
-                return None
+        if not keys.admits(authorization_of(headers)):
+            return None
         return serve
 
     return takeover

@@ -44,6 +44,14 @@ class ApiKeys:
     def required(self) -> bool:
         return bool(self.keys)
 
+    def admits(self, authorization: str | None) -> bool:
+        """Whether a request with this `Authorization` header may pass: no key is required, or
+        the header is a Bearer one of the keys."""
+        if not self.required:
+            return True
+        presented = bearer_key(authorization)
+        return presented is not None and self.accepts(presented)
+
     def accepts(self, presented: str) -> bool:
         candidate = presented.encode()
         # Every key is compared, so the time taken does not tell which one nearly matched.

@@ -1,6 +1,7 @@
 """The inference port's front (proxy/connection_front.py): inference-socket upgrades are served
-by our own WebSocket, everything else by Hypercorn as before. Raw h11 and wsproto clients on a
-real balancer, so that what goes over the wire is what is checked."""
+by our own WebSocket and NDJSON generation requests that pass their checks by the front itself,
+everything else by Hypercorn as before. Raw h11 and wsproto clients on a real balancer, so that
+what goes over the wire is what is checked."""
 
 from __future__ import annotations
 
@@ -20,10 +21,11 @@ from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, Ping, Pong, Request, TextMessage
 
 from paddler_trio.nursery.balancer import WEBSOCKET_PING_INTERVAL
-from paddler_trio.proxy.connection_front import serve_with_front
-from tests.proxy.balancer_harness import BalancerUnderTest, running_balancer, wait_until
+from paddler_trio.proxy.connection_front import Answered, serve_with_front
+from tests.proxy.balancer_harness import BalancerUnderTest, content_of, running_balancer, wait_until
 
 SOCKET_PATH = "/api/v1/inference_socket"
+RAW_PROMPT_PATH = "/api/v1/continue_from_raw_prompt"
 
 
 class RawClient:
@@ -60,6 +62,36 @@ class RawClient:
 
     async def send_text(self, text: str) -> None:
         await self.stream.send_all(self.websocket.send(TextMessage(data=text)))
+
+
+async def send_post(client: RawClient, http: h11.Connection, body: bytes, *extra_headers: tuple[str, str]) -> None:
+    """POST `body` to the raw-prompt route."""
+    headers = [("Host", client.host), ("Content-Type", "application/json"), ("Content-Length", str(len(body))), *extra_headers]
+    request = h11.Request(method="POST", target=RAW_PROMPT_PATH, headers=headers)
+    await client.stream.send_all(http.send(request) + http.send(h11.Data(data=body)) + http.send(h11.EndOfMessage()))
+
+
+async def read_response(client: RawClient, http: h11.Connection) -> tuple[h11.Response, bytes]:
+    """The next whole HTTP response on the client's connection, and its body."""
+    response: h11.Response | None = None
+    body = b""
+    with trio.fail_after(10):
+        while True:
+            event = http.next_event()
+            if event is h11.NEED_DATA:
+                http.receive_data(await client.stream.receive_some(65536))
+            elif isinstance(event, h11.Response):
+                response = event
+            elif isinstance(event, h11.Data):
+                body += event.data
+            elif isinstance(event, h11.EndOfMessage):
+                assert response is not None
+                http.start_next_cycle()
+                return response, body
+
+
+def ndjson_lines(body: bytes) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in body.decode().splitlines() if line.strip()]
 
 
 def masked_text_frame(text: str) -> bytes:
@@ -192,3 +224,108 @@ async def test_a_failing_takeover_handler_ends_only_its_own_connection(nursery: 
         response = await http.get(f"http://{address}/health")
     assert (response.status_code, response.text) == (200, "OK")
     shutdown.set()
+
+
+async def test_a_generation_request_gets_the_same_answer_from_the_front_as_from_quart() -> None:
+    async with running_balancer() as balancer:
+        await balancer.add_agent(slots=2, tokens=("Hello", " there"))
+        client = await RawClient.connect(balancer.addresses.inference)
+        http = h11.Connection(h11.CLIENT)
+        body = json.dumps({"raw_prompt": "Hi", "max_tokens": 5}).encode()
+        answers = []
+        # Without an Origin the front answers; with one (no CORS origins are allowed here, so
+        # no CORS header is added) Quart does. One kept-alive connection carries both.
+        for extra in ((), (("Origin", "http://elsewhere.example"),)):
+            await send_post(client, http, body, *extra)
+            answers.append(await read_response(client, http))
+        (front, front_body), (quart, quart_body) = answers
+        assert front.status_code == quart.status_code == 200
+        assert [h for h in front.headers if h[0] != b"date"] == [h for h in quart.headers if h[0] != b"date"]
+        for lines in (ndjson_lines(front_body), ndjson_lines(quart_body)):
+            assert content_of(lines) == "Hello there"
+            assert "Done" in lines[-1]["Response"]["response"]["GeneratedToken"]
+
+
+async def test_pipelined_generation_requests_are_answered_in_order_and_then_hypercorn_takes_over() -> None:
+    async with running_balancer() as balancer:
+        await balancer.add_agent(slots=1, tokens=("a", "b"))
+        client = await RawClient.connect(balancer.addresses.inference)
+        wire = b""
+        for prompt in ("first", "second"):
+            body = json.dumps({"raw_prompt": prompt, "max_tokens": 2}).encode()
+            wire += f"POST {RAW_PROMPT_PATH} HTTP/1.1\r\nHost: {client.host}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+            wire += body
+        wire += f"GET /health HTTP/1.1\r\nHost: {client.host}\r\n\r\n".encode()
+        # All three requests in one write (h11 will not frame a request before the previous answer).
+        await client.stream.send_all(wire)
+        reader = h11.Connection(h11.CLIENT)
+        answers = []
+        for _ in range(3):
+            # Only to put the reader in the state of one waiting for an answer; these bytes are not sent.
+            reader.send(h11.Request(method="GET", target="/", headers=[("Host", client.host)]))
+            reader.send(h11.EndOfMessage())
+            answers.append(await read_response(client, reader))
+        assert [response.status_code for response, _ in answers] == [200, 200, 200]
+        first, second, health = (body for _, body in answers)
+        assert content_of(ndjson_lines(first)) == content_of(ndjson_lines(second)) == "ab"
+        assert ndjson_lines(first)[0]["Response"]["request_id"] != ndjson_lines(second)[0]["Response"]["request_id"]
+        assert health == b"OK"
+
+
+async def test_a_generation_request_the_route_refuses_gets_its_answer_and_the_connection_goes_on() -> None:
+    async with running_balancer(max_tokens_limit=100) as balancer:
+        await balancer.add_agent(slots=1, tokens=("ok",))
+        client = await RawClient.connect(balancer.addresses.inference)
+        http = h11.Connection(h11.CLIENT)
+        refused = {
+            b'{"raw_prompt": "Hi"': "Invalid request body",
+            b'{"raw_prompt": "Hi", "max_tokens": 5, "surprise": 1}': "Invalid request body",
+            b'{"raw_prompt": "Hi", "max_tokens": 500}': "beyond this balancer's limit of 100",
+        }
+        for body, description in refused.items():
+            await send_post(client, http, body)
+            response, answer = await read_response(client, http)
+            assert response.status_code == 400
+            assert description in json.loads(answer)["error"]
+        good = json.dumps({"raw_prompt": "Hi", "max_tokens": 1}).encode()
+        await send_post(client, http, good)
+        response, answer = await read_response(client, http)
+        assert (response.status_code, content_of(ndjson_lines(answer))) == (200, "ok")
+
+
+async def test_a_client_that_half_closes_while_its_request_is_buffered_leaves_the_buffer() -> None:
+    async with running_balancer(buffered_request_timeout=30.0) as balancer:
+        client = await RawClient.connect(balancer.addresses.inference)
+        http = h11.Connection(h11.CLIENT)
+        body = json.dumps({"raw_prompt": "Hi", "max_tokens": 5}).encode()
+        await send_post(client, http, body)
+        await wait_until(lambda: balancer_buffered(balancer, 1))
+        await client.stream.send_eof()
+        await wait_until(lambda: balancer_buffered(balancer, 0))
+
+
+async def balancer_buffered(balancer: BalancerUnderTest, expected: int) -> bool:
+    return await balancer.buffered() == expected
+
+
+async def test_a_kept_alive_connection_left_idle_is_closed_when_the_server_shuts_down(nursery: trio.Nursery) -> None:
+    app = QuartTrio("front-test")
+
+    async def answer(stream: trio.abc.Stream, received: bytes) -> Answered:
+        await stream.send_all(b"HTTP/1.1 204 No Content\r\n\r\n")
+        return Answered()
+
+    config = HypercornConfig()
+    config.bind = ["127.0.0.1:0"]
+    config.graceful_timeout = 60  # Far longer than the test waits: the front must not sit it out.
+    shutdown = trio.Event()
+    binds = await nursery.start(
+        functools.partial(serve_with_front, app, config, lambda request: answer, shutdown_trigger=shutdown.wait)
+    )
+    client = await RawClient.connect(binds[0].removeprefix("http://"))
+    await client.stream.send_all(b"GET /taken HTTP/1.1\r\nHost: x\r\n\r\n")
+    with trio.fail_after(5):
+        assert (await client.stream.receive_some(100)).startswith(b"HTTP/1.1 204")
+    shutdown.set()
+    with trio.fail_after(5):
+        assert await client.stream.receive_some(100) == b""
