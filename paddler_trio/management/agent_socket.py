@@ -5,12 +5,14 @@ pool (a duplicate id is refused and the socket closed with 1008) and receives th
 applicable state. From then on a writer task drains the agent's outbox (requests,
 `StopRespondingTo`, `SetState`) while the reader applies status updates (newer versions
 only; the balancer's own `slots_processing` is never overwritten) and routes every
-`Response`/`Error` envelope to the request it answers. Hypercorn pings every 3 s. When
+`Response`/`Error` envelope to the request it answers. The balancer pings every 3 s. When
 the socket ends, for whatever reason, the agent leaves the pool, which ends every request
 still streaming from it with "Agent controller connection closed".
 
 The upgrade response offers reply batching (`protocol.reply_batching`): our agents then send
-the replies of one engine step as one frame; Paddler's agents ignore the header.
+the replies of one engine step as one frame; Paddler's agents ignore the header. The socket is
+usually our own `DirectWebSocket` (the management port's front takes the upgrade over, see
+`proxy/websocket_takeover.py`); the messages queued for an agent go out in one write.
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ import logging
 from typing import Any
 
 import trio
-from quart import Websocket
 
 from paddler_trio import PADDLER_COMPATIBLE_VERSION
 from paddler_trio.management.agent_message_decoding import decode_agent_frame
@@ -39,14 +40,21 @@ from paddler_trio.protocol.reply_batching import (
 )
 from paddler_trio.proxy.agent_controller import AgentController
 from paddler_trio.proxy.agent_pool import AgentPool, DuplicateAgent
+from paddler_trio.proxy.message_socket import MessageSocket
 from paddler_trio.proxy.shutdown_signal import ShutdownSignal
+from paddler_trio.queued_messages import queued_texts
 
 _logger = logging.getLogger(__name__)
 
 # Messages queued for one agent: requests are bounded by its slots, so this is never reached
 # by a healthy agent; a full queue means the agent stopped reading.
+AGENT_SOCKET_PATH_PREFIX = "/api/v1/agent_socket/"
 OUTBOX_CAPACITY = 1024
 REGISTRATION_TIMEOUT = 10.0
+# Messages written to an agent together at most.
+MAX_MESSAGES_PER_WRITE = 64
+# What the upgrade's answer carries (see the module docstring).
+ACCEPT_HEADERS = {REPLY_BATCHING_HEADER: REPLY_BATCHING_VERSION}
 
 CLOSE_GOING_AWAY = 1001
 CLOSE_POLICY_VIOLATION = 1008
@@ -58,9 +66,10 @@ class AgentSocket:
         self._reconciliation = reconciliation
         self._shutdown = shutdown
 
-    async def serve(self, websocket: Websocket, agent_id: str) -> None:
-        await websocket.accept(headers={REPLY_BATCHING_HEADER: REPLY_BATCHING_VERSION})
-        await websocket.send(to_json(VersionNotification(version=PADDLER_COMPATIBLE_VERSION)))
+    async def serve(self, websocket: MessageSocket, agent_id: str) -> None:
+        """Serve one agent's connection; `websocket` is accepted with `ACCEPT_HEADERS`."""
+        await websocket.accept()
+        await websocket.send_texts([to_json(VersionNotification(version=PADDLER_COMPATIBLE_VERSION))])
         frames = _AgentFrames(websocket, agent_id)
         with self._shutdown.cancel_scope():
             registration = await self._receive_registration(websocket, frames, agent_id)
@@ -96,7 +105,7 @@ class AgentSocket:
             await websocket.close(1000, "")
 
     async def _receive_registration(
-        self, websocket: Websocket, frames: _AgentFrames, agent_id: str
+        self, websocket: MessageSocket, frames: _AgentFrames, agent_id: str
     ) -> RegisterAgentNotification | None:
         with trio.move_on_after(REGISTRATION_TIMEOUT):
             while True:
@@ -123,16 +132,16 @@ class AgentSocket:
                 elif isinstance(message, RegisterAgentNotification):
                     _logger.warning("agent %s registered twice on one connection: ignored", agent.id)
 
-    async def _write(self, websocket: Websocket, outbox: trio.MemoryReceiveChannel[Any]) -> None:
+    async def _write(self, websocket: MessageSocket, outbox: trio.MemoryReceiveChannel[Any]) -> None:
         async with outbox:
             async for message in outbox:
-                await websocket.send(to_json(message))
+                await websocket.send_texts(queued_texts(message, outbox, MAX_MESSAGES_PER_WRITE))
 
 
 class _AgentFrames:
     """An agent's messages a frame at a time (one message, or a batch from our agents)."""
 
-    def __init__(self, websocket: Websocket, agent_id: str) -> None:
+    def __init__(self, websocket: MessageSocket, agent_id: str) -> None:
         self._websocket = websocket
         self._agent_id = agent_id
         # Messages that came in the frame after RegisterAgent; handed out first.

@@ -16,15 +16,14 @@ import trio
 from quart import Response, request, websocket
 from quart_trio import QuartTrio
 
-from paddler_trio.management.agent_socket import AgentSocket
+from paddler_trio.management.agent_socket import (
+    ACCEPT_HEADERS,
+    AGENT_SOCKET_PATH_PREFIX,
+    AgentSocket,
+)
 from paddler_trio.management.balancer_gauges import BalancerGauges
 from paddler_trio.management.reconciliation import Reconciliation
 from paddler_trio.management.state_database import MemoryStateDatabase
-from paddler_trio.proxy.agent_pool import AgentPool
-from paddler_trio.proxy.buffer import RequestBuffer
-from paddler_trio.proxy.request_id import new_request_id
-from paddler_trio.proxy.service_app import create_service_app, json_error
-from paddler_trio.proxy.shutdown_signal import ShutdownSignal
 from paddler_trio.protocol import (
     AgentRequest,
     BalancerDesiredState,
@@ -39,6 +38,13 @@ from paddler_trio.protocol import (
     from_json,
     to_json,
 )
+from paddler_trio.proxy.agent_pool import AgentPool
+from paddler_trio.proxy.buffer import RequestBuffer
+from paddler_trio.proxy.message_socket import QuartMessageSocket
+from paddler_trio.proxy.request_id import new_request_id
+from paddler_trio.proxy.service_app import create_service_app, json_error
+from paddler_trio.proxy.shutdown_signal import ShutdownSignal
+from paddler_trio.proxy.websocket_takeover import SocketHandler
 
 _logger = logging.getLogger(__name__)
 
@@ -83,7 +89,7 @@ class ManagementService:
         ]
         for path, view, methods in routes:
             app.add_url_rule(path, endpoint=view.__name__, view_func=view, methods=methods)
-        app.add_websocket("/api/v1/agent_socket/<agent_id>", view_func=self.agent_socket)
+        app.add_websocket(f"{AGENT_SOCKET_PATH_PREFIX}<agent_id>", view_func=self.agent_socket)
         return app
 
     async def health(self) -> Response:
@@ -160,8 +166,17 @@ class ManagementService:
         response.headers["Content-Type"] = PROMETHEUS_CONTENT_TYPE
         return response
 
+    def socket_route(self, path: str) -> SocketHandler | None:
+        """The agents' socket handler for an upgrade the port's front takes over (`websocket_takeover.py`)."""
+        agent_id = path.removeprefix(AGENT_SOCKET_PATH_PREFIX)
+        if agent_id == path or not agent_id or "/" in agent_id:
+            return None
+        return lambda socket: self._agent_socket.serve(socket, agent_id)
+
     async def agent_socket(self, agent_id: str) -> None:
-        await self._agent_socket.serve(websocket._get_current_object(), agent_id)  # type: ignore[attr-defined]
+        """The agents' socket when the upgrade reached Quart (see `socket_route`)."""
+        socket = QuartMessageSocket(websocket._get_current_object(), ACCEPT_HEADERS)  # type: ignore[attr-defined]
+        await self._agent_socket.serve(socket, agent_id)
 
     async def _ask_agent(self, agent_id: str, question: AgentRequest) -> Any:
         """The agent's answer, or the error response: 404 unknown agent, 502 agent gone, 504 after 3 s."""

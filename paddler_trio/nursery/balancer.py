@@ -29,6 +29,9 @@ from quart_trio import QuartTrio
 
 from paddler_trio.balancer_config import BalancerConfig
 from paddler_trio.cli_values import SocketAddress
+from paddler_trio.management.agent_socket import (
+    ACCEPT_HEADERS as AGENT_SOCKET_ACCEPT_HEADERS,
+)
 from paddler_trio.management.management_routes import ManagementService
 from paddler_trio.management.reconciliation import Reconciliation
 from paddler_trio.management.state_database import (
@@ -50,7 +53,6 @@ from paddler_trio.proxy.buffer import RequestBuffer
 from paddler_trio.proxy.connection_front import Takeover, first_of, serve_with_front
 from paddler_trio.proxy.forwarding import RequestForwarder
 from paddler_trio.proxy.inference_routes import InferenceService
-from paddler_trio.proxy.inference_socket_takeover import inference_socket_takeover
 from paddler_trio.proxy.ndjson_generation_takeover import ndjson_generation_takeover
 from paddler_trio.proxy.openai_routes import OpenAIService
 from paddler_trio.proxy.openapi_documents import (
@@ -60,9 +62,14 @@ from paddler_trio.proxy.openapi_documents import (
     serve_openapi,
 )
 from paddler_trio.proxy.shutdown_signal import ShutdownSignal
+from paddler_trio.proxy.websocket_takeover import websocket_takeover
 from paddler_trio.security.api_keys import ApiKeys
 from paddler_trio.security.error_shapes import openai_error
-from paddler_trio.security.service_protection import agent_socket_keys, protect_service
+from paddler_trio.security.service_protection import (
+    agent_secret_keys,
+    agent_socket_keys,
+    protect_service,
+)
 
 _logger = logging.getLogger(__name__)
 
@@ -167,6 +174,13 @@ async def _serve(
                     config.management_addr,
                     shutdown,
                     config,
+                    websocket_takeover(
+                        management.socket_route,
+                        keys=agent_secret_keys(config),
+                        max_message_bytes=config.websocket_max_message_bytes,
+                        ping_interval=WEBSOCKET_PING_INTERVAL,
+                        accept_headers=AGENT_SOCKET_ACCEPT_HEADERS,
+                    ),
                 )
                 inference_bound = await servers.start(
                     _serve_http,
@@ -183,8 +197,8 @@ async def _serve(
                     shutdown,
                     config,
                     first_of(
-                        inference_socket_takeover(
-                            inference.socket_session,
+                        websocket_takeover(
+                            inference.socket_route,
                             keys=ApiKeys.of(config.inference_api_keys),
                             max_message_bytes=config.websocket_max_message_bytes,
                             ping_interval=WEBSOCKET_PING_INTERVAL,

@@ -1,5 +1,5 @@
-"""A server-side WebSocket on a Trio stream (wsproto), for the upgrades that the inference
-port's front takes over from Hypercorn (`connection_front.py`).
+"""A server-side WebSocket on a Trio stream (wsproto), for the upgrades that a port's front
+takes over from Hypercorn (`connection_front.py`): the inference socket and the agents' link.
 
 Through ASGI every message costs its own trip through Quart, Hypercorn and a socket write
 (about 80 µs each on a small machine); here `send_texts` frames any number of messages and
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 
 import trio
 from wsproto import ConnectionType, WSConnection
@@ -83,10 +83,14 @@ class DirectWebSocket:
             await self._stream.send_all(data)
 
     async def _run(
-        self, handler: Callable[[DirectWebSocket], Awaitable[None]], early_frames: bytes, ping_interval: float | None
+        self,
+        handler: Callable[[DirectWebSocket], Awaitable[None]],
+        early_frames: bytes,
+        ping_interval: float | None,
+        accept_headers: list[tuple[bytes, bytes]],
     ) -> None:
         """Accept, then serve `handler` with the client's messages and the pings until either side ends."""
-        await self._write(self._connection.send(AcceptConnection()))
+        await self._write(self._connection.send(AcceptConnection(extra_headers=accept_headers)))
         if early_frames:
             self._connection.receive_data(early_frames)
         async with trio.open_nursery() as nursery:
@@ -110,7 +114,7 @@ class DirectWebSocket:
                             parts.append(event.data)
                             size += len(event.data)
                             if size > self._max_message_bytes:
-                                _logger.info("inference socket: a message over %d bytes, closing", self._max_message_bytes)
+                                _logger.info("WebSocket: a message over %d bytes, closing", self._max_message_bytes)
                                 await self.close(CloseReason.MESSAGE_TOO_BIG)
                                 return
                             if event.message_finished:
@@ -150,9 +154,11 @@ async def serve(
     *,
     max_message_bytes: int,
     ping_interval: float | None,
+    accept_headers: Mapping[str, str] | None = None,
 ) -> None:
     """Accept the WebSocket upgrade in `request_bytes` (its HTTP request, and whatever the client
-    sent after it) and run `handler` with the socket until either ends; then close the stream."""
+    sent after it) with `accept_headers` on the answer, and run `handler` with the socket until
+    either ends; then close the stream."""
     connection = WSConnection(ConnectionType.SERVER)
     # wsproto drops what follows the request head when it accepts: hand that over afterwards.
     head_end = request_bytes.find(b"\r\n\r\n") + 4
@@ -170,7 +176,8 @@ async def serve(
         return
     socket = DirectWebSocket(stream, connection, max_message_bytes=max_message_bytes)
     try:
-        await socket._run(handler, early_frames, ping_interval)
+        headers = [(name.encode(), value.encode()) for name, value in (accept_headers or {}).items()]
+        await socket._run(handler, early_frames, ping_interval, headers)
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         pass
     finally:

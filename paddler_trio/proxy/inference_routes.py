@@ -47,10 +47,9 @@ from paddler_trio.proxy.forwarding import (
 from paddler_trio.proxy.inference_socket import (
     TOKEN_GENERATION_DISABLED_DESCRIPTION,
     InferenceSocketSession,
-    MessageSocket,
-    QuartMessageSocket,
     TokenGenerationMode,
 )
+from paddler_trio.proxy.message_socket import MessageSocket, QuartMessageSocket
 from paddler_trio.proxy.request_id import new_request_id
 from paddler_trio.proxy.request_validation import (
     generation_request_problems,
@@ -58,6 +57,7 @@ from paddler_trio.proxy.request_validation import (
 )
 from paddler_trio.proxy.service_app import create_service_app, json_error
 from paddler_trio.proxy.shutdown_signal import ShutdownSignal
+from paddler_trio.proxy.websocket_takeover import SocketHandler
 from paddler_trio.queued_messages import queued_texts
 
 _logger = logging.getLogger(__name__)
@@ -65,6 +65,8 @@ _logger = logging.getLogger(__name__)
 # Messages a request may run ahead of its client before the forwarder waits for the client.
 STREAM_BUFFER = 64
 MAX_LINES_PER_CHUNK = STREAM_BUFFER
+
+INFERENCE_SOCKET_PATH = "/api/v1/inference_socket"
 
 ParamsT = TypeVar("ParamsT")
 
@@ -111,7 +113,7 @@ class InferenceService:
         )
         app.add_url_rule("/api/v1/continue_from_raw_prompt", view_func=self.continue_from_raw_prompt, methods=["POST"])
         app.add_url_rule("/api/v1/generate_embedding_batch", view_func=self.generate_embedding_batch, methods=["POST"])
-        app.add_websocket("/api/v1/inference_socket", view_func=self.inference_socket)
+        app.add_websocket(INFERENCE_SOCKET_PATH, view_func=self.inference_socket)
         return app
 
     async def health(self) -> Response:
@@ -185,8 +187,14 @@ class InferenceService:
 
         return self._ndjson(done_id, fan_out)
 
+    def socket_route(self, path: str) -> SocketHandler | None:
+        """The inference socket's handler for an upgrade the port's front takes over (`websocket_takeover.py`)."""
+        if path != INFERENCE_SOCKET_PATH:
+            return None
+        return lambda socket: self.socket_session(socket).serve()
+
     async def inference_socket(self) -> None:
-        """The inference socket when the upgrade reached Quart (see `socket_takeover`)."""
+        """The inference socket when the upgrade reached Quart (see `socket_route`)."""
         await self.socket_session(QuartMessageSocket(websocket._get_current_object())).serve()  # type: ignore[attr-defined]
 
     def socket_session(self, socket: MessageSocket) -> InferenceSocketSession:

@@ -27,11 +27,9 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from collections.abc import Iterable
 from typing import Any, Protocol
 
 import trio
-from quart import Websocket
 
 from paddler_trio.protocol import (
     ErrorEnvelope,
@@ -52,6 +50,7 @@ from paddler_trio.proxy.forwarding import (
     emit_into,
     error_envelope,
 )
+from paddler_trio.proxy.message_socket import MessageSocket
 from paddler_trio.proxy.request_validation import (
     generation_request_problems,
     invalid_parameters_description,
@@ -79,38 +78,6 @@ class TokenGenerationMode(Protocol):
     def version(self) -> int: ...
 
     async def wait_changed(self, seen_version: int) -> int: ...
-
-
-class MessageSocket(Protocol):
-    """An accepted WebSocket as the session uses it."""
-
-    async def accept(self) -> None: ...
-
-    async def receive(self) -> str | bytes: ...
-
-    async def send_texts(self, texts: Iterable[str]) -> None: ...
-
-    async def close(self, code: int, reason: str | None = None) -> None: ...
-
-
-class QuartMessageSocket:
-    """Quart's WebSocket (an upgrade that reached the app) as a `MessageSocket`."""
-
-    def __init__(self, websocket: Websocket) -> None:
-        self._websocket = websocket
-
-    async def accept(self) -> None:
-        await self._websocket.accept()
-
-    async def receive(self) -> str | bytes:
-        return await self._websocket.receive()
-
-    async def send_texts(self, texts: Iterable[str]) -> None:
-        for text in texts:
-            await self._websocket.send(text)
-
-    async def close(self, code: int, reason: str | None = None) -> None:
-        await self._websocket.close(code, reason)
 
 
 class InferenceSocketSession:

@@ -9,11 +9,10 @@ from collections.abc import Mapping
 from quart_trio import QuartTrio
 
 from paddler_trio.balancer_config import BalancerConfig
+from paddler_trio.management.agent_socket import AGENT_SOCKET_PATH_PREFIX
 from paddler_trio.security.api_keys import ApiKeys, require_bearer_key
 from paddler_trio.security.error_shapes import ErrorShape, native_error
 from paddler_trio.security.request_limits import limit_requests
-
-AGENT_SOCKET_PATH_PREFIX = "/api/v1/agent_socket/"
 
 
 def protect_service(
@@ -41,4 +40,8 @@ def protect_service(
 
 def agent_socket_keys(config: BalancerConfig) -> dict[str, ApiKeys]:
     """The agent socket takes the agent join secret instead of the management keys."""
-    return {AGENT_SOCKET_PATH_PREFIX: ApiKeys.of([config.agent_secret] if config.agent_secret else [])}
+    return {AGENT_SOCKET_PATH_PREFIX: agent_secret_keys(config)}
+
+
+def agent_secret_keys(config: BalancerConfig) -> ApiKeys:
+    return ApiKeys.of([config.agent_secret] if config.agent_secret else [])

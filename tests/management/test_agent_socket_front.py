@@ -1,0 +1,67 @@
+"""The management port's front: agents' socket upgrades are served by our own WebSocket
+(`proxy/websocket_takeover.py`) unless the key check must judge them, and an agent sees the
+same socket whichever side serves it. Real balancer, real trio-websocket clients."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from trio_websocket import HandshakeError, WebSocketConnection, open_websocket_url
+
+from paddler_trio.protocol import RegisterAgentNotification, to_json
+from paddler_trio.protocol.reply_batching import REPLY_BATCHING_HEADER, REPLY_BATCHING_VERSION
+from tests.proxy.balancer_harness import BalancerUnderTest, running_balancer, wait_until
+from tests.proxy.scripted_fake_agent import status_snapshot
+
+SECRET = "join-secret"
+
+
+async def register(socket: WebSocketConnection, name: str) -> dict[str, Any]:
+    """Read the balancer's first message, register, and return that first message."""
+    version = json.loads(await socket.get_message())
+    snapshot = status_snapshot(slots=1, model_path=None)
+    await socket.send_message(to_json(RegisterAgentNotification(name=name, slot_aggregated_status_snapshot=snapshot)))
+    return version
+
+
+async def listed_agents(balancer: BalancerUnderTest) -> dict[str, str | None]:
+    return {agent["id"]: agent["name"] for agent in await balancer.agents()}
+
+
+async def test_an_agent_gets_the_same_socket_from_the_front_as_from_quart() -> None:
+    async with running_balancer(agent_secret=SECRET) as balancer:
+        base = f"ws://{balancer.addresses.management}/api/v1/agent_socket"
+        # A Bearer header is judged by the front; a query-parameter key is judged by Quart.
+        async with (
+            open_websocket_url(f"{base}/by-header", extra_headers=[("Authorization", f"Bearer {SECRET}")]) as front,
+            open_websocket_url(f"{base}/by-query?api_key={SECRET}") as quart,
+        ):
+            for socket in (front, quart):
+                assert dict(socket.handshake_headers)[REPLY_BATCHING_HEADER.encode()] == REPLY_BATCHING_VERSION.encode()
+            first_messages = [await register(front, "front"), await register(quart, "quart")]
+            assert first_messages[0] == first_messages[1]
+            assert "Version" in first_messages[0]["Notification"]
+            await wait_until(lambda: listed_agents_are(balancer, {"by-header": "front", "by-query": "quart"}))
+        await wait_until(lambda: listed_agents_are(balancer, {}))
+
+
+async def listed_agents_are(balancer: BalancerUnderTest, expected: dict[str, str | None]) -> bool:
+    return await listed_agents(balancer) == expected
+
+
+async def test_an_agent_id_in_the_path_is_percent_decoded() -> None:
+    async with running_balancer() as balancer:
+        url = f"ws://{balancer.addresses.management}/api/v1/agent_socket/rack%204%20gpu%200"
+        async with open_websocket_url(url) as socket:
+            await register(socket, "encoded")
+            await wait_until(lambda: listed_agents_are(balancer, {"rack 4 gpu 0": "encoded"}))
+
+
+async def test_a_path_with_a_slash_in_the_agent_id_is_not_an_agent_socket() -> None:
+    async with running_balancer() as balancer:
+        with pytest.raises(HandshakeError):
+            async with open_websocket_url(f"ws://{balancer.addresses.management}/api/v1/agent_socket/a/b"):
+                pass
+        assert await listed_agents(balancer) == {}
