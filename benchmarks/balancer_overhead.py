@@ -87,6 +87,9 @@ CONTEXT_SIZE = 4096
 CLIENT_TIMEOUT_S = 600.0
 PROBE_MAX_TOKENS = 4
 CEILING_TRANSPORTS = ("ndjson", "websocket")
+# Reuse a kept-alive connection only this long after it went idle, as httpx's pool does (the
+# balancer keeps idle connections far longer: KEEP_ALIVE_TIMEOUT in nursery/balancer.py).
+KEEP_ALIVE_REUSE_LIMIT = 5.0
 
 PROMPTS: tuple[str, ...] = (
     "The old lighthouse keeper climbed the spiral stairs one last time before the storm, and",
@@ -193,17 +196,24 @@ class NdjsonSide:
 
     def __init__(self, inference_port: int) -> None:
         self._port = inference_port
-        self._idle: list[tuple[trio.SocketStream, h11.Connection]] = []
+        # Kept-alive connections, and when each went idle.
+        self._idle: list[tuple[trio.SocketStream, h11.Connection, float]] = []
 
     async def aclose(self) -> None:
-        for stream, _ in self._idle:
+        for stream, _, _ in self._idle:
             await stream.aclose()
 
+    async def _connection(self) -> tuple[trio.SocketStream, h11.Connection]:
+        """A kept-alive connection that the balancer has not closed for idleness, else a new one."""
+        while self._idle:
+            stream, connection, idle_since = self._idle.pop()
+            if trio.current_time() - idle_since < KEEP_ALIVE_REUSE_LIMIT:
+                return stream, connection
+            await stream.aclose()
+        return await trio.open_tcp_stream("127.0.0.1", self._port), h11.Connection(h11.CLIENT)
+
     async def generate(self, prompt: str, max_tokens: int, timing: RequestTiming) -> None:
-        if self._idle:
-            stream, connection = self._idle.pop()
-        else:
-            stream, connection = await trio.open_tcp_stream("127.0.0.1", self._port), h11.Connection(h11.CLIENT)
+        stream, connection = await self._connection()
         body = json.dumps({"raw_prompt": prompt, "max_tokens": max_tokens}).encode()
         headers = [("Host", f"127.0.0.1:{self._port}"), ("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
         request = h11.Request(method="POST", target="/api/v1/continue_from_raw_prompt", headers=headers)
@@ -237,7 +247,7 @@ class NdjsonSide:
             await stream.aclose()
             return
         connection.start_next_cycle()
-        self._idle.append((stream, connection))
+        self._idle.append((stream, connection, trio.current_time()))
 
 
 class HttpxNdjsonSide:

@@ -78,7 +78,10 @@ SHUTDOWN_GRACE = 3.0
 # what this bounds is Hypercorn's WebSocket ping task, which sleeps a whole ping interval
 # before it notices that its connection closed.
 HTTP_GRACEFUL_TIMEOUT = 1.0
-KEEP_ALIVE_TIMEOUT = 5.0
+# How long a kept-alive connection may stay idle, and a new one wait for its first request:
+# longer than clients keep idle connections in their pools (httpx 5 s, browsers about 60 s), so
+# that a client never sends a request on a connection the balancer is closing at that moment.
+KEEP_ALIVE_TIMEOUT = 75.0
 WEBSOCKET_PING_INTERVAL = 3.0
 # Connections waiting to be accepted: Hypercorn's 100 made a burst of a thousand clients
 # connecting at once (the soak benchmark) see connection resets.
