@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -94,13 +95,14 @@ class _Relay:
 class _SilenceWatch:
     """Ends the wait of every relay whose agent stays silent for the item timeout.
 
-    It checks every `interval` (a tenth of the timeout, at most 100 ms) and runs only while
-    relays are registered, so an idle balancer has no timer at all.
+    It sleeps until the earliest moment a waiting relay can reach the timeout (a relay that
+    starts waiting later reaches it later still), so a busy balancer wakes for it about once
+    per timeout, not once per token; it runs only while relays are registered, so an idle
+    balancer has no timer at all.
     """
 
     def __init__(self, item_timeout: float, nursery: trio.Nursery) -> None:
         self._item_timeout = item_timeout
-        self._interval = max(min(0.1, item_timeout / 10), 0.001)
         self._nursery = nursery
         self._relays: set[_Relay] = set()
         self._scope: trio.CancelScope | None = None
@@ -120,12 +122,18 @@ class _SilenceWatch:
     async def _run(self, scope: trio.CancelScope) -> None:
         with scope:
             while True:
-                await trio.sleep(self._interval)
                 now = trio.current_time()
+                next_check = now + self._item_timeout
                 for relay in list(self._relays):
-                    if relay.waiting_since is not None and now - relay.waiting_since >= self._item_timeout:
+                    if relay.waiting_since is None:
+                        continue
+                    timeout_at = relay.waiting_since + self._item_timeout
+                    if timeout_at <= now:
                         relay.waiting_since = None  # one marker per silence
                         relay.agent.deliver(relay.agent_request_id, SILENCE)
+                    else:
+                        next_check = min(next_check, timeout_at)
+                await trio.sleep_until(next_check)
 
 
 class RequestForwarder:
@@ -148,10 +156,13 @@ class RequestForwarder:
     async def serve(self, request_id: str, request: AgentRequest, emit: Emit, *, gather: float = 0.0) -> None:
         """Relay one request's replies to `emit` until its stream ends.
 
-        With `gather` (seconds), a reply that follows the previous one that closely waits out the
-        rest of the interval and goes on with those that arrive meanwhile: with an emit that waits
-        only for a full consumer (`emit_into`), they reach the client's writer together, which
-        sends them in one write. The first reply, and any after a quiet interval, go at once.
+        With `gather` (seconds): once a reply has followed the previous one that closely (the
+        stream is fast), the relay waits out the interval after handing it on, and the replies
+        that arrive meanwhile go on together: with an emit that waits only for a full consumer
+        (`emit_into`), they reach the client's writer together, which sends them in one write.
+        Every reply of a stream slower than the interval, the first reply, and any after a quiet
+        interval go at once, with no timer (a timer per token would wake the balancer twice per
+        token, which costs the engine's neighbours on a busy machine).
 
         Returns normally for every outcome the client is told about; a client that is gone
         ends it quietly. Cancellation (the client left) propagates after the hand-off to a drain.
@@ -213,6 +224,7 @@ class RequestForwarder:
                 await emit(error_envelope(request_id, 500, "Failed to generate response"))
                 return _Outcome.FINISHED
             produced_output = False
+            previous_reply_at = -math.inf
             while True:
                 try:
                     reply = await _next_reply(route, relay)
@@ -242,12 +254,15 @@ class RequestForwarder:
                 if ends_stream(reply):
                     settled = True
                 produced_output = True
+                reply_at = trio.current_time()
                 if isinstance(reply.response, _GENERATED_TOKENS):
                     agent.generated_tokens += 1
                 await emit(_to_client(agent, request_id, reply))
                 if settled:
                     return _Outcome.FINISHED
-                if gather and not route.statistics().current_buffer_used:
+                stream_is_fast = reply_at - previous_reply_at < gather
+                previous_reply_at = reply_at
+                if stream_is_fast and not route.statistics().current_buffer_used:
                     # Replies that come meanwhile wait in the route and go on together; nothing is
                     # held outside the route, so a client leaving now loses no terminal reply.
                     await trio.sleep(gather)

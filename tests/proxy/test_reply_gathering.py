@@ -1,6 +1,7 @@
-"""Gathering replies (`RequestForwarder.serve(gather=...)`, used by the NDJSON routes): the first
-reply, and the first after a quiet interval, go on at once; replies that follow closely wait
-out the interval and go on together, in order. Driven on Trio's mock clock."""
+"""Gathering replies (`RequestForwarder.serve(gather=...)`, used by the NDJSON routes and the
+inference socket): the first reply, the first after a quiet interval, and every reply of a slow
+stream go on at once; once replies follow each other closely, the ones after wait out the
+interval and go on together, in order. Driven on Trio's mock clock."""
 
 from __future__ import annotations
 
@@ -35,22 +36,41 @@ async def test_close_replies_wait_out_the_interval_and_go_on_together(mock_clock
         await trio.testing.wait_all_tasks_blocked()
         assert texts(s.received) == ["first"]
 
+        # "second" follows closely: it goes on, and the stream is now gathered.
         wire.reply(agent_request_id, ContentToken("second"))
-        wire.reply(agent_request_id, ContentToken("third"))
         await trio.testing.wait_all_tasks_blocked()
-        assert texts(s.received) == ["first"]
+        assert texts(s.received) == ["first", "second"]
+        wire.reply(agent_request_id, ContentToken("third"))
+        wire.reply(agent_request_id, ContentToken("fourth"))
+        await trio.testing.wait_all_tasks_blocked()
+        assert texts(s.received) == ["first", "second"]
 
         mock_clock.jump(GATHER)
         await trio.testing.wait_all_tasks_blocked()
-        assert texts(s.received) == ["first", "second", "third"]
+        assert texts(s.received) == ["first", "second", "third", "fourth"]
 
         mock_clock.jump(10 * GATHER)
         wire.reply(agent_request_id, ContentToken("after a pause"))
         await trio.testing.wait_all_tasks_blocked()
-        assert texts(s.received) == ["first", "second", "third", "after a pause"]
+        assert texts(s.received)[-1] == "after a pause"
 
         wire.reply(agent_request_id, DONE)
-        mock_clock.jump(GATHER)
+        await trio.testing.wait_all_tasks_blocked()
+        assert s.received[-1].response == DONE
+        assert s.pool.slots_processing == 0
+
+
+async def test_a_stream_slower_than_the_interval_is_never_held(mock_clock: trio.testing.MockClock) -> None:
+    async with setup() as s:
+        wire = s.add_agent("a")
+        start_gathering(s, GATHER)
+        agent_request_id = await wire.next_request_id()
+        for index in range(5):
+            wire.reply(agent_request_id, ContentToken(f"token {index}"))
+            await trio.testing.wait_all_tasks_blocked()
+            assert texts(s.received)[-1] == f"token {index}"
+            mock_clock.jump(2 * GATHER)
+        wire.reply(agent_request_id, DONE)
         await trio.testing.wait_all_tasks_blocked()
         assert s.received[-1].response == DONE
         assert s.pool.slots_processing == 0
@@ -83,11 +103,13 @@ async def test_a_client_leaving_during_the_interval_frees_the_slot_at_once(mock_
 
         s.nursery.start_soon(run)
         agent_request_id = await wire.next_request_id()
-        wire.reply(agent_request_id, ContentToken("first"))
-        await trio.testing.wait_all_tasks_blocked()
+        for text in ("first", "second"):  # close together: the relay now waits out the interval
+            wire.reply(agent_request_id, ContentToken(text))
+            await trio.testing.wait_all_tasks_blocked()
         wire.reply(agent_request_id, DONE)  # the agent is done, inside the gathering interval
         await trio.testing.wait_all_tasks_blocked()
         client.cancel()  # ... and the client leaves before the interval ends
         await trio.testing.wait_all_tasks_blocked()
-        assert texts(s.received) == ["first"]
+        assert texts(s.received) == ["first", "second"]
+        assert all(message.response != DONE for message in s.received)
         assert s.pool.slots_processing == 0, "the agent's Done was kept: the slot needs no item timeout to come back"
