@@ -23,6 +23,14 @@ def start_gathering(s: Setup, gather: float) -> None:
     s.nursery.start_soon(run)
 
 
+async def finish_and_expect_the_slot_back(s: Setup, wire: Any, agent_request_id: str) -> None:
+    """The agent sends Done: it reaches the client at once and the slot is free again."""
+    wire.reply(agent_request_id, DONE)
+    await trio.testing.wait_all_tasks_blocked()
+    assert s.received[-1].response == DONE
+    assert s.pool.slots_processing == 0
+
+
 def texts(received: list[Any]) -> list[str]:
     return [m.response.text for m in received if isinstance(m.response, ContentToken)]
 
@@ -54,10 +62,7 @@ async def test_close_replies_wait_out_the_interval_and_go_on_together(mock_clock
         await trio.testing.wait_all_tasks_blocked()
         assert texts(s.received)[-1] == "after a pause"
 
-        wire.reply(agent_request_id, DONE)
-        await trio.testing.wait_all_tasks_blocked()
-        assert s.received[-1].response == DONE
-        assert s.pool.slots_processing == 0
+        await finish_and_expect_the_slot_back(s, wire, agent_request_id)
 
 
 async def test_a_stream_slower_than_the_interval_is_never_held(mock_clock: trio.testing.MockClock) -> None:
@@ -70,10 +75,7 @@ async def test_a_stream_slower_than_the_interval_is_never_held(mock_clock: trio.
             await trio.testing.wait_all_tasks_blocked()
             assert texts(s.received)[-1] == f"token {index}"
             mock_clock.jump(2 * GATHER)
-        wire.reply(agent_request_id, DONE)
-        await trio.testing.wait_all_tasks_blocked()
-        assert s.received[-1].response == DONE
-        assert s.pool.slots_processing == 0
+        await finish_and_expect_the_slot_back(s, wire, agent_request_id)
 
 
 async def test_without_gathering_every_reply_goes_on_at_once(mock_clock: trio.testing.MockClock) -> None:
@@ -86,10 +88,7 @@ async def test_without_gathering_every_reply_goes_on_at_once(mock_clock: trio.te
             await trio.testing.wait_all_tasks_blocked()
         assert texts(s.received) == ["first", "second", "third"]
 
-        wire.reply(agent_request_id, DONE)
-        await trio.testing.wait_all_tasks_blocked()
-        assert s.received[-1].response == DONE
-        assert s.pool.slots_processing == 0
+        await finish_and_expect_the_slot_back(s, wire, agent_request_id)
 
 
 async def test_a_client_leaving_during_the_interval_frees_the_slot_at_once(mock_clock: trio.testing.MockClock) -> None:
