@@ -13,7 +13,11 @@ which goes first; figures are medians over the repeats: time to first token p50/
 pooled over every request), aggregate tok/s, and for each balancer side the added TTFT and
 the tok/s ratio against direct, paired by repeat. Both cores are shared: the balancer and
 the agent's Python compete with llama.cpp's threads. `--threads 2,1` measures each thread
-count in turn (with 1 thread the balancer has the other core to itself).
+count in turn (with 1 thread the balancer has the other core to itself). Each run also
+records, as percent of one core, the CPU time of what runs beside llama.cpp's threads: the
+balancer, the agent's Python (its main thread) and this process's Python (clients and the
+direct engine's scheduler); see `benchmarks/engine_interference.py` for what such CPU costs
+the engine.
 
 Because TTFT under that concurrent load swings by tens of milliseconds with the engine's step
 phase, the latency part first measures an "isolated TTFT": for each balancer side in turn,
@@ -65,7 +69,12 @@ import paddler_trio.engine  # noqa: F401  (import order matters)
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))  # the cluster harness and the scripted fast agent live in tests/
 
-from host_figures import machine_info, process_cpu_seconds, process_memory_mib
+from host_figures import (
+    machine_info,
+    main_thread_cpu_seconds,
+    process_cpu_seconds,
+    process_memory_mib,
+)
 
 from paddler_trio.bundled_models import MODEL_ALIASES, ensure_model
 from paddler_trio.engine.engine import Engine, EngineSettings
@@ -90,6 +99,7 @@ CEILING_TRANSPORTS = ("ndjson", "websocket")
 # Reuse a kept-alive connection only this long after it went idle, as httpx's pool does (the
 # balancer keeps idle connections far longer: KEEP_ALIVE_TIMEOUT in nursery/balancer.py).
 KEEP_ALIVE_REUSE_LIMIT = 5.0
+AGENT_NAME = "bench"
 
 PROMPTS: tuple[str, ...] = (
     "The old lighthouse keeper climbed the spiral stairs one last time before the storm, and",
@@ -347,6 +357,10 @@ def side_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "ttft_p99_ms": median_or_none([run["ttft_p99_ms"] for run in runs]),
         "pooled_ttft_p50_ms": round(percentile(pooled, 0.5), 2),
         "pooled_ttft_p99_ms": round(percentile(pooled, 0.99), 2),
+        "python_cpu_percent_of_a_core": {
+            name: median_or_none([run["python_cpu_percent_of_a_core"][name] for run in runs])
+            for name in runs[0]["python_cpu_percent_of_a_core"]
+        },
         "runs": [{key: value for key, value in run.items() if key != "ttfts_ms"} for run in runs],
     }
 
@@ -382,9 +396,9 @@ async def open_cluster(options: LatencyOptions, parameters: dict[str, Any]) -> A
     cluster = Cluster(directory)
     try:
         await trio.to_thread.run_sync(cluster.start_balancer)
-        cluster.start_agent("bench", slots=options.slots, threads=options.threads)
+        cluster.start_agent(AGENT_NAME, slots=options.slots, threads=options.threads)
         await trio.to_thread.run_sync(lambda: cluster.put_desired_state(options.model_path, **parameters))
-        await trio.to_thread.run_sync(lambda: cluster.wait_for_ready_agents(["bench"], timeout=180))
+        await trio.to_thread.run_sync(lambda: cluster.wait_for_ready_agents([AGENT_NAME], timeout=180))
         yield cluster
     finally:
         await trio.to_thread.run_sync(cluster.shutdown)
@@ -412,15 +426,21 @@ async def measure_latency(options: LatencyOptions) -> dict[str, Any]:
         for repeat in range(options.repeats):
             shift = repeat % len(sides)
             for position, side in [*enumerate(sides)][shift:] + [*enumerate(sides)][:shift]:
+                cpu_before = python_cpu_seconds(cluster)
                 timings = await run_requests(
                     side, f"{position}-{repeat}", options.requests_per_run, options.slots, options.max_tokens
                 )
                 figures = run_figures(timings)
+                figures["python_cpu_percent_of_a_core"] = {
+                    name: round(100 * (seconds - cpu_before[name]) / figures["wall_s"], 2)
+                    for name, seconds in python_cpu_seconds(cluster).items()
+                }
                 runs[side.name].append({"repeat": repeat + 1, **figures})
+                cpu = ", ".join(f"{name} {share} %" for name, share in figures["python_cpu_percent_of_a_core"].items())
                 progress(
                     f"  repeat {repeat + 1}/{options.repeats} {side.name:<9} {figures['tokens_per_second']:>7} tok/s, "
                     f"TTFT p50 {figures['ttft_p50_ms']} ms p99 {figures['ttft_p99_ms']} ms "
-                    f"(load {figures['load_average_1m']})"
+                    f"(load {figures['load_average_1m']}; CPU of a core: {cpu})"
                 )
     result: dict[str, Any] = {"threads": options.threads, "isolated_ttft": probe, "concurrent": {}}
     for name, side_runs in runs.items():
@@ -428,6 +448,18 @@ async def measure_latency(options: LatencyOptions) -> dict[str, Any]:
         if name != "direct":
             result["concurrent"][name].update(overhead_against_direct(runs["direct"], side_runs))
     return result
+
+
+def python_cpu_seconds(cluster: Cluster) -> dict[str, float]:
+    """CPU time so far of what runs beside llama.cpp's threads: the balancer, the agent's Python
+    (its main thread) and this process's (the clients, and the direct engine's scheduler).
+    On a machine whose cores all run llama.cpp, each of them costs the engine throughput."""
+    assert cluster.balancer is not None
+    return {
+        "balancer": process_cpu_seconds(cluster.balancer.process.pid),
+        "agent_python": main_thread_cpu_seconds(cluster.agents[AGENT_NAME].process.pid),
+        "benchmark_python": main_thread_cpu_seconds(os.getpid()),
+    }
 
 
 async def probe_ttft(sides: list[Side], requests: int) -> dict[str, Any]:
