@@ -11,7 +11,10 @@ import pytest
 from trio_websocket import HandshakeError, WebSocketConnection, open_websocket_url
 
 from paddler_trio.protocol import RegisterAgentNotification, to_json
-from paddler_trio.protocol.reply_batching import REPLY_BATCHING_HEADER, REPLY_BATCHING_VERSION
+from paddler_trio.protocol.reply_batching import (
+    REPLY_BATCHING_HEADER,
+    REPLY_BATCHING_VERSION,
+)
 from tests.proxy.balancer_harness import BalancerUnderTest, running_balancer, wait_until
 from tests.proxy.scripted_fake_agent import status_snapshot
 

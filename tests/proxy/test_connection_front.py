@@ -22,7 +22,12 @@ from wsproto.events import AcceptConnection, Ping, Pong, Request, TextMessage
 
 from paddler_trio.nursery.balancer import WEBSOCKET_PING_INTERVAL
 from paddler_trio.proxy.connection_front import Answered, serve_with_front
-from tests.proxy.balancer_harness import BalancerUnderTest, content_of, running_balancer, wait_until
+from tests.proxy.balancer_harness import (
+    BalancerUnderTest,
+    content_of,
+    running_balancer,
+    wait_until,
+)
 
 SOCKET_PATH = "/api/v1/inference_socket"
 RAW_PROMPT_PATH = "/api/v1/continue_from_raw_prompt"
