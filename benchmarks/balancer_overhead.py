@@ -75,6 +75,7 @@ from host_figures import (
     process_cpu_seconds,
     process_memory_mib,
 )
+from result_files import save_result
 
 from paddler_trio.bundled_models import MODEL_ALIASES, ensure_model
 from paddler_trio.engine.engine import Engine, EngineSettings
@@ -91,7 +92,6 @@ from paddler_trio.protocol import (
 )
 from tests.integration.cluster import DETERMINISTIC_PARAMETERS, Cluster, wait_until
 
-RESULTS_DIRECTORY = Path(__file__).resolve().parent / "results"
 CONTEXT_SIZE = 4096
 CLIENT_TIMEOUT_S = 600.0
 PROBE_MAX_TOKENS = 4
@@ -873,11 +873,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     text = json.dumps(report)
     print(text, flush=True)
     if not args.no_save:
-        RESULTS_DIRECTORY.mkdir(exist_ok=True)
-        stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
-        label = f"-{args.label}" if args.label else ""
-        path = RESULTS_DIRECTORY / f"balancer_overhead{label}-{stamp}.json"
-        path.write_text(json.dumps(report, indent=2) + "\n")
+        path = save_result(report, "balancer_overhead", args.label)
         progress(f"saved {path.relative_to(REPO_ROOT)}")
     return 0
 

@@ -28,7 +28,6 @@ import trio
 from balancer_overhead import (
     CONTEXT_SIZE,
     DETERMINISTIC_PARAMETERS,
-    RESULTS_DIRECTORY,
     DirectSide,
     median_or_none,
     progress,
@@ -36,6 +35,7 @@ from balancer_overhead import (
     run_requests,
 )
 from host_figures import machine_info, process_cpu_seconds
+from result_files import save_result
 
 from paddler_trio.bundled_models import MODEL_ALIASES, ensure_model
 from paddler_trio.engine.engine import Engine, EngineSettings
@@ -152,12 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     text = json.dumps(report)
     print(text, flush=True)
     if not args.no_save:
-        RESULTS_DIRECTORY.mkdir(exist_ok=True)
-        stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
-        label = f"-{args.label}" if args.label else ""
-        path = RESULTS_DIRECTORY / f"engine_interference{label}-{stamp}.json"
-        path.write_text(json.dumps(report, indent=2) + "\n")
-        progress(f"saved {path}")
+        progress(f"saved {save_result(report, 'engine_interference', args.label)}")
     return 0
 
 

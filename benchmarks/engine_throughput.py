@@ -54,6 +54,7 @@ import llama_cpp
 import trio
 
 from host_figures import machine_info
+from result_files import save_result
 from paddler_trio.bundled_models import MODEL_ALIASES, ensure_model
 from paddler_trio.protocol import (
     ContentToken,
@@ -66,7 +67,6 @@ from paddler_trio.protocol import (
     is_terminal,
 )
 
-RESULTS_DIRECTORY = Path(__file__).resolve().parent / "results"
 HEALTH_TIMEOUT_S = 180.0
 STOP_TIMEOUT_S = 10.0
 WARM_UP_TOKENS = 8
@@ -665,14 +665,6 @@ def resolve_model_path(model: str) -> tuple[str, Path]:
     return path.stem, path.absolute()
 
 
-def save_report(report: dict[str, Any], model: str) -> Path:
-    RESULTS_DIRECTORY.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    path = RESULTS_DIRECTORY / f"engine_throughput-{model}-{stamp}.json"
-    path.write_text(json.dumps(report, indent=2) + "\n")
-    return path
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = parse_arguments(argv)
     logging.basicConfig(
@@ -728,7 +720,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     print(json.dumps(report), flush=True)
     if not arguments.no_save:
-        progress(f"saved {save_report(report, model)}")
+        progress(f"saved {save_result(report, 'engine_throughput-' + model)}")
     return 0
 
 

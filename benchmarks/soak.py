@@ -65,13 +65,13 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))  # the cluster harness and the scripted agents live in tests/
 
 from host_figures import open_fds, process_cpu_seconds, process_memory_mib
+from result_files import save_result
 
 from paddler_trio.nursery.idle_memory_release import (
     CHECK_INTERVAL as IDLE_CHECK_INTERVAL,
 )
 from tests.integration.cluster import Cluster, wait_until
 
-RESULTS_DIRECTORY = Path(__file__).resolve().parent / "results"
 RAW_PROMPT_PATH = "/api/v1/continue_from_raw_prompt"
 INFERENCE_SOCKET_PATH = "/api/v1/inference_socket"
 REQUEST_LIMIT = 120.0  # a request still open after this is a hang: counted as unaccounted
@@ -691,9 +691,7 @@ def main() -> None:
     text = json.dumps(figures)
     print(text, flush=True)
     if not options.no_save:
-        RESULTS_DIRECTORY.mkdir(exist_ok=True)
-        stamp = figures["timestamp_utc"].replace(":", "").replace("-", "")
-        (RESULTS_DIRECTORY / f"soak-{stamp}.json").write_text(json.dumps(figures, indent=2) + "\n")
+        save_result(figures, "soak")
 
 
 if __name__ == "__main__":

@@ -36,7 +36,6 @@ RECEIVE_SIZE = 65536
 MAX_HEAD_BYTES = 16 * 1024
 
 
-
 @attrs.frozen
 class Answered:
     """The handler answered its request and the connection may carry another; `unread` is what it
