@@ -216,7 +216,9 @@ class Engine:
                 "embeddings" if parameters.enable_embeddings else "generation",
                 resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             )
-            scheduler = Scheduler(model, context)
+            scheduler = Scheduler(
+                model, context, hand_off_every_step=LoadedModel.decodes_on_cpu(parameters.n_gpu_layers)
+            )
             engine = cls(settings, model, context, scheduler)
             async with trio.open_nursery() as nursery:
                 await nursery.start(scheduler.run)

@@ -61,6 +61,13 @@ class LoadedModel:
     def pointer(self) -> llama_cpp.llama_model_p:
         return self._model
 
+    @staticmethod
+    def decodes_on_cpu(n_gpu_layers: int) -> bool:
+        """Whether a model loaded with `n_gpu_layers` runs its decode on llama.cpp's CPU threads
+        (no layers offloaded, or a build without a GPU backend)."""
+        ensure_backend_initialised()
+        return n_gpu_layers == 0 or not llama_cpp.llama_supports_gpu_offload()
+
     @classmethod
     def load(cls, path: str, *, n_gpu_layers: int = 0) -> "LoadedModel":
         """Load a GGUF file; raises ModelFileDoesNotExist or ModelCannotBeLoaded."""

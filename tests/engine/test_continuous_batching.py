@@ -10,6 +10,7 @@ import trio.lowlevel
 
 from paddler_trio.engine import scheduler as scheduler_module
 from paddler_trio.engine.engine import Engine, EngineSettings
+from paddler_trio.engine.model import LoadedModel
 from paddler_trio.protocol import (
     ContinueFromRawPromptParams,
     GenerationDone,
@@ -228,26 +229,51 @@ async def test_a_burst_is_admitted_and_prefilled_in_one_step(gemma_model_path):
         assert first_token_step[10] - steps_before <= 2
 
 
-async def test_a_first_token_is_handed_on_before_the_next_step_starts(gemma_model_path, monkeypatch):
+async def first_tokens_seen_while_decoding(engine: Engine) -> list[bool]:
+    """Three short requests beside a long one: whether a step was decoding when each first token arrived."""
+    decoding: list[bool] = []
+
+    async def keep_the_engine_stepping() -> None:
+        await raw(engine, ContinueFromRawPromptParams(raw_prompt="Once upon a time", max_tokens=48))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(keep_the_engine_stepping)
+        with trio.fail_after(10):
+            while engine.scheduler.slots_busy == 0:
+                await trio.sleep(0.01)
+        for start in (5, 50, 500):
+            params = ContinueFromRawPromptParams(raw_prompt=counting_prompt(start), max_tokens=2)
+            async with engine.continue_from_raw_prompt(params) as stream:
+                async for _ in stream:
+                    # The step holds the limiter while it decodes.
+                    decoding.append(engine.scheduler.limiter.borrowed_tokens > 0)
+                    break
+    return decoding
+
+
+async def test_on_the_cpu_every_token_is_handed_on_before_the_next_step_starts(gemma_model_path, monkeypatch):
     # The real bound (a few ms) only protects a busy process; here the mechanism itself is checked.
-    monkeypatch.setattr(scheduler_module, "FIRST_TOKEN_HANDOFF_LIMIT", 5.0)
+    monkeypatch.setattr(scheduler_module, "HANDOFF_LIMIT", 5.0)
     async with Engine.open(EngineSettings(str(gemma_model_path), slots=2, inference_parameters=GREEDY)) as engine:
         decoding: list[bool] = []
 
-        async def keep_the_engine_stepping() -> None:
-            await raw(engine, ContinueFromRawPromptParams(raw_prompt="Once upon a time", max_tokens=48))
+        async def stream(start: int) -> None:
+            params = ContinueFromRawPromptParams(raw_prompt=counting_prompt(start), max_tokens=12)
+            async with engine.continue_from_raw_prompt(params) as results:
+                async for _ in results:
+                    decoding.append(engine.scheduler.limiter.borrowed_tokens > 0)
 
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(keep_the_engine_stepping)
-            with trio.fail_after(10):
-                while engine.scheduler.slots_busy == 0:
-                    await trio.sleep(0.01)
-            for start in (5, 50, 500):
-                params = ContinueFromRawPromptParams(raw_prompt=counting_prompt(start), max_tokens=2)
-                async with engine.continue_from_raw_prompt(params) as stream:
-                    async for _ in stream:
-                        # The step holds the limiter while it decodes.
-                        decoding.append(engine.scheduler.limiter.borrowed_tokens > 0)
-                        break
-    # The other slot kept generating throughout, yet no step had started when a first token arrived.
-    assert decoding == [False, False, False]
+            nursery.start_soon(stream, 10)
+            nursery.start_soon(stream, 70)
+    # Two streams of 12 tokens and Done each, every event taken while no step was decoding.
+    assert decoding == [False] * 26
+
+
+async def test_with_a_gpu_decode_only_first_tokens_wait_for_their_hand_off(gemma_model_path, monkeypatch):
+    monkeypatch.setattr(scheduler_module, "HANDOFF_LIMIT", 5.0)
+    # What the engine decides for a model with layers on a GPU (this machine's build has none).
+    monkeypatch.setattr(LoadedModel, "decodes_on_cpu", staticmethod(lambda n_gpu_layers: False))
+    async with Engine.open(EngineSettings(str(gemma_model_path), slots=2, inference_parameters=GREEDY)) as engine:
+        # The other slot kept generating throughout, yet no step had started when a first token arrived.
+        assert await first_tokens_seen_while_decoding(engine) == [False, False, False]
