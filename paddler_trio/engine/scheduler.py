@@ -14,7 +14,7 @@ the clients. When the decode runs on llama.cpp's CPU threads this happens after 
 beside a running decode takes a core from one of its threads, and the others wait for it at the
 next barrier, so it costs the decode several times its own CPU time. Measured on 2 cores (Gemma
 270M, 4 slots, medians of five or six runs): handing off between steps instead of beside them
-raised tokens/s by about 3 % with 2 threads and 5 % with 1 thread, for the engine alone and
+raised tokens/s by 2-3 % with 2 threads and about 5 % with 1 thread, for the engine alone and
 through a balancer and an agent alike. When the
 decode runs on a GPU, the CPU is free while it runs, and a hand-off between steps would only add
 its time to every step: there only steps that sampled a first token wait, so that first tokens
