@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
 import json
 import math
 import os
@@ -70,12 +69,11 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))  # the cluster harness and the scripted fast agent live in tests/
 
 from host_figures import (
-    machine_info,
     main_thread_cpu_seconds,
     process_cpu_seconds,
     process_memory_mib,
 )
-from result_files import save_result
+from result_files import report_header, save_result
 
 from paddler_trio.bundled_models import MODEL_ALIASES, ensure_model
 from paddler_trio.engine.engine import Engine, EngineSettings
@@ -729,18 +727,6 @@ async def ceiling_clients(inference_addr: str, transport: str, clients: int, req
 # --- command line ------------------------------------------------------------------------
 
 
-def git_commit() -> str | None:
-    with contextlib.suppress(Exception):
-        completed = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, check=True
-        )
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "paddler_trio"], cwd=REPO_ROOT, capture_output=True, text=True, check=True
-        )
-        return completed.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
-    return None
-
-
 def comma_list(choices: Sequence[str]) -> Callable[[str], tuple[str, ...]]:
     def parse(text: str) -> tuple[str, ...]:
         items = tuple(item.strip() for item in text.split(",") if item.strip())
@@ -837,13 +823,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 0
     args = parse_arguments(argv)
-    report: dict[str, Any] = {
-        "benchmark": "balancer_overhead",
-        "utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "label": args.label,
-        "commit": git_commit(),
-        "machine": machine_info(),
-    }
+    report = report_header("balancer_overhead", args.label)
     if "latency" in args.parts:
         model_path = ensure_model(MODEL_ALIASES[args.model])
         report["latency"] = {

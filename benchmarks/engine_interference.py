@@ -17,7 +17,6 @@ One JSON object goes to stdout and, unless `--no-save`, to
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import sys
@@ -34,8 +33,8 @@ from balancer_overhead import (
     run_figures,
     run_requests,
 )
-from host_figures import machine_info, process_cpu_seconds
-from result_files import save_result
+from host_figures import process_cpu_seconds
+from result_files import report_header, save_result
 
 from paddler_trio.bundled_models import MODEL_ALIASES, ensure_model
 from paddler_trio.engine.engine import Engine, EngineSettings
@@ -138,10 +137,7 @@ async def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_arguments(argv)
     report: dict[str, Any] = {
-        "benchmark": "engine_interference",
-        "utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "label": args.label,
-        "machine": machine_info(),
+        **report_header("engine_interference", args.label),
         "model": args.model,
         "slots": args.slots,
         "threads": args.threads,

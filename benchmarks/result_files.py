@@ -2,12 +2,41 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
+import subprocess
 from pathlib import Path
 from typing import Any
 
-RESULTS_DIRECTORY = Path(__file__).resolve().parent / "results"
+from host_figures import machine_info
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+RESULTS_DIRECTORY = REPO_ROOT / "benchmarks" / "results"
+
+
+def report_header(benchmark: str, label: str | None) -> dict[str, Any]:
+    """What every result starts with: the benchmark, when, the label, the code measured and the machine."""
+    return {
+        "benchmark": benchmark,
+        "utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "label": label,
+        "commit": git_commit(),
+        "machine": machine_info(),
+    }
+
+
+def git_commit() -> str | None:
+    """The checkout's short commit, with `+dirty` when `paddler_trio/` has uncommitted changes."""
+    with contextlib.suppress(Exception):
+        completed = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "paddler_trio"], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+        )
+        return completed.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    return None
 
 
 def save_result(report: dict[str, Any], name: str, label: str | None = None) -> Path:
