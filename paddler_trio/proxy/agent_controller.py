@@ -1,11 +1,17 @@
 """The balancer's view of one connected agent: its reported status, the balancer's own
 count of requests dispatched to it, the queue of messages to send it, and the routes
-that carry each in-flight request's replies back to the task serving it."""
+that carry each in-flight request's replies back to the task serving it.
+
+A route may have a taker (`open_route(..., taker=...)`): the socket reader offers it each
+reply first, and the reply goes into the route only when the taker declines it. The relay
+uses this to hand tokens on to the client at once (`forwarding.py`).
+"""
 
 from __future__ import annotations
 
 import enum
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -36,6 +42,8 @@ SILENCE = Silence.SILENCE
 
 # What a route carries.
 RouteItem = AgentReply | Silence
+# Offered each reply of a route before the route: True when it took the reply.
+RouteTaker = Callable[[RouteItem], bool]
 
 # Replies buffered per request before the request is declared too slow to follow.
 ROUTE_CAPACITY = 4096
@@ -68,6 +76,7 @@ class AgentController:
     unresponsive: bool = False
     connection_closed: trio.Event = attrs.field(factory=trio.Event)
     _routes: dict[str, trio.MemorySendChannel[RouteItem]] = attrs.field(factory=dict)
+    _takers: dict[str, RouteTaker] = attrs.field(factory=dict)
 
     @property
     def slots_total(self) -> int:
@@ -124,20 +133,26 @@ class AgentController:
 
     # --- per-request reply routes ------------------------------------------------------
 
-    def open_route(self, request_id: str) -> trio.MemoryReceiveChannel[RouteItem]:
+    def open_route(self, request_id: str, taker: RouteTaker | None = None) -> trio.MemoryReceiveChannel[RouteItem]:
         if request_id in self._routes:
             raise DuplicateRoute(request_id)
         send, receive = trio.open_memory_channel[RouteItem](ROUTE_CAPACITY)
         self._routes[request_id] = send
+        if taker is not None:
+            self._takers[request_id] = taker
         return receive
 
     def close_route(self, request_id: str) -> None:
+        self._takers.pop(request_id, None)
         send = self._routes.pop(request_id, None)
         if send is not None:
             send.close()
 
     def deliver(self, request_id: str, reply: RouteItem) -> None:
-        """Hand a reply to its request without ever blocking the socket reader."""
+        """Hand a reply to its request (its taker, else its route) without ever blocking the socket reader."""
+        taker = self._takers.get(request_id)
+        if taker is not None and taker(reply):
+            return
         send = self._routes.get(request_id)
         if send is None:
             return  # the request already ended (cancelled, timed out): late replies are dropped

@@ -34,12 +34,14 @@ from paddler_trio.protocol import (
     ResponseEnvelope,
     WireFormatError,
     from_json,
+    to_json,
 )
 from paddler_trio.proxy.agent_pool import AgentPool
 from paddler_trio.proxy.embedding_batch_chunks import chunk_evenly_with_cap
 from paddler_trio.proxy.forwarding import (
     CLIENT_GONE_ERRORS,
     Emit,
+    EmitNow,
     RequestForwarder,
     emit_into,
     error_envelope,
@@ -69,6 +71,9 @@ MAX_LINES_PER_CHUNK = STREAM_BUFFER
 INFERENCE_SOCKET_PATH = "/api/v1/inference_socket"
 
 ParamsT = TypeVar("ParamsT")
+# What an NDJSON response runs: it emits the response's messages, and with an `EmitNow` may
+# also hand some on at once (see `ndjson_chunks`).
+StreamWork = Callable[[Emit, EmitNow | None], Awaitable[None]]
 
 
 class ApplicableStateSource(TokenGenerationMode, Protocol):
@@ -148,11 +153,11 @@ class InferenceService:
 
     def generation(
         self, params: ContinueFromConversationHistoryParams | ContinueFromRawPromptParams
-    ) -> tuple[str, Callable[[Emit], Awaitable[None]]]:
+    ) -> tuple[str, StreamWork]:
         """A new request id, and the work that forwards `params` under it."""
         request_id = new_request_id()
-        return request_id, lambda emit: self._forwarder.serve(
-            request_id, params, emit, gather=self._stream_gather_interval
+        return request_id, lambda emit, emit_now: self._forwarder.serve(
+            request_id, params, emit, gather=self._stream_gather_interval, emit_now=emit_now
         )
 
     async def generate_embedding_batch(self) -> Response:
@@ -172,7 +177,7 @@ class InferenceService:
         )
         done_id = new_request_id()
 
-        async def fan_out(emit: Emit) -> None:
+        async def fan_out(emit: Emit, _: EmitNow | None) -> None:
             async def emit_all_but_done(message: InferenceClientBoundMessage) -> None:
                 if not (isinstance(message, ResponseEnvelope) and isinstance(message.response, EmbeddingDone)):
                     await emit(message)
@@ -208,7 +213,7 @@ class InferenceService:
             stream_gather_interval=self._stream_gather_interval,
         )
 
-    def _ndjson(self, request_id: str, work: Callable[[Emit], Awaitable[None]]) -> Response:
+    def _ndjson(self, request_id: str, work: StreamWork) -> Response:
         """HTTP 200 streaming one JSON message per line, produced by `work` in its own task."""
 
         async def body() -> AsyncIterator[bytes]:
@@ -223,16 +228,26 @@ class InferenceService:
 
     @contextlib.asynccontextmanager
     async def ndjson_chunks(
-        self, request_id: str, work: Callable[[Emit], Awaitable[None]]
+        self, request_id: str, work: StreamWork, *, write_now: Callable[[bytes], bool] | None = None
     ) -> AsyncIterator[AsyncIterator[bytes]]:
         """The NDJSON body of `work` (run in its own task of the request nursery), as chunks of
-        whole lines. Leaving the context cancels `work` (the client went away, or the stream ended)."""
+        whole lines. Leaving the context cancels `work` (the client went away, or the stream ended).
+
+        With `write_now` (writes a chunk to the client at once if it can), `work` may also hand
+        messages on that way while the reader of the chunks waits with nothing queued."""
+
+        def emit_now(message: InferenceClientBoundMessage) -> bool:
+            assert write_now is not None
+            reader = receive.statistics()
+            if reader.current_buffer_used or not reader.tasks_waiting_receive:
+                return False  # lines emitted before this one are not written yet
+            return write_now((to_json(message) + "\n").encode())
 
         async def run(send: trio.MemorySendChannel[InferenceClientBoundMessage], scope: trio.CancelScope) -> None:
             with scope:
                 async with send:
                     try:
-                        await work(emit_into(send))
+                        await work(emit_into(send), emit_now if write_now is not None else None)
                     except CLIENT_GONE_ERRORS:
                         pass
                     except Exception:

@@ -10,7 +10,8 @@ request that needs a key without an accepted `Authorization: Bearer` one, a body
 `Content-Length` or over the size limit, `Expect: 100-continue`, HTTP/1.0, and any request with
 an `Origin` (CORS stays in one place, `service_app.py`). The response is the route's: same
 status, headers and chunks; a client that closes or half-closes its side while it waits
-cancels the request, as Hypercorn's `http.disconnect` does.
+cancels the request, as Hypercorn's `http.disconnect` does. Tokens usually reach the client's
+socket straight from the agent socket's reader (`StreamWriter.send_now`, see `forwarding.py`).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from paddler_trio.proxy.connection_front import (
     authorization_of,
 )
 from paddler_trio.proxy.inference_routes import InferenceService
+from paddler_trio.proxy.stream_writer import StreamWriter
 from paddler_trio.security.api_keys import ApiKeys
 
 GenerationParams = ContinueFromConversationHistoryParams | ContinueFromRawPromptParams
@@ -123,11 +125,16 @@ async def _serve(
             await trio.sleep_forever()
 
         nursery.start_soon(watch_client)
-        await stream.send_all(connection.send(h11.Response(status_code=200, headers=headers)))
-        async with service.ndjson_chunks(request_id, work) as chunks:
+        writer = StreamWriter(stream, nursery)
+
+        def write_now(chunk: bytes) -> bool:
+            return writer.can_send_now() and writer.send_now(connection.send(h11.Data(data=chunk)))
+
+        await writer.send_all(connection.send(h11.Response(status_code=200, headers=headers)))
+        async with service.ndjson_chunks(request_id, work, write_now=write_now) as chunks:
             async for chunk in chunks:
-                await stream.send_all(connection.send(h11.Data(data=chunk)))
-        await stream.send_all(connection.send(h11.EndOfMessage()))
+                await writer.send_all(connection.send(h11.Data(data=chunk)))
+        await writer.send_all(connection.send(h11.EndOfMessage()))
         nursery.cancel_scope.cancel()
     if client_left or connection.our_state is not h11.DONE or connection.their_state is not h11.DONE:
         return None
