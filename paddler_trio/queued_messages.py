@@ -3,11 +3,15 @@
 The agent's link to the balancer (one frame per engine step) and the balancer's client
 writers (an NDJSON chunk, a run of inference-socket messages) all take their messages
 this way: many at once under load, one at a time when idle, and never waiting for more.
+Producers put messages in with `put_into`, which waits only when the queue is full.
+A message may skip such a writer's queue only while the writer waits on an empty one
+(`writer_is_idle`): written then, it still comes after everything queued before it.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import trio
 
@@ -23,3 +27,26 @@ def queued_texts(first: Any, receive: trio.MemoryReceiveChannel[Any], limit: int
         except (trio.WouldBlock, trio.EndOfChannel):
             break
     return texts
+
+
+def writer_is_idle(receive: trio.MemoryReceiveChannel[Any]) -> bool:
+    """Whether the writer that drains `receive` waits for its next message with nothing queued."""
+    queue = receive.statistics()
+    return not queue.current_buffer_used and queue.tasks_waiting_receive > 0
+
+
+T = TypeVar("T")
+
+
+def put_into(send: trio.MemorySendChannel[T]) -> Callable[[T], Awaitable[None]]:
+    """A send into `send` that waits only when the channel is full: no checkpoint per message, so
+    the producers woken together (one engine step's requests, one agent frame's relays) all
+    queue theirs before the writer runs."""
+
+    async def put(message: T) -> None:
+        try:
+            send.send_nowait(message)
+        except trio.WouldBlock:
+            await send.send(message)
+
+    return put

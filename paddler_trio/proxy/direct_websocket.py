@@ -3,7 +3,8 @@ takes over from Hypercorn (`connection_front.py`): the inference socket and the 
 
 Through ASGI every message costs its own trip through Quart, Hypercorn and a socket write
 (about 80 µs each on a small machine); here `send_texts` frames any number of messages and
-writes them with one `send_all`. What Hypercorn did for these sockets is done here too: pings
+writes them with one `send_all`, and `send_text_now` writes one at once from any task when
+nothing is being written (`stream_writer.py`). What Hypercorn did for these sockets is done here too: pings
 every `ping_interval`, answers to the client's pings, a 1009 close for a message over
 `max_message_bytes`, and the closing handshake. Permessage-deflate is declined (allowed by
 RFC 6455): token messages are short, and compressing each would cost more than it saves.
@@ -32,6 +33,8 @@ from wsproto.events import (
 from wsproto.frame_protocol import CloseReason
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
+from paddler_trio.proxy.stream_writer import StreamWriter
+
 _logger = logging.getLogger(__name__)
 
 RECEIVE_SIZE = 65536
@@ -49,7 +52,7 @@ class DirectWebSocket:
         self._stream = stream
         self._connection = connection
         self._max_message_bytes = max_message_bytes
-        self._send_lock = trio.Lock()
+        self._writer: StreamWriter | None = None  # from `_run` on
         self._incoming_send, self._incoming = trio.open_memory_channel[str | bytes](INCOMING_CAPACITY)
         self._closing = False
 
@@ -68,6 +71,12 @@ class DirectWebSocket:
         """Each text as its own message, all in one write."""
         await self._write(b"".join(self._connection.send(TextMessage(data=text)) for text in texts))
 
+    def send_text_now(self, text: str) -> bool:
+        """`text` as a message written at once if nothing is being written (`StreamWriter.send_now`)."""
+        if self._writer is None or self._closing or not self._writer.can_send_now():
+            return False
+        return self._writer.send_now(self._connection.send(TextMessage(data=text)))
+
     async def close(self, code: int, reason: str | None = None) -> None:
         """Start the closing handshake; the client's answer (or CLOSE_TIMEOUT) ends `serve`."""
         if self._closing:
@@ -79,8 +88,8 @@ class DirectWebSocket:
             pass
 
     async def _write(self, data: bytes) -> None:
-        async with self._send_lock:
-            await self._stream.send_all(data)
+        assert self._writer is not None
+        await self._writer.send_all(data)
 
     async def _run(
         self,
@@ -90,10 +99,12 @@ class DirectWebSocket:
         accept_headers: list[tuple[bytes, bytes]],
     ) -> None:
         """Accept, then serve `handler` with the client's messages and the pings until either side ends."""
-        await self._write(self._connection.send(AcceptConnection(extra_headers=accept_headers)))
+        # Nothing else writes before the writer exists.
+        await self._stream.send_all(self._connection.send(AcceptConnection(extra_headers=accept_headers)))
         if early_frames:
             self._connection.receive_data(early_frames)
         async with trio.open_nursery() as nursery:
+            self._writer = StreamWriter(self._stream, nursery)
             nursery.start_soon(self._read, nursery.cancel_scope)
             if ping_interval is not None:
                 nursery.start_soon(self._ping, ping_interval)

@@ -214,7 +214,7 @@ class RequestForwarder:
         With `gather` (seconds): once a reply has followed the previous one that closely (the
         stream is fast), the relay waits out the interval after handing it on, and the replies
         that arrive meanwhile go on together: with an emit that waits only for a full consumer
-        (`emit_into`), they reach the client's writer together, which sends them in one write.
+        (`queued_messages.put_into`), they reach the client's writer together, which sends them in one write.
         Every reply of a stream slower than the interval, the first reply, and any after a quiet
         interval go at once, with no timer (a timer per token would wake the balancer twice per
         token, which costs the engine's neighbours on a busy machine).
@@ -377,16 +377,3 @@ async def _next_reply(route: trio.MemoryReceiveChannel[RouteItem], relay: _Relay
         return await route.receive()
     finally:
         relay.waiting_since = None
-
-
-def emit_into(send: trio.MemorySendChannel[InferenceClientBoundMessage]) -> Emit:
-    """An `Emit` into a channel that waits only when the channel is full (no checkpoint per message)."""
-
-    async def emit(message: InferenceClientBoundMessage) -> None:
-        try:
-            send.send_nowait(message)
-        except trio.WouldBlock:
-            await send.send(message)
-
-    return emit
-

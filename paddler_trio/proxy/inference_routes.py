@@ -43,7 +43,6 @@ from paddler_trio.proxy.forwarding import (
     Emit,
     EmitNow,
     RequestForwarder,
-    emit_into,
     error_envelope,
 )
 from paddler_trio.proxy.inference_socket import (
@@ -60,7 +59,7 @@ from paddler_trio.proxy.request_validation import (
 from paddler_trio.proxy.service_app import create_service_app, json_error
 from paddler_trio.proxy.shutdown_signal import ShutdownSignal
 from paddler_trio.proxy.websocket_takeover import SocketHandler
-from paddler_trio.queued_messages import queued_texts
+from paddler_trio.queued_messages import put_into, queued_texts, writer_is_idle
 
 _logger = logging.getLogger(__name__)
 
@@ -238,16 +237,13 @@ class InferenceService:
 
         def emit_now(message: InferenceClientBoundMessage) -> bool:
             assert write_now is not None
-            reader = receive.statistics()
-            if reader.current_buffer_used or not reader.tasks_waiting_receive:
-                return False  # lines emitted before this one are not written yet
-            return write_now((to_json(message) + "\n").encode())
+            return writer_is_idle(receive) and write_now((to_json(message) + "\n").encode())
 
         async def run(send: trio.MemorySendChannel[InferenceClientBoundMessage], scope: trio.CancelScope) -> None:
             with scope:
                 async with send:
                     try:
-                        await work(emit_into(send), emit_now if write_now is not None else None)
+                        await work(put_into(send), emit_now if write_now is not None else None)
                     except CLIENT_GONE_ERRORS:
                         pass
                     except Exception:

@@ -19,7 +19,8 @@ multiplexed over one WebSocket, each served by its own task.
   (`--stream-gather-interval`). The socket is usually a `DirectWebSocket` (the inference
   port's front takes these upgrades over, `connection_front.py`), which writes them with
   one `send_all`; a socket that reached Quart instead (`QuartMessageSocket`) sends them one
-  by one.
+  by one. While the writer waits with nothing queued, a `DirectWebSocket` also takes a token
+  straight from the agent socket's reader (`send_text_now`, see `forwarding.py`).
 """
 
 from __future__ import annotations
@@ -43,11 +44,11 @@ from paddler_trio.protocol import (
     TokenGenerationEnabledNotification,
     WireFormatError,
     from_json,
+    to_json,
 )
 from paddler_trio.proxy.forwarding import (
     CLIENT_GONE_ERRORS,
     RequestForwarder,
-    emit_into,
     error_envelope,
 )
 from paddler_trio.proxy.message_socket import MessageSocket
@@ -56,7 +57,7 @@ from paddler_trio.proxy.request_validation import (
     invalid_parameters_description,
 )
 from paddler_trio.proxy.shutdown_signal import ShutdownSignal
-from paddler_trio.queued_messages import queued_texts
+from paddler_trio.queued_messages import put_into, queued_texts, writer_is_idle
 
 _logger = logging.getLogger(__name__)
 
@@ -100,10 +101,12 @@ class InferenceSocketSession:
         self._mode = mode
         self._shutdown = shutdown
         self._in_flight: dict[str, trio.CancelScope] = {}
+        # What the socket's writer task sends, in order.
+        self._outbox_send, self._outbox = trio.open_memory_channel[InferenceClientBoundMessage](OUTBOX_CAPACITY)
 
     async def serve(self) -> None:
         await self._websocket.accept()
-        outbox_send, outbox_receive = trio.open_memory_channel[InferenceClientBoundMessage](OUTBOX_CAPACITY)
+        outbox_send, outbox_receive = self._outbox_send, self._outbox
         async with trio.open_nursery() as socket_nursery:
             socket_nursery.start_soon(self._write, outbox_receive)
             async with outbox_send, trio.open_nursery() as requests:
@@ -184,7 +187,9 @@ class InferenceSocketSession:
     ) -> None:
         try:
             with scope:
-                await self._forwarder.serve(request_id, request, emit_into(outbox), gather=self._stream_gather_interval)
+                await self._forwarder.serve(
+                    request_id, request, put_into(outbox), gather=self._stream_gather_interval, emit_now=self._emit_now
+                )
         except Exception:
             _logger.exception("inference socket request %s failed", request_id)
             with contextlib.suppress(*CLIENT_GONE_ERRORS):
@@ -212,6 +217,10 @@ class InferenceSocketSession:
                     await outbox.send(
                         TokenGenerationEnabledNotification() if enabled else TokenGenerationDisabledNotification()
                     )
+
+    def _emit_now(self, message: InferenceClientBoundMessage) -> bool:
+        """`message` written at once when the socket's writer waits with nothing queued."""
+        return writer_is_idle(self._outbox) and self._websocket.send_text_now(to_json(message))
 
     async def _write(self, outbox: trio.MemoryReceiveChannel[InferenceClientBoundMessage]) -> None:
         async with outbox:

@@ -18,6 +18,10 @@ class MessageSocket(Protocol):
     async def send_texts(self, texts: Iterable[str]) -> None:
         """Each text as its own message, in order."""
 
+    def send_text_now(self, text: str) -> bool:
+        """Write `text` as a message at once, with no task switch, if the socket is not being
+        written; False (nothing sent) otherwise, or if this socket cannot."""
+
     async def close(self, code: int, reason: str | None = None) -> None: ...
 
 
@@ -37,6 +41,9 @@ class QuartMessageSocket:
     async def send_texts(self, texts: Iterable[str]) -> None:
         for text in texts:
             await self._websocket.send(text)
+
+    def send_text_now(self, text: str) -> bool:
+        return False  # every message goes through Quart's ASGI send
 
     async def close(self, code: int, reason: str | None = None) -> None:
         await self._websocket.close(code, reason)

@@ -14,6 +14,7 @@ from typing import Any
 
 import h11
 import httpx
+import pytest
 import trio
 from hypercorn.config import Config as HypercornConfig
 from quart_trio import QuartTrio
@@ -22,6 +23,7 @@ from wsproto.events import AcceptConnection, Ping, Pong, Request, TextMessage
 
 from paddler_trio.nursery.balancer import WEBSOCKET_PING_INTERVAL
 from paddler_trio.proxy.connection_front import Answered, serve_with_front
+from paddler_trio.proxy.stream_writer import StreamWriter
 from tests.proxy.balancer_harness import (
     BalancerUnderTest,
     content_of,
@@ -334,3 +336,44 @@ async def test_a_kept_alive_connection_left_idle_is_closed_when_the_server_shuts
     shutdown.set()
     with trio.fail_after(5):
         assert await client.stream.receive_some(100) == b""
+
+
+async def test_tokens_of_a_paced_stream_go_to_the_client_straight_from_the_agent_socket(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Tokens that come slower than the gather interval skip the relay task on both transports
+    the front serves (`_Relay.take`, `StreamWriter.send_now`), and still arrive whole and in order."""
+    written_at_once: list[bytes] = []
+    send_now = StreamWriter.send_now
+
+    def counting_send_now(writer: StreamWriter, data: bytes) -> bool:
+        sent = send_now(writer, data)
+        if sent:
+            written_at_once.append(data)
+        return sent
+
+    monkeypatch.setattr(StreamWriter, "send_now", counting_send_now)
+    tokens = tuple("abcdef")
+    async with running_balancer() as balancer:
+        await balancer.add_agent(slots=2, tokens=tokens, token_delay=0.03)
+
+        client = await RawClient.connect(balancer.addresses.inference)
+        http = h11.Connection(h11.CLIENT)
+        await send_post(client, http, json.dumps({"raw_prompt": "Hi", "max_tokens": 10}).encode())
+        response, body = await read_response(client, http)
+        assert response.status_code == 200
+        assert content_of(ndjson_lines(body)) == "abcdef"
+        ndjson_at_once = len(written_at_once)
+
+        socket_client = await RawClient.connect(balancer.addresses.inference)
+        await socket_client.stream.send_all(socket_client.upgrade_request())
+        assert isinstance((await socket_client.events())[0], AcceptConnection)
+        request = {"ContinueFromRawPrompt": {"raw_prompt": "Hi", "max_tokens": 10}}
+        await socket_client.send_text(json.dumps({"Request": {"id": "r1", "request": request}}))
+        messages = [await socket_client.next_message() for _ in range(len(tokens) + 1)]
+        assert content_of(messages) == "abcdef"
+        assert "Done" in json.dumps(messages[-1])
+
+    # Unless the machine stalls for a whole token interval, every token goes at once.
+    assert ndjson_at_once >= len(tokens) - 1
+    assert len(written_at_once) - ndjson_at_once >= len(tokens) - 1
