@@ -25,6 +25,14 @@ phase, the latency part first measures an "isolated TTFT": for each balancer sid
 and on that side; the differences paired by prompt are the balancer's and agent's added TTFT
 with the engine's own variance taken out (see `probe_ttft` for why pairs).
 
+Part `paced` measures the balancer's CPU per engine step with nothing else running: a scripted
+fast agent sends one frame of `--slots` tokens every `--paced-step-ms` (an engine decoding on
+the CPU) to the lean clients of the latency part, `--paced-requests` requests of `--max-tokens`
+tokens per run. The latency part's throughput ratio swings by a few percent with the machine's
+neighbours; this figure moves only with the host's speed (about 10 % over a day here), so it
+is the one to compare changes of the relay by, run before and after in the same session. CPU
+time comes in 10 ms ticks: 0.026 ms per step at the default 32 requests.
+
 Part `ceiling` first measures the relay round trip: `--round-trips` one-token requests, one at a
 time, through the balancer to the scripted fast agent (whose own work is negligible), TTFT
 p50/p99 per transport: what the balancer and the agent socket add, with no engine time to hide
@@ -506,7 +514,83 @@ async def probe_ttft(sides: list[Side], requests: int) -> dict[str, Any]:
     return result
 
 
-# --- part b: forwarding ceiling ----------------------------------------------------------
+# --- part b: relay cost per engine step ---------------------------------------------------
+
+
+@attrs.frozen
+class PacedOptions:
+    slots: int
+    tokens: int
+    step_interval: float
+    requests_per_run: int
+    repeats: int
+    transports: tuple[str, ...]
+
+
+def measure_paced(options: PacedOptions) -> dict[str, Any]:
+    """The balancer's CPU per engine step at an engine's pace, with nothing else running: a
+    scripted fast agent sends one frame of `slots` tokens every `step_interval` to the lean
+    clients of the latency part. Steady and quiet, unlike the latency part's ratio: this is
+    the figure to compare relay changes by (wake-ups, task switches and writes per step)."""
+    with tempfile.TemporaryDirectory(prefix="balancer_overhead-paced-") as temporary, contextlib.ExitStack() as stack:
+        directory = Path(temporary)
+        cluster = Cluster(directory)
+        stack.callback(cluster.shutdown)
+        balancer = cluster.start_balancer()
+        stack.enter_context(
+            scripted_fast_agent(
+                cluster, directory, "paced", slots=options.slots, tokens=options.tokens, step_interval=options.step_interval
+            )
+        )
+        runs = trio.run(paced_runs, cluster.inference_port, balancer.process.pid, options)
+    result: dict[str, Any] = {
+        "slots": options.slots,
+        "tokens_per_request": options.tokens,
+        "step_interval_ms": options.step_interval * 1000,
+        "requests_per_run": options.requests_per_run,
+    }
+    for transport, transport_runs in runs.items():
+        result[transport] = {
+            "balancer_cpu_ms_per_step": median_or_none([run["balancer_cpu_ms_per_step"] for run in transport_runs]),
+            "balancer_cpu_us_per_token": median_or_none([run["balancer_cpu_us_per_token"] for run in transport_runs]),
+            "runs": transport_runs,
+        }
+    return result
+
+
+async def paced_runs(inference_port: int, balancer_pid: int, options: PacedOptions) -> dict[str, list[dict[str, Any]]]:
+    runs: dict[str, list[dict[str, Any]]] = {}
+    async with contextlib.AsyncExitStack() as stack:
+        sides = await balancer_sides(stack, inference_port, options.transports)
+        for side in sides:
+            await run_requests(side, f"warm-{side.name}", options.slots, options.slots, 4)
+        for repeat in range(options.repeats):
+            for side in sides:
+                cpu_before = process_cpu_seconds(balancer_pid)
+                timings = await run_requests(
+                    side, f"paced-{repeat}", options.requests_per_run, options.slots, options.tokens
+                )
+                cpu = process_cpu_seconds(balancer_pid) - cpu_before
+                # Each wave of `slots` requests takes a step per token and one for Done.
+                steps = math.ceil(options.requests_per_run / options.slots) * (options.tokens + 1)
+                tokens = sum(timing.generated_tokens for timing in timings)
+                run = {
+                    "repeat": repeat + 1,
+                    "steps": steps,
+                    "tokens": tokens,
+                    "wall_s": round(max(t.finished for t in timings) - min(t.issued for t in timings), 3),
+                    "balancer_cpu_ms_per_step": round(1000 * cpu / steps, 3),
+                    "balancer_cpu_us_per_token": round(1e6 * cpu / tokens, 1),
+                }
+                runs.setdefault(side.name, []).append(run)
+                progress(
+                    f"paced {side.name:<9} repeat {repeat + 1}/{options.repeats}: balancer "
+                    f"{run['balancer_cpu_ms_per_step']} ms of CPU per step ({run['balancer_cpu_us_per_token']} us per token)"
+                )
+    return runs
+
+
+# --- part c: forwarding ceiling ----------------------------------------------------------
 
 
 @attrs.frozen
@@ -523,7 +607,14 @@ class CeilingOptions:
 
 @contextlib.contextmanager
 def scripted_fast_agent(
-    cluster: Cluster, directory: Path, name: str, *, slots: int, tokens: int, batching: bool = True
+    cluster: Cluster,
+    directory: Path,
+    name: str,
+    *,
+    slots: int,
+    tokens: int,
+    batching: bool = True,
+    step_interval: float = 0.0,
 ) -> Iterator[None]:
     """A scripted fast agent process, registered with the balancer while the block runs."""
     with (directory / f"{name}.log").open("wb") as log:
@@ -535,6 +626,7 @@ def scripted_fast_agent(
                 "--tokens", str(tokens),
                 "--name", name,
                 "--batching" if batching else "--no-batching",
+                "--step-interval", str(step_interval),
             ],
             cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
@@ -755,7 +847,9 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
         "ceiling of one balancer process; prints one JSON object (progress on stderr).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--parts", type=comma_list(("latency", "ceiling")), default=("latency", "ceiling"))
+    parser.add_argument(
+        "--parts", type=comma_list(("latency", "paced", "ceiling")), default=("latency", "paced", "ceiling")
+    )
     parser.add_argument("--model", default="gemma", choices=sorted(MODEL_ALIASES), help="bundled model for latency")
     parser.add_argument("--slots", type=int, default=4, help="slots of the engine and agent; also requests in flight")
     parser.add_argument("--threads", type=thread_counts, default=(2,), help="llama.cpp threads, comma-separated")
@@ -768,6 +862,9 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
         help="client sides: ndjson (a lean h11 client), ndjson-httpx (the same route through httpx), websocket; "
         "the ceiling's clients use httpx for ndjson and skip ndjson-httpx",
     )
+    parser.add_argument("--paced-step-ms", type=float, default=40.0, help="paced part: scripted engine step interval")
+    parser.add_argument("--paced-requests", type=int, default=32, help="paced part: requests per run")
+    parser.add_argument("--paced-repeats", type=int, default=3)
     parser.add_argument("--ceiling-slots", type=int, default=64)
     parser.add_argument("--ceiling-tokens", type=int, default=2000)
     parser.add_argument("--ceiling-clients", type=int, default=64)
@@ -836,6 +933,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             "sampling": "greedy (temperature 0, top_k 1)",
             "results": trio.run(run_latency, args, model_path),
         }
+    if "paced" in args.parts:
+        report["paced"] = measure_paced(
+            PacedOptions(
+                slots=args.slots,
+                tokens=args.max_tokens,
+                step_interval=args.paced_step_ms / 1000,
+                requests_per_run=args.paced_requests,
+                repeats=args.paced_repeats,
+                transports=tuple(transport for transport in args.transports if transport in CEILING_TRANSPORTS),
+            )
+        )
     if "ceiling" in args.parts:
         report["ceiling"] = measure_ceiling(
             CeilingOptions(

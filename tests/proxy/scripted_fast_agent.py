@@ -9,7 +9,8 @@ spends almost no CPU per token and the balancer is what the benchmark measures.
 
 When the balancer offers reply batching (`paddler_trio.protocol.reply_batching`) and
 `batching` is on, it behaves like a real agent's engine: each step sends one frame holding
-one token of every request in flight (up to `MAX_MESSAGES_PER_FRAME`). Otherwise it sends
+one token of every request in flight (up to `MAX_MESSAGES_PER_FRAME`), and with
+`step_interval` it waits that long before each step, like an engine decoding on the CPU. Otherwise it sends
 one message per frame, as Paddler's agents do, `FRAMES_PER_WRITE` frames per write.
 
 Run it as a process: `python -m tests.proxy.scripted_fast_agent --management-addr HOST:PORT`.
@@ -60,6 +61,7 @@ class ScriptedFastAgent:
     name: str | None = "scripted-fast"
     agent_id: str = attrs.field(factory=lambda: "fast-" + secrets.token_hex(4))
     batching: bool = True
+    step_interval: float = 0.0
     _ws: WebSocketConnection | None = None
     _stopped: set[str] = attrs.field(factory=set)
     # Batching mode: each request in flight with its token message and the tokens still to send.
@@ -129,6 +131,8 @@ class ScriptedFastAgent:
                 else:
                     texts.append(message)
                     entry[1] = remaining - 1
+            if self.step_interval:
+                await trio.sleep(self.step_interval)
             await self._write(self._encode(batch_frame(texts)))
 
     def _encode(self, text: str) -> bytes:
@@ -162,9 +166,15 @@ def main(argv: list[str] | None = None) -> None:
         "--batching", action=argparse.BooleanOptionalAction, default=True,
         help="one frame per step for all requests in flight when the balancer offers it (our agents' way)",
     )
+    parser.add_argument("--step-interval", type=float, default=0.0, help="seconds before each step's frame (batching)")
     args = parser.parse_args(argv)
     agent = ScriptedFastAgent(
-        args.management_addr, slots=args.slots, tokens=args.tokens, name=args.name, batching=args.batching
+        args.management_addr,
+        slots=args.slots,
+        tokens=args.tokens,
+        name=args.name,
+        batching=args.batching,
+        step_interval=args.step_interval,
     )
     trio.run(agent.run)
 
