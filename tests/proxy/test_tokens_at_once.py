@@ -14,7 +14,7 @@ import trio.testing
 
 from paddler_trio.protocol import ContentToken
 from paddler_trio.proxy.forwarding import item_timeout_description
-from tests.proxy.test_forwarding import DONE, PARAMS, Setup, errors, setup
+from tests.proxy.test_forwarding import DONE, PARAMS, Setup, Wire, errors, setup
 
 
 @attrs.define
@@ -51,13 +51,20 @@ class Client:
         ]
 
 
+async def started(s: Setup, agent_name: str = "a", **start: Any) -> tuple[Wire, Client, str]:
+    """An agent, a client whose request is dispatched to it, and the request's id on the agent,
+    once the relay waits for the first reply."""
+    wire = s.add_agent(agent_name)
+    client = Client(s)
+    client.start(**start)
+    agent_request_id = await wire.next_request_id()
+    await trio.testing.wait_all_tasks_blocked()
+    return wire, client, agent_request_id
+
+
 async def test_tokens_go_at_once_from_deliver_and_done_goes_through_the_relay() -> None:
     async with setup() as s:
-        wire = s.add_agent("agent-a")
-        client = Client(s)
-        client.start()
-        agent_request_id = await wire.next_request_id()
-        await trio.testing.wait_all_tasks_blocked()
+        wire, client, agent_request_id = await started(s, "agent-a")
 
         wire.reply(agent_request_id, ContentToken("a"))
         # No checkpoint since `deliver`: the token is with the client already.
@@ -76,11 +83,8 @@ async def test_tokens_go_at_once_from_deliver_and_done_goes_through_the_relay() 
 
 async def test_a_token_never_overtakes_one_still_on_its_way_through_the_relay() -> None:
     async with setup() as s:
-        wire = s.add_agent("a")
-        client = Client(s, accepting=False)
-        client.start()
-        agent_request_id = await wire.next_request_id()
-        await trio.testing.wait_all_tasks_blocked()
+        wire, client, agent_request_id = await started(s, "a")
+        client.accepting = False
 
         wire.reply(agent_request_id, ContentToken("first"))  # the client's writer is busy: through the route
         client.accepting = True
@@ -99,11 +103,7 @@ async def test_a_token_never_overtakes_one_still_on_its_way_through_the_relay() 
 async def test_a_gathered_stream_goes_through_the_relay(mock_clock: trio.testing.MockClock) -> None:
     gather = 0.002
     async with setup() as s:
-        wire = s.add_agent("a")
-        client = Client(s)
-        client.start(gather=gather)
-        agent_request_id = await wire.next_request_id()
-        await trio.testing.wait_all_tasks_blocked()
+        wire, client, agent_request_id = await started(s, "a", gather=gather)
 
         wire.reply(agent_request_id, ContentToken("first"))
         wire.reply(agent_request_id, ContentToken("close behind"))  # within the interval: gathered
@@ -141,11 +141,7 @@ async def test_the_item_timeout_counts_from_the_last_token_handed_on_at_once(
 
 async def test_an_agent_lost_after_a_token_went_at_once_is_a_502_not_a_second_dispatch() -> None:
     async with setup() as s:
-        first = s.add_agent("first")
-        client = Client(s)
-        client.start()
-        agent_request_id = await first.next_request_id()
-        await trio.testing.wait_all_tasks_blocked()
+        first, client, agent_request_id = await started(s, "first")
         second = s.add_agent("second")
 
         first.reply(agent_request_id, ContentToken("a"))
