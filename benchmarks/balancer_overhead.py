@@ -80,6 +80,7 @@ from host_figures import (
     main_thread_cpu_seconds,
     process_cpu_seconds,
     process_memory_mib,
+    process_wakeups,
 )
 from result_files import report_header, save_result
 
@@ -553,6 +554,10 @@ def measure_paced(options: PacedOptions) -> dict[str, Any]:
         result[transport] = {
             "balancer_cpu_ms_per_step": median_or_none([run["balancer_cpu_ms_per_step"] for run in transport_runs]),
             "balancer_cpu_us_per_token": median_or_none([run["balancer_cpu_us_per_token"] for run in transport_runs]),
+            **{
+                figure: median_or_none([run[figure] for run in transport_runs])
+                for figure in ("balancer_wakeups_per_step", "client_cpu_ms_per_step", "client_wakeups_per_step")
+            },
             "runs": transport_runs,
         }
     return result
@@ -566,11 +571,12 @@ async def paced_runs(inference_port: int, balancer_pid: int, options: PacedOptio
             await run_requests(side, f"warm-{side.name}", options.slots, options.slots, 4)
         for repeat in range(options.repeats):
             for side in sides:
-                cpu_before = process_cpu_seconds(balancer_pid)
+                before = _paced_counters(balancer_pid)
                 timings = await run_requests(
                     side, f"paced-{repeat}", options.requests_per_run, options.slots, options.tokens
                 )
-                cpu = process_cpu_seconds(balancer_pid) - cpu_before
+                after = _paced_counters(balancer_pid)
+                cpu = after["balancer_cpu"] - before["balancer_cpu"]
                 # Each wave of `slots` requests takes a step per token and one for Done.
                 steps = math.ceil(options.requests_per_run / options.slots) * (options.tokens + 1)
                 tokens = sum(timing.generated_tokens for timing in timings)
@@ -581,13 +587,27 @@ async def paced_runs(inference_port: int, balancer_pid: int, options: PacedOptio
                     "wall_s": round(max(t.finished for t in timings) - min(t.issued for t in timings), 3),
                     "balancer_cpu_ms_per_step": round(1000 * cpu / steps, 3),
                     "balancer_cpu_us_per_token": round(1e6 * cpu / tokens, 1),
+                    "client_cpu_ms_per_step": round(1000 * (after["client_cpu"] - before["client_cpu"]) / steps, 3),
+                    "balancer_wakeups_per_step": round((after["balancer_wakeups"] - before["balancer_wakeups"]) / steps, 2),
+                    "client_wakeups_per_step": round((after["client_wakeups"] - before["client_wakeups"]) / steps, 2),
                 }
                 runs.setdefault(side.name, []).append(run)
                 progress(
                     f"paced {side.name:<9} repeat {repeat + 1}/{options.repeats}: balancer "
-                    f"{run['balancer_cpu_ms_per_step']} ms of CPU per step ({run['balancer_cpu_us_per_token']} us per token)"
+                    f"{run['balancer_cpu_ms_per_step']} ms of CPU per step ({run['balancer_cpu_us_per_token']} us per token), "
+                    f"{run['balancer_wakeups_per_step']} wake-ups; clients {run['client_cpu_ms_per_step']} ms, "
+                    f"{run['client_wakeups_per_step']} wake-ups"
                 )
     return runs
+
+
+def _paced_counters(balancer_pid: int) -> dict[str, float]:
+    return {
+        "balancer_cpu": process_cpu_seconds(balancer_pid),
+        "balancer_wakeups": process_wakeups(balancer_pid),
+        "client_cpu": main_thread_cpu_seconds(os.getpid()),
+        "client_wakeups": process_wakeups(os.getpid()),
+    }
 
 
 # --- part c: forwarding ceiling ----------------------------------------------------------

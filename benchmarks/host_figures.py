@@ -38,6 +38,19 @@ def main_thread_cpu_seconds(pid: int) -> float:
     return _cpu_seconds(Path(f"/proc/{pid}/task/{pid}/stat"))
 
 
+def process_wakeups(pid: int) -> int:
+    """Voluntary context switches of all the process's threads so far: each is a wait that
+    ended (on a socket, a timer, a lock), so their count per unit of work says how often the
+    process had to be woken for it."""
+    total = 0
+    for status in Path(f"/proc/{pid}/task").glob("*/status"):
+        with contextlib.suppress(OSError):
+            for line in status.read_text().splitlines():
+                if line.startswith("voluntary_ctxt_switches:"):
+                    total += int(line.split()[1])
+    return total
+
+
 def _cpu_seconds(stat: Path) -> float:
     fields = stat.read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

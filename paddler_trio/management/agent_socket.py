@@ -42,6 +42,7 @@ from paddler_trio.proxy.agent_controller import AgentController
 from paddler_trio.proxy.agent_pool import AgentPool, DuplicateAgent
 from paddler_trio.proxy.message_socket import MessageSocket
 from paddler_trio.proxy.shutdown_signal import ShutdownSignal
+from paddler_trio.proxy.stream_writer import writes_held_together
 from paddler_trio.queued_messages import queued_texts
 
 _logger = logging.getLogger(__name__)
@@ -121,16 +122,25 @@ class AgentSocket:
 
     async def _read(self, frames: _AgentFrames, agent: AgentController) -> None:
         while True:
-            for message in await frames.next():
-                if isinstance(message, (ResponseEnvelope, ErrorEnvelope)):
-                    agent.deliver(message.request_id, message)
-                elif isinstance(message, UpdateAgentStatusNotification):
-                    if agent.update_status(message.slot_aggregated_status_snapshot):
-                        self._pool.notify_changed()
-                elif isinstance(message, DeregisterAgentNotification):
+            messages = await frames.next()
+            # The tokens of one frame reach their clients in one write per client (stream_writer.py).
+            with writes_held_together():
+                if not self._handle(messages, agent):
                     return
-                elif isinstance(message, RegisterAgentNotification):
-                    _logger.warning("agent %s registered twice on one connection: ignored", agent.id)
+
+    def _handle(self, messages: list[Any], agent: AgentController) -> bool:
+        """Act on one frame's messages; False when the agent deregistered."""
+        for message in messages:
+            if isinstance(message, (ResponseEnvelope, ErrorEnvelope)):
+                agent.deliver(message.request_id, message)
+            elif isinstance(message, UpdateAgentStatusNotification):
+                if agent.update_status(message.slot_aggregated_status_snapshot):
+                    self._pool.notify_changed()
+            elif isinstance(message, DeregisterAgentNotification):
+                return False
+            elif isinstance(message, RegisterAgentNotification):
+                _logger.warning("agent %s registered twice on one connection: ignored", agent.id)
+        return True
 
     async def _write(self, websocket: MessageSocket, outbox: trio.MemoryReceiveChannel[Any]) -> None:
         async with outbox:

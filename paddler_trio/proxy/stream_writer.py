@@ -5,14 +5,40 @@ once from any other task (the agent socket's reader handing a token straight on,
 `send_now` writes on the non-blocking socket itself, with no task switch and no wait. When the
 socket takes only part of the data (the client reads slowly), the rest is kept and written
 before anything else, by a task started for it or by the next `send_all`, whichever runs first.
+
+Inside `writes_held_together()` (the agent socket's reader around one agent frame, which holds
+a token for each request in flight) `send_now` keeps what it is given, and the block's end
+writes it: one write per stream, back to back. A client with several streams in the frame (an
+inference socket's requests) gets one write instead of one per token, and a client reading
+several HTTP streams finds them all ready when it wakes, instead of being woken once for each.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import os
+from collections.abc import Iterator
 
 import trio
+
+# The writers with data held by the innermost `writes_held_together` block of this task, in
+# the order they were first given some; each writer keeps its own held data.
+_holding: contextvars.ContextVar[list[StreamWriter] | None] = contextvars.ContextVar("holding", default=None)
+
+
+@contextlib.contextmanager
+def writes_held_together() -> Iterator[None]:
+    """Hold every `send_now` of the block, and write each stream's share at its end (see the
+    module docstring). The block must not checkpoint: nothing else may write in between."""
+    writers: list[StreamWriter] = []
+    token = _holding.set(writers)
+    try:
+        yield
+    finally:
+        _holding.reset(token)
+        for writer in writers:
+            writer._write_held()
 
 
 class StreamWriter:
@@ -24,6 +50,7 @@ class StreamWriter:
         self._fd = stream.socket.fileno() if isinstance(stream, trio.SocketStream) else None
         self._lock = trio.StrictFIFOLock()
         self._unsent = b""
+        self._held: list[bytes] = []
         self._broken = False
 
     async def send_all(self, data: bytes) -> None:
@@ -37,10 +64,25 @@ class StreamWriter:
         return self._fd is not None and not self._broken and not self._unsent and not self._lock.locked()
 
     def send_now(self, data: bytes) -> bool:
-        """Write `data` at once if `can_send_now`; False when it wrote nothing (the caller then
-        goes through `send_all`, whose error tells that the client is gone)."""
+        """Write `data` at once (or at the end of the `writes_held_together` block) if
+        `can_send_now`; False when it wrote nothing (the caller then goes through `send_all`,
+        whose error tells that the client is gone)."""
         if not self.can_send_now():
             return False
+        holding = _holding.get()
+        if holding is None:
+            return self._write(data)
+        if not self._held:
+            holding.append(self)
+        self._held.append(data)
+        return True
+
+    def _write_held(self) -> None:
+        data = b"".join(self._held)
+        self._held.clear()
+        self._write(data)
+
+    def _write(self, data: bytes) -> bool:
         assert self._fd is not None
         try:
             sent = os.write(self._fd, data)

@@ -1,17 +1,21 @@
 """`StreamWriter` on a real connected TCP pair: writes at once when idle, never while its task
-writes, keeps every byte in order when the socket takes only part of a write, and reports a
-client that is gone."""
+writes, keeps every byte in order when the socket takes only part of a write, reports a
+client that is gone, and inside `writes_held_together` writes each stream's share once, at
+the block's end."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import os
+
 import pytest
 import trio
 import trio.testing
 
-from paddler_trio.proxy.stream_writer import StreamWriter
+from paddler_trio.proxy import stream_writer
+from paddler_trio.proxy.stream_writer import StreamWriter, writes_held_together
 
 
 @asynccontextmanager
@@ -96,3 +100,49 @@ async def test_a_stream_without_a_socket_is_written_by_send_all_only() -> None:
         assert not writer.send_now(b"at once")
         await writer.send_all(b"queued")
         assert await right.receive_some() == b"queued"
+
+
+async def test_held_writes_reach_each_stream_in_one_write_at_the_end_of_the_block(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    writes: list[tuple[int, bytes]] = []
+    real_write = os.write
+
+    def counted_write(fd: int, data: bytes) -> int:
+        writes.append((fd, data))
+        return real_write(fd, data)
+
+    monkeypatch.setattr(stream_writer.os, "write", counted_write)
+    async with (
+        tcp_pair() as (first_server, first_client),
+        tcp_pair() as (second_server, second_client),
+        trio.open_nursery() as nursery,
+    ):
+        first = StreamWriter(first_server, nursery)
+        second = StreamWriter(second_server, nursery)
+        with trio.testing.assert_no_checkpoints(), writes_held_together():
+            assert first.send_now(b"a1 ")
+            assert second.send_now(b"b1 ")
+            assert first.send_now(b"a2 ")
+            assert first.can_send_now()
+            assert writes == []
+        assert writes == [(first_server.socket.fileno(), b"a1 a2 "), (second_server.socket.fileno(), b"b1 ")]
+        await first.send_all(b"a3")
+        assert await read_exactly(first_client, 8) == b"a1 a2 a3"
+        assert await read_exactly(second_client, 3) == b"b1 "
+        # Outside a block, a write at once is made on the spot again.
+        assert second.send_now(b"b2")
+        assert writes[-1] == (second_server.socket.fileno(), b"b2")
+
+
+async def test_a_held_write_only_partly_taken_is_finished_in_order() -> None:
+    async with tcp_pair() as (server, client), trio.open_nursery() as nursery:
+        writer = StreamWriter(server, nursery)
+        big = b"y" * (16 * 2**20)  # more than the socket buffers take at once
+        with writes_held_together():
+            assert writer.send_now(big)
+            assert writer.send_now(b"end")
+        assert not writer.can_send_now()  # the rest of the held data waits to be written
+        nursery.start_soon(writer.send_all, b"after")
+        received = await read_exactly(client, len(big) + len(b"endafter"))
+        assert received == big + b"endafter"
