@@ -5,7 +5,7 @@ writers (an NDJSON chunk, a run of inference-socket messages) all take their mes
 this way: many at once under load, one at a time when idle, and never waiting for more.
 Producers put messages in with `put_into`, which waits only when the queue is full.
 A message may skip such a writer's queue only while the writer waits on an empty one
-(`writer_is_idle`): written then, it still comes after everything queued before it.
+(`drainer_is_idle`): written then, it still comes after everything queued before it.
 """
 
 from __future__ import annotations
@@ -29,9 +29,10 @@ def queued_texts(first: Any, receive: trio.MemoryReceiveChannel[Any], limit: int
     return texts
 
 
-def writer_is_idle(receive: trio.MemoryReceiveChannel[Any]) -> bool:
-    """Whether the writer that drains `receive` waits for its next message with nothing queued."""
-    queue = receive.statistics()
+def drainer_is_idle(channel: trio.MemoryReceiveChannel[Any] | trio.MemorySendChannel[Any]) -> bool:
+    """Whether the task that drains `channel` (a writer, an engine stream's reader) waits for
+    its next message with nothing queued: a message handed on past the channel then overtakes nothing."""
+    queue = channel.statistics()
     return not queue.current_buffer_used and queue.tasks_waiting_receive > 0
 
 
@@ -50,3 +51,16 @@ def put_into(send: trio.MemorySendChannel[T]) -> Callable[[T], Awaitable[None]]:
             await send.send(message)
 
     return put
+
+
+def send_now_into(send: trio.MemorySendChannel[T]) -> Callable[[T], bool]:
+    """A send into `send` that never waits: False when the channel is full or closed."""
+
+    def send_now(message: T) -> bool:
+        try:
+            send.send_nowait(message)
+        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+            return False
+        return True
+
+    return send_now

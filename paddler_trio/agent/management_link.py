@@ -48,7 +48,7 @@ from paddler_trio.protocol.reply_batching import (
     batch_frame,
     offers_reply_batching,
 )
-from paddler_trio.queued_messages import put_into, queued_texts
+from paddler_trio.queued_messages import put_into, queued_texts, send_now_into
 
 _logger = logging.getLogger(__name__)
 
@@ -152,7 +152,7 @@ class ManagementLink:
 
     async def _serve(self, socket: trio_websocket.WebSocketConnection) -> None:
         send, pending = trio.open_memory_channel[BalancerBoundMessage](OUTBOUND_QUEUE_SIZE)
-        requests = RequestHandling(self._engines, self._status, put_into(send))
+        requests = RequestHandling(self._engines, self._status, put_into(send), send_now_into(send))
         try:
             async with trio.open_nursery() as nursery:
                 registration = self._status.snapshot()

@@ -1,9 +1,12 @@
 """The balancer's requests on one link: one task per generation or embedding request.
 
 Each request task counts in the agent's `slots_processing` from receipt to completion and
-forwards every result as a Response envelope until the terminal one. Request tasks live in
-the link's nursery: when the link drops they are cancelled, and leaving the engine stream
-frees their slot at the next step boundary.
+forwards every result as a Response envelope until the terminal one. A generation's results
+go onto the link straight from the engine's scheduler while the task waits with nothing
+queued (`GenerationStream.hand_results_to`), so one engine step costs no wake-up per request;
+the task forwards only what the link's queue had no room for. Request tasks live in the
+link's nursery: when the link drops they are cancelled, and leaving the engine stream frees
+their slot at the next step boundary.
 """
 
 from __future__ import annotations
@@ -44,6 +47,8 @@ from paddler_trio.protocol import (
 _logger = logging.getLogger(__name__)
 
 Send = Callable[[BalancerBoundMessage], Awaitable[None]]
+# Puts a message on the link at once if its queue has room; False when it has none.
+SendNow = Callable[[BalancerBoundMessage], bool]
 
 # How long a request that arrives while the model is being swapped waits for the new one
 # (less than the balancer's default inference item timeout of 30 s).
@@ -57,6 +62,8 @@ class _InFlightRequest:
 
     stop_requested: bool = False
     stream: GenerationStream | None = None
+    # The terminal result went onto the link straight from the scheduler.
+    ended: bool = False
 
     def stop(self) -> None:
         self.stop_requested = True
@@ -70,12 +77,13 @@ class _InFlightRequest:
 
 
 class RequestHandling:
-    """Serves the requests of one link; `send` puts a message on that link."""
+    """Serves the requests of one link; `send` and `send_now` put a message on that link."""
 
-    def __init__(self, engines: EngineHolder, status: AgentStatus, send: Send) -> None:
+    def __init__(self, engines: EngineHolder, status: AgentStatus, send: Send, send_now: SendNow) -> None:
         self._engines = engines
         self._status = status
         self._send = send
+        self._send_now = send_now
         self._in_flight: dict[str, _InFlightRequest] = {}
 
     async def handle(self, nursery: trio.Nursery, envelope: RequestEnvelope[AgentRequest]) -> None:
@@ -148,7 +156,15 @@ class RequestHandling:
             opened = engine.continue_from_conversation_history(request)
         async with opened as stream:
             in_flight.attach(stream)
-            if await self._forward(request_id, stream):
+
+            def take(result: GeneratedTokenResult) -> bool:
+                if not self._send_now(ResponseEnvelope(generated_by=None, request_id=request_id, response=result)):
+                    return False
+                in_flight.ended = is_terminal(result)
+                return True
+
+            stream.hand_results_to(take)
+            if await self._forward(request_id, stream) or in_flight.ended:
                 return
         _logger.error("the generation of request %r ended without a final result", request_id)
         await self._error(request_id, 500, "The generation ended without a final result")

@@ -16,7 +16,7 @@ import functools
 import json
 import logging
 import resource
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 from contextlib import asynccontextmanager
 
@@ -103,6 +103,16 @@ class GenerationStream:
         """Finish at the next step boundary with Done and the usage so far."""
         if self._scheduler is not None and self._generation is not None:
             self._scheduler.stop(self._generation)
+
+    def hand_results_to(self, taker: Callable[[GeneratedTokenResult], bool]) -> None:
+        """Offer each result to `taker` first, from the scheduler's task, while this stream's
+        reader waits with nothing queued: a result it takes (True) never reaches the iterator,
+        and one it declines is iterated as usual, as is every result after it until the reader
+        waits again, so the two ways never reorder results. The iterator ends after a terminal
+        result that `taker` took. Saves the reader a wake-up per result (the agent puts them
+        straight on its link)."""
+        if self._generation is not None:
+            self._generation.taker = taker
 
     def __aiter__(self) -> "GenerationStream":
         return self

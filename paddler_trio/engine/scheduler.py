@@ -47,6 +47,7 @@ from paddler_trio.engine.token_classifier import (
 )
 from paddler_trio.engine.vector_sampling import SlotSampler, VectorSampler, sample_step
 from paddler_trio.protocol import GeneratedTokenResult, SamplerError
+from paddler_trio.queued_messages import drainer_is_idle
 
 _logger = logging.getLogger(__name__)
 
@@ -166,7 +167,9 @@ class Scheduler:
             outbox = generation.outbox
             try:
                 while outbox:
-                    generation.output.send_nowait(outbox[0])
+                    taker = generation.taker
+                    if taker is None or not drainer_is_idle(generation.output) or not taker(outbox[0]):
+                        generation.output.send_nowait(outbox[0])
                     outbox.popleft()
             except trio.WouldBlock:
                 pass
@@ -380,3 +383,4 @@ def _common_prefix_length(left: list[int], right: list[int]) -> int:
         if left[index] != right[index]:
             return index
     return length
+

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import codecs
 import collections
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import attrs
@@ -64,6 +65,9 @@ class Generation:
     request: TextGenerationRequest
     output: "trio.MemorySendChannel[GeneratedTokenResult]"
     outbox: collections.deque[GeneratedTokenResult] = attrs.field(factory=collections.deque)
+    # Takes results straight from the scheduler while the consumer waits on an empty output
+    # (`GenerationStream.hand_results_to`); False sends that result through `output`.
+    taker: "Callable[[GeneratedTokenResult], bool] | None" = None
     stop_requested: bool = False
     cancelled: bool = False
     finished: bool = False

@@ -59,7 +59,7 @@ from paddler_trio.proxy.request_validation import (
 from paddler_trio.proxy.service_app import create_service_app, json_error
 from paddler_trio.proxy.shutdown_signal import ShutdownSignal
 from paddler_trio.proxy.websocket_takeover import SocketHandler
-from paddler_trio.queued_messages import put_into, queued_texts, writer_is_idle
+from paddler_trio.queued_messages import put_into, queued_texts, drainer_is_idle
 
 _logger = logging.getLogger(__name__)
 
@@ -237,7 +237,7 @@ class InferenceService:
 
         def emit_now(message: InferenceClientBoundMessage) -> bool:
             assert write_now is not None
-            return writer_is_idle(receive) and write_now((to_json(message) + "\n").encode())
+            return drainer_is_idle(receive) and write_now((to_json(message) + "\n").encode())
 
         async def run(send: trio.MemorySendChannel[InferenceClientBoundMessage], scope: trio.CancelScope) -> None:
             with scope:

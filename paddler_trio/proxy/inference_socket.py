@@ -57,7 +57,7 @@ from paddler_trio.proxy.request_validation import (
     invalid_parameters_description,
 )
 from paddler_trio.proxy.shutdown_signal import ShutdownSignal
-from paddler_trio.queued_messages import put_into, queued_texts, writer_is_idle
+from paddler_trio.queued_messages import put_into, queued_texts, drainer_is_idle
 
 _logger = logging.getLogger(__name__)
 
@@ -220,7 +220,7 @@ class InferenceSocketSession:
 
     def _emit_now(self, message: InferenceClientBoundMessage) -> bool:
         """`message` written at once when the socket's writer waits with nothing queued."""
-        return writer_is_idle(self._outbox) and self._websocket.send_text_now(to_json(message))
+        return drainer_is_idle(self._outbox) and self._websocket.send_text_now(to_json(message))
 
     async def _write(self, outbox: trio.MemoryReceiveChannel[InferenceClientBoundMessage]) -> None:
         async with outbox:
