@@ -60,9 +60,10 @@ async def test_declined_results_reach_the_reader_in_order_and_nothing_overtakes_
             stream.hand_results_to(take)
             with trio.fail_after(60):
                 async for result in stream:
-                    passed.append(("reader", result))
-                    # While the reader is busy, results queue for it instead of going to the taker.
+                    # While the reader is busy with a result (handing it on, say), the results
+                    # after it must queue for the reader instead of going to the taker.
                     await trio.sleep(0.05)
+                    passed.append(("reader", result))
         assert same_generation([result for _, result in passed], expected)
         assert {"taker", "reader"} == {way for way, _ in passed}
         assert engine.scheduler.slots_busy == 0
