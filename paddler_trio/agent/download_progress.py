@@ -3,7 +3,9 @@
 Downloaders (a Trio task for URLs, a worker thread for Hugging Face) only bump plain
 counters here; `publish` copies them into the agent's status at most every
 `PUBLISH_INTERVAL`, so a fast download does not flood the balancer with snapshots, and
-log a progress line every `LOG_INTERVAL` for whoever watches the agent's log.
+log a progress line every `LOG_INTERVAL` for whoever watches the agent's log. Between
+downloads (`begin` ... `finish`, one at a time, both called from Trio) it sleeps without a
+timer, so a serving agent is not woken four times a second for nothing.
 """
 
 from __future__ import annotations
@@ -27,6 +29,13 @@ class DownloadProgress:
     filename: str | None = None
     current: int = 0
     total: int = 0  # 0: size unknown
+    _downloading: bool = False
+    _begun: trio.Event = attrs.field(factory=trio.Event)
+
+    def begin(self) -> None:
+        """A download starts (its size and name come with `start`, perhaps from a worker thread)."""
+        self._downloading = True
+        self._begun.set()
 
     def start(self, filename: str, *, total: int, current: int = 0) -> None:
         self.filename, self.total, self.current = filename, total, current
@@ -45,6 +54,7 @@ class DownloadProgress:
 
     def finish(self) -> None:
         self.filename, self.total, self.current = None, 0, 0
+        self._downloading = False
 
     async def publish(
         self, status: AgentStatus, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -59,4 +69,8 @@ class DownloadProgress:
             elif self.filename is not None and now - logged[1] >= LOG_INTERVAL:
                 _logger.info("downloading %s", self.describe(now - logged[1], logged[2]))
                 logged = (self.filename, now, self.current)
-            await trio.sleep(PUBLISH_INTERVAL)
+            if self._downloading:
+                await trio.sleep(PUBLISH_INTERVAL)
+            else:
+                await self._begun.wait()
+                self._begun = trio.Event()

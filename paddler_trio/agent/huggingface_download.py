@@ -54,6 +54,7 @@ def huggingface_model_path(source: HuggingFaceModel) -> str:
 async def download_from_huggingface(source: HuggingFaceModel, progress: DownloadProgress) -> Path:
     """The file's path in the Hugging Face cache, downloaded first if needed."""
     cancelled = threading.Event()
+    progress.begin()
     try:
         path = await trio.to_thread.run_sync(
             functools.partial(_resolve, source, progress, cancelled), abandon_on_cancel=True

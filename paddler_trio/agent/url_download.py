@@ -66,6 +66,7 @@ async def download_url(url: str, directory: Path, progress: DownloadProgress) ->
         lock = os.open(directory / f"{digest}.lock", os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as error:
         raise cache_failure(error, url) from None
+    progress.begin()
     try:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)

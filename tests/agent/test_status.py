@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import trio
+import trio.testing
 
 from paddler_trio.agent.download_progress import DownloadProgress
 from paddler_trio.agent.status import AgentStatus
@@ -55,3 +56,36 @@ def test_download_progress_describes_itself_for_the_log() -> None:
     progress.start("other.gguf", total=0)
     progress.advance(3 * 2**20)
     assert progress.describe(2.0, 0) == "other.gguf: 3.0 MiB so far (1.5 MiB/s)"
+
+
+async def test_download_progress_is_published_while_downloading_and_not_polled_between_downloads(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    status = AgentStatus(desired_slots_total=2)
+    progress = DownloadProgress()
+    published: list[tuple[str | None, int, int]] = []
+    update_download = status.update_download
+
+    def record(*, filename: str | None, current: int, total: int) -> None:
+        published.append((filename, current, total))
+        update_download(filename=filename, current=current, total=total)
+
+    status.update_download = record  # type: ignore[method-assign]
+    async with trio.open_nursery() as nursery:
+        await nursery.start(progress.publish, status)
+        await trio.sleep(2)
+        assert published == [(None, 0, 0)]  # idle: once at start, then no timer at all
+
+        progress.begin()
+        progress.start("model.gguf", total=100)
+        progress.advance(40)
+        await trio.sleep(0.1)
+        assert status.snapshot().download_filename == "model.gguf"
+        assert status.snapshot().download_current == 40
+        progress.finish()
+        await trio.sleep(1)
+        assert status.snapshot().download_filename is None
+        polled = len(published)
+        await trio.sleep(2)
+        assert len(published) == polled
+        nursery.cancel_scope.cancel()
