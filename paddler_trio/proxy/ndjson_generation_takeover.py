@@ -128,14 +128,22 @@ async def _serve(
         writer = StreamWriter(stream, nursery)
 
         def write_now(chunk: bytes) -> bool:
-            return writer.can_send_now() and writer.send_now(connection.send(h11.Data(data=chunk)))
+            return writer.can_send_now() and writer.send_now(_chunked(chunk))
 
         await writer.send_all(connection.send(h11.Response(status_code=200, headers=headers)))
         async with service.ndjson_chunks(request_id, work, write_now=write_now) as chunks:
             async for chunk in chunks:
-                await writer.send_all(connection.send(h11.Data(data=chunk)))
+                await writer.send_all(_chunked(chunk))
         await writer.send_all(connection.send(h11.EndOfMessage()))
         nursery.cancel_scope.cancel()
     if client_left or connection.our_state is not h11.DONE or connection.their_state is not h11.DONE:
         return None
     return Answered(bytes(unread))
+
+
+def _chunked(data: bytes) -> bytes:
+    """`data` as one chunk of the chunked body, as h11 frames it: the response's headers are
+    h11's (which chose chunked encoding, having no length), and so is its end (`EndOfMessage`);
+    only the chunks between are framed here, at a tenth of the cost of `connection.send`.
+    Nothing for no data (an empty chunk would end the body)."""
+    return b"%x\r\n%b\r\n" % (len(data), data) if data else b""
