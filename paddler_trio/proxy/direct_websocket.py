@@ -8,6 +8,8 @@ nothing is being written (`stream_writer.py`). What Hypercorn did for these sock
 every `ping_interval`, answers to the client's pings, a 1009 close for a message over
 `max_message_bytes`, and the closing handshake. Permessage-deflate is declined (allowed by
 RFC 6455): token messages are short, and compressing each would cost more than it saves.
+Frames are read whole (`websocket_frames.py`): a frame that is a message by itself is decoded
+there, any other goes through wsproto.
 
 `serve` runs a handler with the open socket and cancels it when the client closes or the
 connection breaks, as Quart does for its WebSocket handlers.
@@ -34,6 +36,7 @@ from wsproto.frame_protocol import CloseReason
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 from paddler_trio.proxy.stream_writer import StreamWriter
+from paddler_trio.proxy.websocket_frames import FrameSplitter, FrameTooBig, plain_message
 
 _logger = logging.getLogger(__name__)
 
@@ -54,6 +57,7 @@ class DirectWebSocket:
         self._max_message_bytes = max_message_bytes
         self._writer: StreamWriter | None = None  # from `_run` on
         self._incoming_send, self._incoming = trio.open_memory_channel[str | bytes](INCOMING_CAPACITY)
+        self._frames = FrameSplitter(max_message_bytes)
         self._closing = False
 
     async def accept(self) -> None:
@@ -101,8 +105,7 @@ class DirectWebSocket:
         """Accept, then serve `handler` with the client's messages and the pings until either side ends."""
         # Nothing else writes before the writer exists.
         await self._stream.send_all(self._connection.send(AcceptConnection(extra_headers=accept_headers)))
-        if early_frames:
-            self._connection.receive_data(early_frames)
+        self._frames.feed(early_frames)
         async with trio.open_nursery() as nursery:
             self._writer = StreamWriter(self._stream, nursery)
             nursery.start_soon(self._read, nursery.cancel_scope)
@@ -114,38 +117,55 @@ class DirectWebSocket:
 
     async def _read(self, scope: trio.CancelScope) -> None:
         """Feed the client's messages to `receive`; cancel `scope` when the connection ends."""
+        # The parts so far of a message that came in several frames (through wsproto).
         parts: list[str | bytes] = []
         size = 0
         try:
             async with self._incoming_send:
                 while True:
                     # The first round handles what the client sent together with the upgrade request.
-                    for event in self._connection.events():
-                        if isinstance(event, Message):
-                            parts.append(event.data)
-                            size += len(event.data)
-                            if size > self._max_message_bytes:
-                                _logger.info("WebSocket: a message over %d bytes, closing", self._max_message_bytes)
-                                await self.close(CloseReason.MESSAGE_TOO_BIG)
-                                return
-                            if event.message_finished:
-                                message = "".join(parts) if isinstance(event, TextMessage) else b"".join(parts)  # type: ignore[arg-type]
-                                parts, size = [], 0
-                                await self._incoming_send.send(message)
-                        elif isinstance(event, Ping):
-                            await self._write(self._connection.send(event.response()))
-                        elif isinstance(event, CloseConnection):
-                            if self._connection.state is ConnectionState.REMOTE_CLOSING:
+                    for frame in self._frames.frames():
+                        message = None if parts else plain_message(frame)
+                        if message is not None:
+                            await self._incoming_send.send(message)
+                            continue
+                        self._connection.receive_data(frame)
+                        for event in self._connection.events():
+                            if isinstance(event, Message):
+                                parts.append(event.data)
+                                size += len(event.data)
+                                if size > self._max_message_bytes:
+                                    await self._close_too_big()
+                                    return
+                                if event.message_finished:
+                                    message = "".join(parts) if isinstance(event, TextMessage) else b"".join(parts)  # type: ignore[arg-type]
+                                    parts, size = [], 0
+                                    await self._incoming_send.send(message)
+                            elif isinstance(event, Ping):
                                 await self._write(self._connection.send(event.response()))
-                            return
+                            elif isinstance(event, CloseConnection):
+                                if self._connection.state is ConnectionState.REMOTE_CLOSING:
+                                    await self._write(self._connection.send(event.response()))
+                                elif self._connection.state is ConnectionState.OPEN:
+                                    # A frame that breaks the protocol: say why before dropping the connection.
+                                    _logger.info("WebSocket: %s (close code %d)", event.reason, event.code)
+                                    await self.close(event.code, event.reason)
+                                return
                     data = await self._stream.receive_some(RECEIVE_SIZE)
                     if not data:
                         return
-                    self._connection.receive_data(data)
+                    self._frames.feed(data)
+        except FrameTooBig:
+            await self._close_too_big()
         except (trio.BrokenResourceError, trio.ClosedResourceError, RemoteProtocolError, LocalProtocolError):
             return
         finally:
             scope.cancel()
+
+    async def _close_too_big(self) -> None:
+        _logger.info("WebSocket: a message over %d bytes, closing", self._max_message_bytes)
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await self.close(CloseReason.MESSAGE_TOO_BIG)
 
     async def _ping(self, interval: float) -> None:
         while True:

@@ -19,7 +19,7 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 from quart_trio import QuartTrio
 from wsproto import ConnectionType, WSConnection
-from wsproto.events import AcceptConnection, Ping, Pong, Request, TextMessage
+from wsproto.events import AcceptConnection, CloseConnection, Ping, Pong, Request, TextMessage
 
 from paddler_trio.nursery.balancer import WEBSOCKET_PING_INTERVAL
 from paddler_trio.proxy.connection_front import Answered, serve_with_front
@@ -140,6 +140,48 @@ async def test_the_socket_answers_pings_and_pings_an_idle_client() -> None:
         await client.stream.send_all(client.websocket.send(next(e for e in seen if isinstance(e, Ping)).response()))
         await client.send_text("[]")
         assert invalid_message_description(await client.next_message()).startswith("Invalid message")
+
+
+async def test_a_message_in_fragments_with_a_ping_between_them_is_read_as_one_message() -> None:
+    async with running_balancer() as balancer:
+        client = await RawClient.connect(balancer.addresses.inference)
+        await client.stream.send_all(client.upgrade_request())
+        assert isinstance((await client.events())[0], AcceptConnection)
+        await client.stream.send_all(
+            client.websocket.send(TextMessage(data="not ", message_finished=False))
+            + client.websocket.send(Ping(payload=b"between"))
+            + client.websocket.send(TextMessage(data="json", message_finished=True))
+        )
+        seen: list[Any] = []
+        with trio.fail_after(5):
+            while not any(isinstance(event, TextMessage) for event in seen):
+                seen += await client.events()
+        assert Pong(payload=b"between") in seen
+        message = json.loads(next(event for event in seen if isinstance(event, TextMessage)).data)
+        # One message "not json", not two: the balancer answers its invalid JSON once.
+        assert invalid_message_description(message).startswith("Invalid message: invalid JSON")
+
+
+@pytest.mark.parametrize(
+    ("frame", "close_code"),
+    [
+        # Text that is not UTF-8: 1007 (invalid frame payload data).
+        (bytes([0x81, 0x82]) + bytes(4) + b"\xff\xfe", 1007),
+        # A client's frame without a mask: 1002 (protocol error).
+        (bytes([0x81, 0x02]) + b"{}", 1002),
+    ],
+)
+async def test_a_frame_breaking_the_protocol_closes_the_socket_with_its_code(frame: bytes, close_code: int) -> None:
+    async with running_balancer() as balancer:
+        client = await RawClient.connect(balancer.addresses.inference)
+        await client.stream.send_all(client.upgrade_request())
+        assert isinstance((await client.events())[0], AcceptConnection)
+        await client.stream.send_all(frame)
+        seen: list[Any] = []
+        with trio.fail_after(5):
+            while not any(isinstance(event, CloseConnection) for event in seen):
+                seen += await client.events()
+        assert next(event for event in seen if isinstance(event, CloseConnection)).code == close_code
 
 
 async def test_an_upgrade_after_an_http_request_on_the_same_connection_is_served_by_hypercorn() -> None:
