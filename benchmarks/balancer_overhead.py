@@ -31,7 +31,9 @@ the CPU) to the lean clients of the latency part, `--paced-requests` requests of
 tokens per run. The latency part's throughput ratio swings by a few percent with the machine's
 neighbours; this figure moves only with the host's speed (about 10 % over a day here), so it
 is the one to compare changes of the relay by, run before and after in the same session. CPU
-time comes in 10 ms ticks: 0.026 ms per step at the default 32 requests.
+time comes in 10 ms ticks: 0.026 ms per step at the default 32 requests. Each run also gives the
+clients' CPU per step (this process) and the wake-ups per step (voluntary context switches) of
+the balancer and of the clients: how often each had to be woken for a step's tokens.
 
 Part `ceiling` first measures the relay round trip: `--round-trips` one-token requests, one at a
 time, through the balancer to the scripted fast agent (whose own work is negligible), TTFT
