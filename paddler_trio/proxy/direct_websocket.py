@@ -36,7 +36,11 @@ from wsproto.frame_protocol import CloseReason
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 from paddler_trio.proxy.stream_writer import StreamWriter
-from paddler_trio.proxy.websocket_frames import FrameSplitter, FrameTooBig, plain_message
+from paddler_trio.proxy.websocket_frames import (
+    FrameSplitter,
+    FrameTooBig,
+    plain_message,
+)
 
 _logger = logging.getLogger(__name__)
 

@@ -5,10 +5,9 @@ the block's end."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-
-import os
 
 import pytest
 import trio

@@ -10,7 +10,11 @@ import pytest
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, BytesMessage, Ping, Request, TextMessage
 
-from paddler_trio.proxy.websocket_frames import FrameSplitter, FrameTooBig, plain_message
+from paddler_trio.proxy.websocket_frames import (
+    FrameSplitter,
+    FrameTooBig,
+    plain_message,
+)
 
 
 def open_client() -> WSConnection:
