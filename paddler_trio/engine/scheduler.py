@@ -165,9 +165,9 @@ class Scheduler:
                     still_live.append(generation)  # the worker thread still has to free its slot
                 continue
             outbox = generation.outbox
+            taker = generation.taker
             try:
                 while outbox:
-                    taker = generation.taker
                     if taker is None or not drainer_is_idle(generation.output) or not taker(outbox[0]):
                         generation.output.send_nowait(outbox[0])
                     outbox.popleft()
@@ -383,4 +383,3 @@ def _common_prefix_length(left: list[int], right: list[int]) -> int:
         if left[index] != right[index]:
             return index
     return length
-

@@ -62,6 +62,9 @@ class DirectWebSocket:
         self._writer: StreamWriter | None = None  # from `_run` on
         self._incoming_send, self._incoming = trio.open_memory_channel[str | bytes](INCOMING_CAPACITY)
         self._frames = FrameSplitter(max_message_bytes)
+        # The parts so far of a message that came in several frames (through wsproto).
+        self._parts: list[str | bytes] = []
+        self._parts_size = 0
         self._closing = False
 
     async def accept(self) -> None:
@@ -121,40 +124,16 @@ class DirectWebSocket:
 
     async def _read(self, scope: trio.CancelScope) -> None:
         """Feed the client's messages to `receive`; cancel `scope` when the connection ends."""
-        # The parts so far of a message that came in several frames (through wsproto).
-        parts: list[str | bytes] = []
-        size = 0
         try:
             async with self._incoming_send:
                 while True:
                     # The first round handles what the client sent together with the upgrade request.
                     for frame in self._frames.frames():
-                        message = None if parts else plain_message(frame)
+                        message = None if self._parts else plain_message(frame)
                         if message is not None:
                             await self._incoming_send.send(message)
-                            continue
-                        self._connection.receive_data(frame)
-                        for event in self._connection.events():
-                            if isinstance(event, Message):
-                                parts.append(event.data)
-                                size += len(event.data)
-                                if size > self._max_message_bytes:
-                                    await self._close_too_big()
-                                    return
-                                if event.message_finished:
-                                    message = "".join(parts) if isinstance(event, TextMessage) else b"".join(parts)  # type: ignore[arg-type]
-                                    parts, size = [], 0
-                                    await self._incoming_send.send(message)
-                            elif isinstance(event, Ping):
-                                await self._write(self._connection.send(event.response()))
-                            elif isinstance(event, CloseConnection):
-                                if self._connection.state is ConnectionState.REMOTE_CLOSING:
-                                    await self._write(self._connection.send(event.response()))
-                                elif self._connection.state is ConnectionState.OPEN:
-                                    # A frame that breaks the protocol: say why before dropping the connection.
-                                    _logger.info("WebSocket: %s (close code %d)", event.reason, event.code)
-                                    await self.close(event.code, event.reason)
-                                return
+                        elif not await self._through_wsproto(frame):
+                            return
                     data = await self._stream.receive_some(RECEIVE_SIZE)
                     if not data:
                         return
@@ -165,6 +144,32 @@ class DirectWebSocket:
             return
         finally:
             scope.cancel()
+
+    async def _through_wsproto(self, frame: bytes) -> bool:
+        """Act on a frame that is not a message by itself; False when the connection ends."""
+        self._connection.receive_data(frame)
+        for event in self._connection.events():
+            if isinstance(event, Message):
+                self._parts.append(event.data)
+                self._parts_size += len(event.data)
+                if self._parts_size > self._max_message_bytes:
+                    await self._close_too_big()
+                    return False
+                if event.message_finished:
+                    parts, self._parts, self._parts_size = self._parts, [], 0
+                    message = "".join(parts) if isinstance(event, TextMessage) else b"".join(parts)  # type: ignore[arg-type]
+                    await self._incoming_send.send(message)
+            elif isinstance(event, Ping):
+                await self._write(self._connection.send(event.response()))
+            elif isinstance(event, CloseConnection):
+                if self._connection.state is ConnectionState.REMOTE_CLOSING:
+                    await self._write(self._connection.send(event.response()))
+                elif self._connection.state is ConnectionState.OPEN:
+                    # A frame that breaks the protocol: say why before dropping the connection.
+                    _logger.info("WebSocket: %s (close code %d)", event.reason, event.code)
+                    await self.close(event.code, event.reason)
+                return False
+        return True
 
     async def _close_too_big(self) -> None:
         _logger.info("WebSocket: a message over %d bytes, closing", self._max_message_bytes)
