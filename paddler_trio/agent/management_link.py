@@ -186,8 +186,10 @@ class ManagementLink:
                 if not batching:
                     await socket.send_message(to_json(message))
                     continue
-                # One scheduler round lets the other requests of the same engine step queue theirs.
-                await trio.lowlevel.checkpoint()
+                if not pending.statistics().current_buffer_used:
+                    # One scheduler round lets the other requests of the same engine step queue
+                    # theirs (the engine's hand-off to request takers queues them all at once).
+                    await trio.lowlevel.checkpoint()
                 await socket.send_message(batch_frame(queued_texts(message, pending, MAX_MESSAGES_PER_FRAME)))
         except trio_websocket.ConnectionClosed:
             link_scope.cancel()

@@ -143,7 +143,6 @@ class Scheduler:
                 self.steps_started += 1
                 self._sampled_first_token = False
                 await trio.to_thread.run_sync(self._step, step, limiter=self._limiter)
-                await trio.lowlevel.checkpoint()
                 if self._hand_off_every_step or self._sampled_first_token:
                     await self._hand_off()
         finally:
