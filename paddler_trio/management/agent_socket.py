@@ -94,7 +94,7 @@ class AgentSocket:
                 self._reconciliation.send_state_to(agent)
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._write, websocket, outbox_receive)
-                    await self._read(frames, agent)
+                    await self._read(websocket, frames, agent)
                     nursery.cancel_scope.cancel()
             finally:
                 self._pool.deregister(agent_id)
@@ -120,13 +120,19 @@ class AgentSocket:
         await websocket.close(CLOSE_POLICY_VIOLATION, "expected RegisterAgent")
         return None
 
-    async def _read(self, frames: _AgentFrames, agent: AgentController) -> None:
-        while True:
-            messages = await frames.next()
+    async def _read(self, websocket: MessageSocket, frames: _AgentFrames, agent: AgentController) -> None:
+        """Act on the agent's frames until it deregisters (the socket's reader calls `take` itself)."""
+
+        def take(data: str | bytes) -> bool:
             # The tokens of one frame reach their clients in one write per client (stream_writer.py).
             with writes_held_together():
-                if not self._handle(messages, agent):
-                    return
+                return self._handle(frames.decode(data), agent)
+
+        leftover, frames.leftover = frames.leftover, []
+        with writes_held_together():
+            if not self._handle(leftover, agent):
+                return
+        await websocket.consume(take)
 
     def _handle(self, messages: list[Any], agent: AgentController) -> bool:
         """Act on one frame's messages; False when the agent deregistered."""
@@ -154,21 +160,22 @@ class _AgentFrames:
     def __init__(self, websocket: MessageSocket, agent_id: str) -> None:
         self._websocket = websocket
         self._agent_id = agent_id
-        # Messages that came in the frame after RegisterAgent; handed out first.
+        # Messages that came in the frame after RegisterAgent; acted on first.
         self.leftover: list[Any] = []
 
     async def next(self) -> list[Any]:
-        """The next frame's valid messages (never empty); invalid frames and parts are logged and skipped."""
-        if self.leftover:
-            messages, self.leftover = self.leftover, []
-            return messages
+        """The next frame's valid messages (never empty)."""
         while True:
-            data = await self._websocket.receive()
-            if isinstance(data, bytes):
-                _logger.warning("agent %s sent a binary frame: ignored", self._agent_id)
-                continue
-            messages, problems = decode_agent_frame(data)
-            for problem in problems:
-                _logger.warning("agent %s sent an invalid message (%s): ignored", self._agent_id, problem)
+            messages = self.decode(await self._websocket.receive())
             if messages:
                 return messages
+
+    def decode(self, data: str | bytes) -> list[Any]:
+        """A frame's valid messages; invalid frames and parts are logged and skipped."""
+        if isinstance(data, bytes):
+            _logger.warning("agent %s sent a binary frame: ignored", self._agent_id)
+            return []
+        messages, problems = decode_agent_frame(data)
+        for problem in problems:
+            _logger.warning("agent %s sent an invalid message (%s): ignored", self._agent_id, problem)
+        return messages

@@ -61,6 +61,9 @@ class DirectWebSocket:
         self._max_message_bytes = max_message_bytes
         self._writer: StreamWriter | None = None  # from `_run` on
         self._incoming_send, self._incoming = trio.open_memory_channel[str | bytes](INCOMING_CAPACITY)
+        # Set by `consume`: the reader hands messages to it instead of queueing them.
+        self._take: Callable[[str | bytes], bool] | None = None
+        self._taking_ended = trio.Event()
         self._frames = FrameSplitter(max_message_bytes)
         # The parts so far of a message that came in several frames (through wsproto).
         self._parts: list[str | bytes] = []
@@ -77,6 +80,25 @@ class DirectWebSocket:
         except trio.EndOfChannel:
             await trio.sleep_forever()
             raise AssertionError("unreachable") from None
+
+    async def consume(self, take: Callable[[str | bytes], bool]) -> None:
+        """Hand every further message to `take` until it returns False. The reader task calls
+        `take` as it decodes each message, with no channel and no task switch in between."""
+        while True:  # first what is already queued, in order
+            try:
+                message = self._incoming.receive_nowait()
+            except trio.WouldBlock:
+                break
+            except trio.EndOfChannel:
+                await trio.sleep_forever()  # the client has closed: the handler is being cancelled
+            if not take(message):
+                return
+        self._take = take
+        try:
+            await self._taking_ended.wait()
+        finally:
+            self._take = None
+            self._taking_ended = trio.Event()
 
     async def send_texts(self, texts: Iterable[str]) -> None:
         """Each text as its own message, all in one write."""
@@ -131,7 +153,7 @@ class DirectWebSocket:
                     for frame in self._frames.frames():
                         message = None if self._parts else plain_message(frame)
                         if message is not None:
-                            await self._incoming_send.send(message)
+                            await self._hand_on(message)
                         elif not await self._through_wsproto(frame):
                             return
                     data = await self._stream.receive_some(RECEIVE_SIZE)
@@ -158,7 +180,7 @@ class DirectWebSocket:
                 if event.message_finished:
                     parts, self._parts, self._parts_size = self._parts, [], 0
                     message = "".join(parts) if isinstance(event, TextMessage) else b"".join(parts)  # type: ignore[arg-type]
-                    await self._incoming_send.send(message)
+                    await self._hand_on(message)
             elif isinstance(event, Ping):
                 await self._write(self._connection.send(event.response()))
             elif isinstance(event, CloseConnection):
@@ -170,6 +192,14 @@ class DirectWebSocket:
                     await self.close(event.code, event.reason)
                 return False
         return True
+
+    async def _hand_on(self, message: str | bytes) -> None:
+        """To `consume`'s taker if one is set, else into the queue that `receive` reads."""
+        if self._take is None:
+            await self._incoming_send.send(message)
+        elif not self._take(message):
+            self._take = None
+            self._taking_ended.set()
 
     async def _close_too_big(self) -> None:
         _logger.info("WebSocket: a message over %d bytes, closing", self._max_message_bytes)

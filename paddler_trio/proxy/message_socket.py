@@ -4,7 +4,7 @@ clients, the agents' link): our own `DirectWebSocket` when a port's front took t
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Protocol
 
 from quart import Websocket
@@ -14,6 +14,9 @@ class MessageSocket(Protocol):
     async def accept(self) -> None: ...
 
     async def receive(self) -> str | bytes: ...
+
+    async def consume(self, take: Callable[[str | bytes], bool]) -> None:
+        """Hand every further message to `take` until it returns False; `take` must not block."""
 
     async def send_texts(self, texts: Iterable[str]) -> None:
         """Each text as its own message, in order."""
@@ -37,6 +40,10 @@ class QuartMessageSocket:
 
     async def receive(self) -> str | bytes:
         return await self._websocket.receive()
+
+    async def consume(self, take: Callable[[str | bytes], bool]) -> None:
+        while take(await self._websocket.receive()):
+            pass
 
     async def send_texts(self, texts: Iterable[str]) -> None:
         for text in texts:
