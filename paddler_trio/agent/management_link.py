@@ -18,9 +18,9 @@ from __future__ import annotations
 import json
 import logging
 import ssl
+from urllib.parse import urlsplit
 
 import trio
-import trio_websocket
 
 from paddler_trio import PADDLER_COMPATIBLE_VERSION
 from paddler_trio.agent.engine_holder import EngineHolder
@@ -48,7 +48,19 @@ from paddler_trio.protocol.reply_batching import (
     batch_frame,
     offers_reply_batching,
 )
-from paddler_trio.queued_messages import put_into, queued_texts, send_now_into
+from paddler_trio.queued_messages import (
+    drainer_is_idle,
+    put_into,
+    queued_texts,
+    send_now_into,
+)
+from paddler_trio.transport.direct_websocket import (
+    DirectWebSocket,
+    WebSocketHandshakeFailed,
+    WebSocketRefused,
+    connect,
+)
+from paddler_trio.transport.stream_writer import hold_until_block_end
 
 _logger = logging.getLogger(__name__)
 
@@ -63,7 +75,7 @@ CONNECT_TIMEOUT = 10.0
 GOODBYE_TIMEOUT = 2.0
 # Messages waiting for the socket; a full queue holds back the request tasks (back-pressure).
 OUTBOUND_QUEUE_SIZE = 256
-# Balancer messages carry whole conversations; trio-websocket's 1 MiB default is too small.
+# Balancer messages carry whole conversations.
 MAX_MESSAGE_SIZE = 64 * 2**20
 REFUSED_RETRY_LIMIT = 30.0
 
@@ -81,8 +93,14 @@ class ManagementLink:
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.url = url
-        self._extra_headers = [("Authorization", f"Bearer {agent_secret}")] if agent_secret else []
-        self._ssl_context = ssl_context
+        self._extra_headers = {"Authorization": f"Bearer {agent_secret}"} if agent_secret else {}
+        parts = urlsplit(url)
+        if parts.scheme not in ("ws", "wss") or not parts.hostname:
+            raise ValueError(f"not a WebSocket URL: {url}")
+        self._host = parts.hostname
+        self._port = parts.port or (443 if parts.scheme == "wss" else 80)
+        self._target = parts.path + (f"?{parts.query}" if parts.query else "")
+        self._ssl_context = (ssl_context or ssl.create_default_context()) if parts.scheme == "wss" else None
         self._name = name
         self._status = status
         self._engines = engines
@@ -98,20 +116,21 @@ class ManagementLink:
         try:
             while not self._leaving.is_set():
                 try:
-                    async with trio_websocket.open_websocket_url(
-                        self.url,
-                        ssl_context=self._ssl_context,
+                    stream = await self._open_stream()
+                    await connect(
+                        stream,
+                        self._serve,
+                        host=f"{self._host}:{self._port}",
+                        target=self._target,
                         extra_headers=self._extra_headers,
-                        connect_timeout=CONNECT_TIMEOUT,
-                        max_message_size=MAX_MESSAGE_SIZE,
-                    ) as socket:
-                        _logger.info("connected to the balancer at %s", self.url)
-                        outage_reported = False
-                        retry_interval = RECONNECT_INTERVAL
-                        await self._serve(socket)
-                        if not self._leaving.is_set():
-                            _logger.warning("the balancer closed the link (%s); reconnecting", socket.closed)
-                except trio_websocket.ConnectionRejected as error:
+                        max_message_bytes=MAX_MESSAGE_SIZE,
+                        handshake_timeout=CONNECT_TIMEOUT,
+                    )
+                    outage_reported = False
+                    retry_interval = RECONNECT_INTERVAL
+                    if not self._leaving.is_set():
+                        _logger.warning("the link to the balancer ended; reconnecting")
+                except WebSocketRefused as error:
                     if error.status_code not in (401, 403):
                         if not outage_reported:
                             _logger.warning("the balancer at %s rejected the link with HTTP %d; retrying", self.url, error.status_code)
@@ -130,7 +149,7 @@ class ManagementLink:
                         await self._leaving.wait()
                     retry_interval = min(retry_interval * 2, REFUSED_RETRY_LIMIT)
                     continue
-                except (trio_websocket.HandshakeError, trio_websocket.ConnectionClosed, OSError) as error:
+                except (WebSocketHandshakeFailed, trio.TooSlowError, trio.BrokenResourceError, OSError) as error:
                     if not outage_reported:
                         _logger.warning(
                             "cannot reach the balancer at %s (%s); retrying every %.0f s",
@@ -144,57 +163,46 @@ class ManagementLink:
         finally:
             self._left.set()
 
+    async def _open_stream(self) -> trio.abc.Stream:
+        """A connection to the balancer, TLS for wss:// (its handshake done)."""
+        with trio.fail_after(CONNECT_TIMEOUT):
+            stream: trio.abc.Stream = await trio.open_tcp_stream(self._host, self._port)
+            if self._ssl_context is None:
+                return stream
+            tls = trio.SSLStream(stream, self._ssl_context, server_hostname=self._host, https_compatible=True)
+            try:
+                await tls.do_handshake()
+            except BaseException:
+                with trio.CancelScope(shield=True):
+                    await stream.aclose()
+                raise
+            return tls
+
     async def leave(self) -> None:
         """Stop taking requests, flush, send DeregisterAgent and close the socket (bounded in time)."""
         self._leaving.set()
         with trio.move_on_after(GOODBYE_TIMEOUT + 1):
             await self._left.wait()
 
-    async def _serve(self, socket: trio_websocket.WebSocketConnection) -> None:
-        send, pending = trio.open_memory_channel[BalancerBoundMessage](OUTBOUND_QUEUE_SIZE)
-        requests = RequestHandling(self._engines, self._status, put_into(send), send_now_into(send))
+    async def _serve(self, socket: DirectWebSocket) -> None:
+        _logger.info("connected to the balancer at %s", self.url)
+        outbox = _Outbox(socket, batching=offers_reply_batching(socket.handshake_headers))
+        requests = RequestHandling(self._engines, self._status, outbox.put, outbox.send_now)
         try:
             async with trio.open_nursery() as nursery:
                 registration = self._status.snapshot()
-                send.send_nowait(
-                    RegisterAgentNotification(name=self._name, slot_aggregated_status_snapshot=registration)
-                )
-                batching = offers_reply_batching(socket.handshake_headers)
-                nursery.start_soon(self._write, socket, pending, nursery.cancel_scope, batching)
-                nursery.start_soon(self._publish_status, send, registration.version)
+                await outbox.put(RegisterAgentNotification(name=self._name, slot_aggregated_status_snapshot=registration))
+                nursery.start_soon(outbox.write_queued, nursery.cancel_scope)
+                nursery.start_soon(self._publish_status, outbox, registration.version)
                 nursery.start_soon(_cancel_when_set, self._leaving, nursery.cancel_scope)
-                await self._receive(socket, nursery, requests, send)
-                nursery.cancel_scope.cancel()  # the link is gone: cancel its requests
+                await self._receive(socket, nursery, requests, outbox)
         finally:
-            if socket.closed is None:  # leaving (or cancelled from outside) while the link is up
+            if not socket.ended:  # leaving (or cancelled from outside) while the link is up
                 with trio.CancelScope(shield=True) as goodbye:
                     goodbye.deadline = trio.current_time() + GOODBYE_TIMEOUT
-                    # Cancelled from outside, trio-websocket's reader is gone and a close
-                    # handshake would only time out: deregister and let the socket drop.
-                    await self._say_goodbye(socket, pending, close=self._leaving.is_set())
+                    await outbox.say_goodbye(close=self._leaving.is_set())
 
-    async def _write(
-        self,
-        socket: trio_websocket.WebSocketConnection,
-        pending: trio.MemoryReceiveChannel[BalancerBoundMessage],
-        link_scope: trio.CancelScope,
-        batching: bool,
-    ) -> None:
-        """Send queued messages; with `batching`, all that are queued together go as one frame."""
-        try:
-            async for message in pending:
-                if not batching:
-                    await socket.send_message(to_json(message))
-                    continue
-                if not pending.statistics().current_buffer_used:
-                    # One scheduler round lets the other requests of the same engine step queue
-                    # theirs (the engine's hand-off to request takers queues them all at once).
-                    await trio.lowlevel.checkpoint()
-                await socket.send_message(batch_frame(queued_texts(message, pending, MAX_MESSAGES_PER_FRAME)))
-        except trio_websocket.ConnectionClosed:
-            link_scope.cancel()
-
-    async def _publish_status(self, send: trio.MemorySendChannel[BalancerBoundMessage], seen_version: int) -> None:
+    async def _publish_status(self, outbox: _Outbox, seen_version: int) -> None:
         while True:
             with trio.move_on_after(STATUS_INTERVAL) as interval:
                 await self._status.wait_for_change(seen_version)
@@ -202,20 +210,18 @@ class ManagementLink:
                 await trio.sleep(STATUS_CHANGE_SETTLE)
             snapshot = self._status.snapshot()
             seen_version = snapshot.version
-            await send.send(UpdateAgentStatusNotification(slot_aggregated_status_snapshot=snapshot))
+            await outbox.put(UpdateAgentStatusNotification(slot_aggregated_status_snapshot=snapshot))
 
     async def _receive(
         self,
-        socket: trio_websocket.WebSocketConnection,
+        socket: DirectWebSocket,
         nursery: trio.Nursery,
         requests: RequestHandling,
-        send: trio.MemorySendChannel[BalancerBoundMessage],
+        outbox: _Outbox,
     ) -> None:
+        """Act on the balancer's messages; the socket cancels this when the link ends."""
         while True:
-            try:
-                text = await socket.get_message()
-            except trio_websocket.ConnectionClosed:
-                return
+            text = await socket.receive()
             if isinstance(text, bytes):
                 _logger.warning("ignoring a binary frame from the balancer (%d bytes)", len(text))
                 continue
@@ -225,7 +231,7 @@ class ManagementLink:
                 request_id = _request_id_of(text)
                 _logger.warning("cannot understand a message from the balancer: %s", error)
                 if request_id is not None:
-                    await send.send(
+                    await outbox.put(
                         ErrorEnvelope(
                             request_id=request_id,
                             error=ErrorDetails(code=400, description=f"Cannot parse the request: {error}"),
@@ -254,25 +260,76 @@ class ManagementLink:
                 message.error.description,
             )
 
-    async def _say_goodbye(
-        self,
-        socket: trio_websocket.WebSocketConnection,
-        pending: trio.MemoryReceiveChannel[BalancerBoundMessage],
-        *,
-        close: bool,
-    ) -> None:
+
+
+class _Outbox:
+    """What the agent sends on one connection. Messages wait in a queue for the writer task,
+    except that while that task waits on an empty queue, an engine step's replies are written
+    at once: held until the end of the engine's hand-off (`stream_writer.writes_held_together`),
+    then sent in one write, as one frame when the balancer offers reply batching."""
+
+    def __init__(self, socket: DirectWebSocket, *, batching: bool) -> None:
+        self._socket = socket
+        self._batching = batching
+        self._send, self._pending = trio.open_memory_channel[BalancerBoundMessage](OUTBOUND_QUEUE_SIZE)
+        self.put = put_into(self._send)
+        self._send_later = send_now_into(self._send)
+        self._held: list[str] = []
+
+    def send_now(self, message: BalancerBoundMessage) -> bool:
+        """Send `message` without waiting: held for the end of the running hand-off if nothing is
+        queued or being written, else queued; False when the queue is full."""
+        if not self._held and not (
+            drainer_is_idle(self._pending) and self._socket.can_send_now() and hold_until_block_end(self._release)
+        ):
+            return self._send_later(message)
+        self._held.append(to_json(message))
+        return True
+
+    def _release(self) -> None:
+        texts, self._held = self._held, []
+        frames = self._frames(texts) if self._batching else texts
+        # Nothing ran since the texts were held, so the socket still takes them at once; if it
+        # broke meanwhile, the reader ends the link.
+        self._socket.send_texts_now(frames)
+
+    def _frames(self, texts: list[str]) -> list[str]:
+        return [
+            batch_frame(texts[start : start + MAX_MESSAGES_PER_FRAME])
+            for start in range(0, len(texts), MAX_MESSAGES_PER_FRAME)
+        ]
+
+    async def write_queued(self, link_scope: trio.CancelScope) -> None:
+        """Send queued messages; with batching, all that are queued together go as one frame."""
         try:
-            while True:
-                try:
-                    message = pending.receive_nowait()
-                except (trio.WouldBlock, trio.EndOfChannel):
-                    break
-                await socket.send_message(to_json(message))
-            await socket.send_message(to_json(DeregisterAgentNotification()))
+            async for message in self._pending:
+                if not self._batching:
+                    await self._socket.send_texts([to_json(message)])
+                    continue
+                if not self._pending.statistics().current_buffer_used:
+                    # One scheduler round lets the other requests of the same engine step queue theirs.
+                    await trio.lowlevel.checkpoint()
+                texts = queued_texts(message, self._pending, MAX_MESSAGES_PER_FRAME)
+                await self._socket.send_texts([batch_frame(texts)])
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            link_scope.cancel()
+
+    async def say_goodbye(self, *, close: bool) -> None:
+        """Send what is queued and `DeregisterAgent`; with `close`, start the closing handshake
+        (not when cancelled from outside: the socket's reader is gone and it would only time out)."""
+        texts = []
+        while True:
+            try:
+                texts.append(to_json(self._pending.receive_nowait()))
+            except (trio.WouldBlock, trio.EndOfChannel):
+                break
+        texts.append(to_json(DeregisterAgentNotification()))
+        try:
+            await self._socket.send_texts(texts)
             _logger.info("deregistered from the balancer")
             if close:
-                await socket.aclose()
-        except trio_websocket.ConnectionClosed:
+                await self._socket.close(1000, "")
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
 
 
@@ -296,8 +353,8 @@ def _request_id_of(text: str) -> str | None:
 
 def _describe_failure(error: BaseException) -> str:
     cause = error.__cause__ or error.__context__
-    if isinstance(error, trio_websocket.ConnectionRejected):
-        return f"rejected with HTTP {error.status_code}"
+    if isinstance(error, trio.TooSlowError):
+        return f"no connection within {CONNECT_TIMEOUT:.0f} s"
     if cause is not None and str(cause):
         return str(cause)
     return str(error) or type(error).__name__

@@ -42,8 +42,8 @@ from paddler_trio.proxy.agent_controller import AgentController
 from paddler_trio.proxy.agent_pool import AgentPool, DuplicateAgent
 from paddler_trio.proxy.message_socket import MessageSocket
 from paddler_trio.proxy.shutdown_signal import ShutdownSignal
-from paddler_trio.proxy.stream_writer import writes_held_together
 from paddler_trio.queued_messages import queued_texts
+from paddler_trio.transport.stream_writer import writes_held_together
 
 _logger = logging.getLogger(__name__)
 

@@ -38,8 +38,8 @@ from paddler_trio.proxy.connection_front import (
     authorization_of,
 )
 from paddler_trio.proxy.inference_routes import InferenceService
-from paddler_trio.proxy.stream_writer import StreamWriter
 from paddler_trio.security.api_keys import ApiKeys
+from paddler_trio.transport.stream_writer import StreamWriter
 
 GenerationParams = ContinueFromConversationHistoryParams | ContinueFromRawPromptParams
 

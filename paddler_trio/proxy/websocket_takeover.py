@@ -17,7 +17,6 @@ from collections.abc import Awaitable, Callable, Mapping
 import h11
 import trio
 
-from paddler_trio.proxy import direct_websocket
 from paddler_trio.proxy.connection_front import (
     ConnectionHandler,
     Takeover,
@@ -25,6 +24,7 @@ from paddler_trio.proxy.connection_front import (
 )
 from paddler_trio.proxy.message_socket import MessageSocket
 from paddler_trio.security.api_keys import ApiKeys
+from paddler_trio.transport import direct_websocket
 
 WEBSOCKET_VERSION = b"13"
 

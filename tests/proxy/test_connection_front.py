@@ -19,11 +19,18 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 from quart_trio import QuartTrio
 from wsproto import ConnectionType, WSConnection
-from wsproto.events import AcceptConnection, CloseConnection, Ping, Pong, Request, TextMessage
+from wsproto.events import (
+    AcceptConnection,
+    CloseConnection,
+    Ping,
+    Pong,
+    Request,
+    TextMessage,
+)
 
 from paddler_trio.nursery.balancer import WEBSOCKET_PING_INTERVAL
 from paddler_trio.proxy.connection_front import Answered, serve_with_front
-from paddler_trio.proxy.stream_writer import StreamWriter
+from paddler_trio.transport.stream_writer import StreamWriter
 from tests.proxy.balancer_harness import (
     BalancerUnderTest,
     content_of,

@@ -13,8 +13,8 @@ import pytest
 import trio
 import trio.testing
 
-from paddler_trio.proxy import stream_writer
-from paddler_trio.proxy.stream_writer import StreamWriter, writes_held_together
+from paddler_trio.transport import stream_writer
+from paddler_trio.transport.stream_writer import StreamWriter, writes_held_together
 
 
 @asynccontextmanager

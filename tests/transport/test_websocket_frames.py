@@ -10,7 +10,7 @@ import pytest
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, BytesMessage, Ping, Request, TextMessage
 
-from paddler_trio.proxy.websocket_frames import (
+from paddler_trio.transport.websocket_frames import (
     FrameSplitter,
     FrameTooBig,
     plain_message,

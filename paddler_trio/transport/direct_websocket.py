@@ -1,18 +1,19 @@
-"""A server-side WebSocket on a Trio stream (wsproto), for the upgrades that a port's front
-takes over from Hypercorn (`connection_front.py`): the inference socket and the agents' link.
+"""Our own WebSocket on a Trio stream (wsproto), for both ends of a connection: the server
+side of the upgrades that a port's front takes over from Hypercorn (`connection_front.py`: the
+inference socket and the agents' link), and the agent's client side of its link (`connect`).
 
 Through ASGI every message costs its own trip through Quart, Hypercorn and a socket write
 (about 80 µs each on a small machine); here `send_texts` frames any number of messages and
-writes them with one `send_all`, and `send_text_now` writes one at once from any task when
-nothing is being written (`stream_writer.py`). What Hypercorn did for these sockets is done here too: pings
-every `ping_interval`, answers to the client's pings, a 1009 close for a message over
-`max_message_bytes`, and the closing handshake. Permessage-deflate is declined (allowed by
-RFC 6455): token messages are short, and compressing each would cost more than it saves.
-Frames are read whole (`websocket_frames.py`): a frame that is a message by itself is decoded
-there, any other goes through wsproto.
+writes them with one `send_all`, and `send_text_now`/`send_texts_now` write at once from any
+task when nothing is being written (`stream_writer.py`). What Hypercorn did for these sockets
+is done here too: pings every `ping_interval`, answers to the other end's pings, a 1009 close
+for a message over `max_message_bytes`, and the closing handshake. Permessage-deflate is
+declined (allowed by RFC 6455): token messages are short, and compressing each would cost more
+than it saves. Frames are read whole (`websocket_frames.py`): a client's frame that is a
+message by itself is decoded there, any other goes through wsproto.
 
-`serve` runs a handler with the open socket and cancels it when the client closes or the
-connection breaks, as Quart does for its WebSocket handlers.
+`serve` and `connect` run a handler with the open socket and cancel it when the other end
+closes or the connection breaks, as Quart does for its WebSocket handlers.
 """
 
 from __future__ import annotations
@@ -29,14 +30,15 @@ from wsproto.events import (
     CloseConnection,
     Message,
     Ping,
+    RejectConnection,
     Request,
     TextMessage,
 )
 from wsproto.frame_protocol import CloseReason
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
-from paddler_trio.proxy.stream_writer import StreamWriter
-from paddler_trio.proxy.websocket_frames import (
+from paddler_trio.transport.stream_writer import StreamWriter
+from paddler_trio.transport.websocket_frames import (
     FrameSplitter,
     FrameTooBig,
     plain_message,
@@ -52,8 +54,20 @@ CLOSE_TIMEOUT = 2.0
 BAD_REQUEST = b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
 
 
+class WebSocketRefused(Exception):
+    """The server answered the upgrade with an HTTP status instead of accepting it."""
+
+    def __init__(self, status_code: int) -> None:
+        super().__init__(f"the server refused the WebSocket with HTTP {status_code}")
+        self.status_code = status_code
+
+
+class WebSocketHandshakeFailed(Exception):
+    """The server did not complete the WebSocket handshake."""
+
+
 class DirectWebSocket:
-    """An accepted server-side WebSocket (see the module docstring)."""
+    """An open WebSocket, either end (see the module docstring)."""
 
     def __init__(self, stream: trio.abc.Stream, connection: WSConnection, *, max_message_bytes: int) -> None:
         self._stream = stream
@@ -69,6 +83,10 @@ class DirectWebSocket:
         self._parts: list[str | bytes] = []
         self._parts_size = 0
         self._closing = False
+        # The headers of the server's answer to the upgrade (the client side's).
+        self.handshake_headers: list[tuple[bytes, bytes]] = []
+        # Whether the connection has ended (closed by either side, or broken).
+        self.ended = False
 
     async def accept(self) -> None:
         """Nothing to do: the socket was accepted before the handler runs (Quart's socket needs it)."""
@@ -102,13 +120,25 @@ class DirectWebSocket:
 
     async def send_texts(self, texts: Iterable[str]) -> None:
         """Each text as its own message, all in one write."""
-        await self._write(b"".join(self._connection.send(TextMessage(data=text)) for text in texts))
+        await self._write(self._frames_of(texts))
+
+    def can_send_now(self) -> bool:
+        """Whether `send_text_now` and `send_texts_now` would write."""
+        return self._writer is not None and not self._closing and self._writer.can_send_now()
 
     def send_text_now(self, text: str) -> bool:
         """`text` as a message written at once if nothing is being written (`StreamWriter.send_now`)."""
-        if self._writer is None or self._closing or not self._writer.can_send_now():
+        return self.send_texts_now((text,))
+
+    def send_texts_now(self, texts: Iterable[str]) -> bool:
+        """Each text as its own message, written at once in one write if nothing is being written."""
+        if not self.can_send_now():
             return False
-        return self._writer.send_now(self._connection.send(TextMessage(data=text)))
+        assert self._writer is not None
+        return self._writer.send_now(self._frames_of(texts))
+
+    def _frames_of(self, texts: Iterable[str]) -> bytes:
+        return b"".join(self._connection.send(TextMessage(data=text)) for text in texts)
 
     async def close(self, code: int, reason: str | None = None) -> None:
         """Start the closing handshake; the client's answer (or CLOSE_TIMEOUT) ends `serve`."""
@@ -127,13 +157,15 @@ class DirectWebSocket:
     async def _run(
         self,
         handler: Callable[[DirectWebSocket], Awaitable[None]],
-        early_frames: bytes,
         ping_interval: float | None,
-        accept_headers: list[tuple[bytes, bytes]],
+        *,
+        answer: bytes = b"",
+        early_frames: bytes = b"",
     ) -> None:
-        """Accept, then serve `handler` with the client's messages and the pings until either side ends."""
-        # Nothing else writes before the writer exists.
-        await self._stream.send_all(self._connection.send(AcceptConnection(extra_headers=accept_headers)))
+        """Send `answer` (the server's acceptance), then serve `handler` with the other end's
+        messages and the pings until either side ends."""
+        if answer:  # nothing else writes before the writer exists
+            await self._stream.send_all(answer)
         self._frames.feed(early_frames)
         async with trio.open_nursery() as nursery:
             self._writer = StreamWriter(self._stream, nursery)
@@ -148,8 +180,11 @@ class DirectWebSocket:
         """Feed the client's messages to `receive`; cancel `scope` when the connection ends."""
         try:
             async with self._incoming_send:
+                # What came together with the handshake: frames wsproto holds (the client side's) ...
+                if not await self._act_on_wsproto_events():
+                    return
                 while True:
-                    # The first round handles what the client sent together with the upgrade request.
+                    # ... and, in the first round, those the client sent with the upgrade request.
                     for frame in self._frames.frames():
                         message = None if self._parts else plain_message(frame)
                         if message is not None:
@@ -165,11 +200,16 @@ class DirectWebSocket:
         except (trio.BrokenResourceError, trio.ClosedResourceError, RemoteProtocolError, LocalProtocolError):
             return
         finally:
+            self.ended = True
             scope.cancel()
 
     async def _through_wsproto(self, frame: bytes) -> bool:
         """Act on a frame that is not a message by itself; False when the connection ends."""
         self._connection.receive_data(frame)
+        return await self._act_on_wsproto_events()
+
+    async def _act_on_wsproto_events(self) -> bool:
+        """Act on what wsproto has decoded; False when the connection ends."""
         for event in self._connection.events():
             if isinstance(event, Message):
                 self._parts.append(event.data)
@@ -245,11 +285,74 @@ async def serve(
         await stream.aclose()
         return
     socket = DirectWebSocket(stream, connection, max_message_bytes=max_message_bytes)
+    headers = [(name.encode(), value.encode()) for name, value in (accept_headers or {}).items()]
+    answer = connection.send(AcceptConnection(extra_headers=headers))
+    await _run_then_close(socket, stream, handler, ping_interval, answer=answer, early_frames=early_frames)
+
+
+async def connect(
+    stream: trio.abc.Stream,
+    handler: Callable[[DirectWebSocket], Awaitable[None]],
+    *,
+    host: str,
+    target: str,
+    extra_headers: Mapping[str, str],
+    max_message_bytes: int,
+    handshake_timeout: float,
+) -> None:
+    """Open a WebSocket on `stream` as its client (`target` on `host`, with `extra_headers` on the
+    upgrade request) and run `handler` with it until either side ends; then close the stream.
+    The server's pings are answered; this side sends none.
+
+    Raises `WebSocketRefused` when the server answers with an HTTP status instead, and
+    `WebSocketHandshakeFailed` when it closes, breaks the protocol or takes longer than
+    `handshake_timeout` seconds to answer."""
+    connection = WSConnection(ConnectionType.CLIENT)
+    headers = [(name.encode(), value.encode()) for name, value in extra_headers.items()]
     try:
-        headers = [(name.encode(), value.encode()) for name, value in (accept_headers or {}).items()]
-        await socket._run(handler, early_frames, ping_interval, headers)
+        with trio.fail_after(handshake_timeout):
+            await stream.send_all(connection.send(Request(host=host, target=target, extra_headers=headers)))
+            accepted = await _answer_to_upgrade(stream, connection)
+    except BaseException as error:
+        with trio.CancelScope(shield=True):
+            await stream.aclose()
+        if isinstance(error, trio.TooSlowError):
+            raise WebSocketHandshakeFailed(f"no answer to the upgrade within {handshake_timeout:g} s") from None
+        raise
+    socket = DirectWebSocket(stream, connection, max_message_bytes=max_message_bytes)
+    socket.handshake_headers = list(accepted.extra_headers)
+    await _run_then_close(socket, stream, handler, None)
+
+
+async def _answer_to_upgrade(stream: trio.abc.Stream, connection: WSConnection) -> AcceptConnection:
+    while True:
+        data = await stream.receive_some(RECEIVE_SIZE)
+        if not data:
+            raise WebSocketHandshakeFailed("the server closed the connection during the handshake")
+        try:
+            connection.receive_data(data)
+            # What follows the answer stays in wsproto, for the socket's reader.
+            for event in connection.events():
+                if isinstance(event, AcceptConnection):
+                    return event
+                if isinstance(event, RejectConnection):
+                    raise WebSocketRefused(event.status_code)
+        except RemoteProtocolError as error:
+            raise WebSocketHandshakeFailed(f"the server's answer to the upgrade is not valid: {error}") from None
+
+
+async def _run_then_close(
+    socket: DirectWebSocket,
+    stream: trio.abc.Stream,
+    handler: Callable[[DirectWebSocket], Awaitable[None]],
+    ping_interval: float | None,
+    **opening: bytes,
+) -> None:
+    try:
+        await socket._run(handler, ping_interval, **opening)
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         pass
     finally:
+        socket.ended = True
         with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT):
             await stream.aclose()

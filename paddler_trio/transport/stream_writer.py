@@ -18,27 +18,37 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import trio
 
-# The writers with data held by the innermost `writes_held_together` block of this task, in
-# the order they were first given some; each writer keeps its own held data.
-_holding: contextvars.ContextVar[list[StreamWriter] | None] = contextvars.ContextVar("holding", default=None)
+# What the innermost `writes_held_together` block of this task does at its end, in order: a
+# writer's held data is written, a batch of messages sent (see `hold_until_block_end`).
+_holding: contextvars.ContextVar[list[Callable[[], None]] | None] = contextvars.ContextVar("holding", default=None)
 
 
 @contextlib.contextmanager
 def writes_held_together() -> Iterator[None]:
     """Hold every `send_now` of the block, and write each stream's share at its end (see the
     module docstring). The block must not checkpoint: nothing else may write in between."""
-    writers: list[StreamWriter] = []
-    token = _holding.set(writers)
+    releases: list[Callable[[], None]] = []
+    token = _holding.set(releases)
     try:
         yield
     finally:
         _holding.reset(token)
-        for writer in writers:
-            writer._write_held()
+        for release in releases:
+            release()
+
+
+def hold_until_block_end(release: Callable[[], None]) -> bool:
+    """Inside a `writes_held_together` block, have `release` called at its end and return True;
+    outside one, return False (the caller then writes at once)."""
+    releases = _holding.get()
+    if releases is None:
+        return False
+    releases.append(release)
+    return True
 
 
 class StreamWriter:
@@ -69,11 +79,8 @@ class StreamWriter:
         whose error tells that the client is gone)."""
         if not self.can_send_now():
             return False
-        holding = _holding.get()
-        if holding is None:
+        if not self._held and not hold_until_block_end(self._write_held):
             return self._write(data)
-        if not self._held:
-            holding.append(self)
         self._held.append(data)
         return True
 
