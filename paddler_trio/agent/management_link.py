@@ -186,7 +186,7 @@ class ManagementLink:
 
     async def _serve(self, socket: DirectWebSocket) -> None:
         _logger.info("connected to the balancer at %s", self.url)
-        outbox = _Outbox(socket, batching=offers_reply_batching(socket.handshake_headers))
+        outbox = LinkOutbox(socket, batching=offers_reply_batching(socket.handshake_headers))
         requests = RequestHandling(self._engines, self._status, outbox.put, outbox.send_now)
         try:
             async with trio.open_nursery() as nursery:
@@ -202,7 +202,7 @@ class ManagementLink:
                     goodbye.deadline = trio.current_time() + GOODBYE_TIMEOUT
                     await outbox.say_goodbye(close=self._leaving.is_set())
 
-    async def _publish_status(self, outbox: _Outbox, seen_version: int) -> None:
+    async def _publish_status(self, outbox: LinkOutbox, seen_version: int) -> None:
         while True:
             with trio.move_on_after(STATUS_INTERVAL) as interval:
                 await self._status.wait_for_change(seen_version)
@@ -217,7 +217,7 @@ class ManagementLink:
         socket: DirectWebSocket,
         nursery: trio.Nursery,
         requests: RequestHandling,
-        outbox: _Outbox,
+        outbox: LinkOutbox,
     ) -> None:
         """Act on the balancer's messages; the socket cancels this when the link ends."""
         while True:
@@ -262,7 +262,7 @@ class ManagementLink:
 
 
 
-class _Outbox:
+class LinkOutbox:
     """What the agent sends on one connection. Messages wait in a queue for the writer task,
     except that while that task waits on an empty queue, an engine step's replies are written
     at once: held until the end of the engine's hand-off (`stream_writer.writes_held_together`),
