@@ -3,10 +3,12 @@
 On every connection: `RegisterAgent` first, then `UpdateAgentStatus` on every status change
 and every second; incoming `SetState` goes to reconciliation, requests and
 `StopRespondingTo` to request handling. Replies of one engine step go as one frame when the
-balancer offers it (`protocol.reply_batching`; Paddler's balancer does not). When the link
-drops, the requests it carried are cancelled and the agent reconnects every second with the
-same id. When the agent is shut
-down it flushes what it has queued, sends `DeregisterAgent` and closes the socket cleanly.
+balancer offers it (`protocol.reply_batching`; Paddler's balancer does not), written from the
+engine's hand-off itself while nothing waits in the queue (`LinkOutbox`). The socket is our
+own (`transport.direct_websocket.connect`), so that this write needs no task switch. When the
+link drops, the requests it carried are cancelled and the agent reconnects every second with
+the same id. When the agent is shut down it flushes what it has queued, sends
+`DeregisterAgent` and closes the socket cleanly.
 
 With `--agent-secret` the upgrade carries `Authorization: Bearer <secret>`; a balancer that
 refuses it (HTTP 401) is reported as such and retried with a growing interval (up to

@@ -1,16 +1,19 @@
-"""Writing a client's TCP stream from its writer task and, while that task is not writing, at
-once from any other task (the agent socket's reader handing a token straight on, see
-`forwarding.py`), with every byte in the order it was given.
+"""Writing a TCP stream from its writer task and, while that task is not writing, at once from
+any other task (the balancer's agent socket handing a token straight on, see
+`proxy/forwarding.py`; the agent's link, see `agent/management_link.py`), with every byte in
+the order it was given.
 
 `send_now` writes on the non-blocking socket itself, with no task switch and no wait. When the
 socket takes only part of the data (the client reads slowly), the rest is kept and written
 before anything else, by a task started for it or by the next `send_all`, whichever runs first.
 
-Inside `writes_held_together()` (the agent socket's reader around one agent frame, which holds
-a token for each request in flight) `send_now` keeps what it is given, and the block's end
+Inside `writes_held_together()` (the balancer's agent socket around one agent frame, which
+holds a token for each request in flight) `send_now` keeps what it is given, and the block's end
 writes it: one write per stream, back to back. A client with several streams in the frame (an
 inference socket's requests) gets one write instead of one per token, and a client reading
 several HTTP streams finds them all ready when it wakes, instead of being woken once for each.
+The engine hands a step's results on inside such a block too; the agent's link uses
+`hold_until_block_end` to gather the step's replies into one frame written at its end.
 """
 
 from __future__ import annotations
