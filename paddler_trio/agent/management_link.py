@@ -22,6 +22,7 @@ import logging
 import ssl
 from urllib.parse import urlsplit
 
+import attrs
 import trio
 
 from paddler_trio import PADDLER_COMPATIBLE_VERSION
@@ -82,6 +83,31 @@ MAX_MESSAGE_SIZE = 64 * 2**20
 REFUSED_RETRY_LIMIT = 30.0
 
 
+@attrs.frozen
+class BalancerEndpoint:
+    """Where a `ws://` or `wss://` URL points: what to connect to and what to ask for."""
+
+    host: str  # without an IPv6 address's brackets, as sockets take it
+    port: int
+    host_header: str  # as the URL gives it, brackets and port included
+    target: str
+    tls: bool
+
+    @classmethod
+    def of_url(cls, url: str) -> BalancerEndpoint:
+        parts = urlsplit(url)
+        if parts.scheme not in ("ws", "wss") or not parts.hostname:
+            raise ValueError(f"not a WebSocket URL: {url}")
+        tls = parts.scheme == "wss"
+        return cls(
+            host=parts.hostname,
+            port=parts.port or (443 if tls else 80),
+            host_header=parts.netloc.rpartition("@")[2],
+            target=(parts.path or "/") + (f"?{parts.query}" if parts.query else ""),
+            tls=tls,
+        )
+
+
 class ManagementLink:
     def __init__(
         self,
@@ -96,13 +122,8 @@ class ManagementLink:
     ) -> None:
         self.url = url
         self._extra_headers = {"Authorization": f"Bearer {agent_secret}"} if agent_secret else {}
-        parts = urlsplit(url)
-        if parts.scheme not in ("ws", "wss") or not parts.hostname:
-            raise ValueError(f"not a WebSocket URL: {url}")
-        self._host = parts.hostname
-        self._port = parts.port or (443 if parts.scheme == "wss" else 80)
-        self._target = parts.path + (f"?{parts.query}" if parts.query else "")
-        self._ssl_context = (ssl_context or ssl.create_default_context()) if parts.scheme == "wss" else None
+        self._endpoint = BalancerEndpoint.of_url(url)
+        self._ssl_context = (ssl_context or ssl.create_default_context()) if self._endpoint.tls else None
         self._name = name
         self._status = status
         self._engines = engines
@@ -122,8 +143,8 @@ class ManagementLink:
                     await connect(
                         stream,
                         self._serve,
-                        host=f"{self._host}:{self._port}",
-                        target=self._target,
+                        host=self._endpoint.host_header,
+                        target=self._endpoint.target,
                         extra_headers=self._extra_headers,
                         max_message_bytes=MAX_MESSAGE_SIZE,
                         handshake_timeout=CONNECT_TIMEOUT,
@@ -168,10 +189,11 @@ class ManagementLink:
     async def _open_stream(self) -> trio.abc.Stream:
         """A connection to the balancer, TLS for wss:// (its handshake done)."""
         with trio.fail_after(CONNECT_TIMEOUT):
-            stream: trio.abc.Stream = await trio.open_tcp_stream(self._host, self._port)
+            endpoint = self._endpoint
+            stream: trio.abc.Stream = await trio.open_tcp_stream(endpoint.host, endpoint.port)
             if self._ssl_context is None:
                 return stream
-            tls = trio.SSLStream(stream, self._ssl_context, server_hostname=self._host, https_compatible=True)
+            tls = trio.SSLStream(stream, self._ssl_context, server_hostname=endpoint.host, https_compatible=True)
             try:
                 await tls.do_handshake()
             except BaseException:
