@@ -17,20 +17,14 @@ from paddler_trio.agent.management_link import LinkOutbox
 from paddler_trio.protocol import ResponseEnvelope, to_json
 from paddler_trio.protocol.generated_token_result import ContentToken
 from paddler_trio.transport import stream_writer
-from paddler_trio.transport.direct_websocket import DirectWebSocket, connect, serve
+from paddler_trio.transport.direct_websocket import DirectWebSocket, serve
 from paddler_trio.transport.stream_writer import writes_held_together
 from tests.transport.test_stream_writer import tcp_pair
+from tests.transport.websocket_peers import connect_client, read_upgrade_request
 
 
 def token(request_id: str, text: str) -> ResponseEnvelope:
     return ResponseEnvelope(generated_by=None, request_id=request_id, response=ContentToken(text))
-
-
-async def read_upgrade_request(stream: trio.abc.Stream) -> bytes:
-    request = b""
-    while b"\r\n\r\n" not in request:
-        request += await stream.receive_some(65536)
-    return request
 
 
 async def with_outbox(batching: bool, body: Callable[[LinkOutbox], object]) -> list[object]:
@@ -65,15 +59,7 @@ async def with_outbox(batching: bool, body: Callable[[LinkOutbox], object]) -> l
 
         nursery.start_soon(run_server)
         with trio.fail_after(10):
-            await connect(
-                client_stream,
-                client_handler,
-                host="127.0.0.1",
-                target="/api/v1/agent_socket/test",
-                extra_headers={},
-                max_message_bytes=1 << 20,
-                handshake_timeout=5,
-            )
+            await connect_client(client_stream, client_handler)
     return received
 
 

@@ -16,8 +16,12 @@ from paddler_trio.transport.direct_websocket import (
     DirectWebSocket,
     WebSocketHandshakeFailed,
     WebSocketRefused,
-    connect,
     serve,
+)
+from tests.transport.websocket_peers import (
+    connect_client,
+    never_called,
+    read_upgrade_request,
 )
 
 
@@ -80,13 +84,6 @@ async def test_consume_takes_queued_messages_first_then_new_ones_until_the_taker
         nursery.cancel_scope.cancel()
 
 
-async def _read_upgrade_request(stream: trio.abc.Stream) -> bytes:
-    request = b""
-    while b"\r\n\r\n" not in request:
-        request += await stream.receive_some(65536)
-    return request
-
-
 async def test_a_client_socket_opens_exchanges_messages_both_ways_and_closes() -> None:
     server_stream, client_stream = trio.testing.memory_stream_pair()
     seen_by_server: list[str | bytes] = []
@@ -98,7 +95,7 @@ async def test_a_client_socket_opens_exchanges_messages_both_ways_and_closes() -
         seen_by_server.append(await socket.receive())
 
     async def run_server() -> None:
-        request = await _read_upgrade_request(server_stream)
+        request = await read_upgrade_request(server_stream)
         seen_by_server.append(request.split(b"\r\n\r\n")[0])
         await serve(
             server_stream,
@@ -119,15 +116,7 @@ async def test_a_client_socket_opens_exchanges_messages_both_ways_and_closes() -
     async with trio.open_nursery() as nursery:
         nursery.start_soon(run_server)
         with trio.fail_after(5):
-            await connect(
-                client_stream,
-                client_handler,
-                host="balancer:8085",
-                target="/api/v1/agent_socket/a-1",
-                extra_headers={"Authorization": "Bearer s3cret"},
-                max_message_bytes=1 << 20,
-                handshake_timeout=5,
-            )
+            await connect_client(client_stream, client_handler, extra_headers={"Authorization": "Bearer s3cret"})
     head, first, last = seen_by_server
     assert isinstance(head, bytes)
     assert head.startswith(b"GET /api/v1/agent_socket/a-1 HTTP/1.1")
@@ -141,24 +130,13 @@ async def test_a_client_socket_refused_with_an_http_status_raises_it() -> None:
     server_stream, client_stream = trio.testing.memory_stream_pair()
 
     async def refuse() -> None:
-        await _read_upgrade_request(server_stream)
+        await read_upgrade_request(server_stream)
         await server_stream.send_all(b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 0\r\n\r\n")
-
-    async def never_called(socket: DirectWebSocket) -> None:
-        raise AssertionError("the handler must not run")
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(refuse)
         with pytest.raises(WebSocketRefused) as refused:
-            await connect(
-                client_stream,
-                never_called,
-                host="h:1",
-                target="/",
-                extra_headers={},
-                max_message_bytes=1024,
-                handshake_timeout=5,
-            )
+            await connect_client(client_stream, never_called)
     assert refused.value.status_code == 401
 
 
@@ -169,22 +147,11 @@ async def test_a_client_socket_whose_server_does_not_answer_the_upgrade_fails_cl
     server_stream, client_stream = trio.testing.memory_stream_pair()
 
     async def misbehave() -> None:
-        await _read_upgrade_request(server_stream)
+        await read_upgrade_request(server_stream)
         if server_closes:
             await server_stream.aclose()
-
-    async def never_called(socket: DirectWebSocket) -> None:
-        raise AssertionError("the handler must not run")
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(misbehave)
         with pytest.raises(WebSocketHandshakeFailed, match="closed the connection" if server_closes else "within 3 s"):
-            await connect(
-                client_stream,
-                never_called,
-                host="h:1",
-                target="/",
-                extra_headers={},
-                max_message_bytes=1024,
-                handshake_timeout=3,
-            )
+            await connect_client(client_stream, never_called, handshake_timeout=3)
