@@ -12,7 +12,6 @@ from contextlib import asynccontextmanager
 
 import attrs
 import httpx
-import pytest
 import trio
 from trio_websocket import ConnectionClosed, open_websocket_url
 
@@ -155,3 +154,29 @@ async def test_sigterm_answers_open_streams_and_exits_within_five_seconds() -> N
         assert ws_close == [1001]
         assert sse_ended.is_set()
         assert any("balancer stopped" in line for line in balancer.log)
+
+
+async def test_sigterm_with_an_open_sse_subscriber_exits_within_one_second() -> None:
+    """Paddler's `balancer_shutdown_with_open_sse_subscriber_completes_within_one_second`."""
+    async with balancer_process() as balancer, httpx.AsyncClient(timeout=30) as http:
+        first_snapshot = trio.Event()
+
+        async def subscribe() -> None:
+            async with http.stream("GET", f"http://{balancer.management}/api/v1/buffered_requests/stream") as response:
+                async for line in response.aiter_lines():
+                    if line.startswith("data:"):
+                        first_snapshot.set()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(subscribe)
+            with trio.fail_after(10):
+                await first_snapshot.wait()
+            started = trio.current_time()
+            balancer.process.send_signal(signal.SIGTERM)
+            with trio.fail_after(5):
+                returncode = await balancer.process.wait()
+            elapsed = trio.current_time() - started
+            nursery.cancel_scope.cancel()
+        assert returncode == 0
+        assert elapsed < 1.0
+
