@@ -205,7 +205,8 @@ def _add_security_arguments(parser: argparse.ArgumentParser) -> None:
         type=positive_int,
         default=DEFAULT_MAX_TOKENS_LIMIT,
         metavar="N",
-        help=f"largest max_tokens a request may ask for, beyond which the 400 error (default: {DEFAULT_MAX_TOKENS_LIMIT})",
+        help="largest max_tokens a request may ask for, beyond which the 400 error "
+        f"(default: {DEFAULT_MAX_TOKENS_LIMIT}, Paddler's i32 bound)",
     )
     limits.add_argument(
         "--max-requests-per-inference-socket",

@@ -10,7 +10,9 @@ from paddler_trio.cli_values import SocketAddress
 
 DEFAULT_MAX_REQUEST_BODY_BYTES = 50 * 1024 * 1024
 DEFAULT_WEBSOCKET_MAX_MESSAGE_BYTES = 50 * 1024 * 1024
-DEFAULT_MAX_TOKENS_LIMIT = 32768
+# Paddler's own bound: max_tokens is an i32 there, and its clients ask for i32::MAX to generate
+# until the model stops or the context is full. Operators lower it to cap one request.
+DEFAULT_MAX_TOKENS_LIMIT = 2**31 - 1
 DEFAULT_MAX_REQUESTS_PER_INFERENCE_SOCKET = 64
 # Tokens of one NDJSON stream that follow each other closer than this are written together.
 DEFAULT_STREAM_GATHER_INTERVAL = 0.02

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 
 import trio
 
@@ -100,6 +99,17 @@ async def test_malformed_bodies_get_clear_400_json_errors() -> None:
             assert response.status_code == 400, (path, body, response.text)
             assert response.headers["content-type"] == "application/json"
             assert expected in response.json()["error"], response.json()
+
+
+async def test_by_default_max_tokens_may_be_any_i32_as_in_paddler() -> None:
+    """Paddler's own tests ask for i32::MAX tokens to generate until the model stops."""
+    async with running_balancer() as balancer:
+        await balancer.add_agent(tokens=("endless",))
+        messages = await balancer.raw_prompt(max_tokens=2**31 - 1)
+        assert content_of(messages) == "endless"
+        beyond = await balancer.http.post(f"{balancer.inference}{RAW}", json={"raw_prompt": "Hi", "max_tokens": 2**31})
+        assert beyond.status_code == 400
+        assert "limit of 2147483647" in beyond.json()["error"]
 
 
 async def test_oversized_body_is_refused_with_413_json() -> None:
