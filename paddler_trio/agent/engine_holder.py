@@ -1,4 +1,4 @@
-"""The engine the agent serves requests with right now, and the chat template override it applies.
+"""The engine the agent serves requests with right now.
 
 Reconciliation publishes an engine once it is loaded and withdraws it before closing it;
 request handling reads it when a request arrives. Between the start of a swap (the drain
@@ -13,13 +13,11 @@ import attrs
 import trio
 
 from paddler_trio.engine.engine import Engine
-from paddler_trio.protocol import ChatTemplate
 
 
 @attrs.define
 class EngineHolder:
     engine: Engine | None = None
-    chat_template_override: ChatTemplate | None = None
     swapping: bool = False
     _changed: trio.Event = attrs.field(factory=trio.Event)
 
@@ -31,15 +29,13 @@ class EngineHolder:
         self.swapping = False
         self._notify()
 
-    def publish(self, engine: Engine, chat_template_override: ChatTemplate | None) -> None:
+    def publish(self, engine: Engine) -> None:
         self.engine = engine
-        self.chat_template_override = chat_template_override
         self.swapping = False
         self._notify()
 
     def withdraw(self) -> None:
         self.engine = None
-        self.chat_template_override = None
         self._notify()
 
     async def wait_for_engine(self, timeout: float) -> Engine | None:

@@ -146,7 +146,7 @@ class Reconciliation:
                 # The previous desired state's problems go with it; the loaded engine's stay.
                 issues=loaded.issues if loaded is not None else (),
                 state_application_status=StateApplicationStatus.FRESH,
-                uses_chat_template_override=desired.chat_template_override is not None,
+                chat_template_override=desired.chat_template_override,
             )
             if not isinstance(desired.multimodal_projection, NoModel):
                 _logger.error(
@@ -268,7 +268,7 @@ class Reconciliation:
             async with Engine.open(settings) as engine:
                 _logger.info("model %s loaded with %d slots", settings.model_path, settings.slots)
                 loaded = _Loaded(plan=plan, issues=_chat_template_issues(engine) + _optional(plan.projection_issue))
-                self._engines.publish(engine, plan.chat_template_override)
+                self._engines.publish(engine)
                 task_status.started(loaded)
                 await loaded.unload.wait()
         except Exception:

@@ -89,7 +89,7 @@ class RequestHandling:
     async def handle(self, nursery: trio.Nursery, envelope: RequestEnvelope[AgentRequest]) -> None:
         request_id, request = envelope.id, envelope.request
         if isinstance(request, GetChatTemplateOverrideRequest):
-            await self._respond(request_id, ChatTemplateOverrideResponse(self._engines.chat_template_override))
+            await self._respond(request_id, ChatTemplateOverrideResponse(self._status.chat_template_override))
             return
         if isinstance(request, GetModelMetadataRequest):
             engine = self._engines.engine

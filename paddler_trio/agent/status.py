@@ -11,11 +11,11 @@ from collections.abc import Callable, Iterable
 
 import trio
 
-from paddler_trio.protocol import AgentIssue, SlotAggregatedStatusSnapshot, StateApplicationStatus
+from paddler_trio.protocol import AgentIssue, ChatTemplate, SlotAggregatedStatusSnapshot, StateApplicationStatus
 
 
 class _Unchanged:
-    """Marker for `AgentStatus.update(model_path=...)`: keep the current model path."""
+    """Marker for `AgentStatus.update(model_path=..., chat_template_override=...)`: keep the current value."""
 
 
 class AgentStatus:
@@ -29,7 +29,9 @@ class AgentStatus:
         self.slots_processing = 0
         self.slots_total = 0
         self.state_application_status = StateApplicationStatus.FRESH
-        self.uses_chat_template_override = False
+        # The latest desired state's, from the moment it arrives (as Paddler answers
+        # GetChatTemplateOverride), whether or not a model is loaded with it yet.
+        self.chat_template_override: ChatTemplate | None = None
         self.version = 0
         self._changed = trio.Event()
 
@@ -46,7 +48,7 @@ class AgentStatus:
             slots_processing=self.slots_processing,
             slots_total=self.slots_total,
             state_application_status=self.state_application_status,
-            uses_chat_template_override=self.uses_chat_template_override,
+            uses_chat_template_override=self.chat_template_override is not None,
             version=self.version,
         )
 
@@ -57,10 +59,10 @@ class AgentStatus:
         model_path: str | None | type[_Unchanged] = _Unchanged,
         slots_total: int | None = None,
         state_application_status: StateApplicationStatus | None = None,
-        uses_chat_template_override: bool | None = None,
+        chat_template_override: ChatTemplate | None | type[_Unchanged] = _Unchanged,
     ) -> None:
         """Change the given fields at once (one version bump); a field left out keeps its value
-        (`model_path=None` clears the model path)."""
+        (`model_path=None` clears the model path, `chat_template_override=None` the override)."""
         changed = False
         if issues is not None and frozenset(issues) != self.issues:
             self.issues, changed = frozenset(issues), True
@@ -70,8 +72,8 @@ class AgentStatus:
             self.slots_total, changed = slots_total, True
         if state_application_status is not None and state_application_status != self.state_application_status:
             self.state_application_status, changed = state_application_status, True
-        if uses_chat_template_override is not None and uses_chat_template_override != self.uses_chat_template_override:
-            self.uses_chat_template_override, changed = uses_chat_template_override, True
+        if chat_template_override is not _Unchanged and chat_template_override != self.chat_template_override:
+            self.chat_template_override, changed = chat_template_override, True  # type: ignore[assignment]
         if changed:
             self._bump()
 

@@ -150,6 +150,18 @@ async def test_registers_with_paddlers_shape_and_answers_without_a_model(
     assert trio.current_time() - started < 3.0
 
 
+async def test_an_agent_without_a_model_reports_the_chat_template_override_it_was_given(
+    nursery: trio.Nursery, balancer: ScriptedFakeBalancer
+) -> None:
+    await start_agent(nursery, balancer.address)
+    connection = await balancer.first_connection()
+    await connection.set_state({**desired_state(Path("unused"), chat_template_override=TEMPLATE), "model": "None"})
+    status = await connection.wait_for_status(lambda s: s["state_application_status"] == "Applied")
+    assert status["uses_chat_template_override"] is True and status["slots_total"] == 0
+    await connection.request("t-1", "GetChatTemplateOverride")
+    assert await connection.answer_to("t-1") == {"ChatTemplateOverride": {"content": TEMPLATE}}
+
+
 async def test_reconnects_with_the_same_id_and_reports_an_outage_once(
     nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -312,6 +324,9 @@ async def test_reload_reports_no_slots_first_and_lets_in_flight_requests_finish(
     await connection.set_state(desired_state(gemma_model_path, chat_template_override=TEMPLATE))
     drained = await connection.wait_for(reports_no_slots, start=start)
     assert snapshot_of(connection.frames[drained])["slots_processing"] == 1
+    # As Paddler: the override asked for is the one the agent reports, already during the drain.
+    await connection.request("t-0", "GetChatTemplateOverride")
+    assert await connection.answer_to("t-0") == {"ChatTemplateOverride": {"content": TEMPLATE}}
     done = await connection.wait_for(
         lambda frame: frame.get("Response", {}).get("request_id") == "r-1"
         and "Done" in frame["Response"]["response"].get("GeneratedToken", {}),
