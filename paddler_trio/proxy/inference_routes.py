@@ -135,11 +135,11 @@ class InferenceService:
         params = await _read_body(params_type)
         if isinstance(params, Response):
             return params
+        if not self._cluster.token_generation_enabled:  # checked first, as in Paddler
+            return json_error(501, TOKEN_GENERATION_DISABLED_DESCRIPTION)
         problems = generation_request_problems(params)
         if problems:
             return json_error(400, invalid_parameters_description(problems))
-        if not self._cluster.token_generation_enabled:
-            return json_error(501, TOKEN_GENERATION_DISABLED_DESCRIPTION)
         return self._ndjson(*self.generation(params))
 
     def accepts_generation(self, params: ContinueFromConversationHistoryParams | ContinueFromRawPromptParams) -> bool:

@@ -57,6 +57,27 @@ async def test_generation_is_refused_in_embeddings_mode() -> None:
         assert response.json() == {
             "error": "Token generation is disabled while the cluster is configured for embeddings"
         }
+        # Before the parameters are checked, as in Paddler: a tool schema it would refuse.
+        conversation = {
+            "add_generation_prompt": True,
+            "conversation_history": [{"role": "user", "content": "Hi"}],
+            "enable_thinking": False,
+            "max_tokens": 2,
+            "tools": [
+                {
+                    "type": "function",
+                    "function": {
+                        "name": "f",
+                        "description": "d",
+                        "parameters": {"type": "object", "properties": {}, "required": ["missing"]},
+                    },
+                }
+            ],
+        }
+        response = await balancer.http.post(
+            f"{balancer.inference}/api/v1/continue_from_conversation_history", json=conversation
+        )
+        assert response.status_code == 501
 
 
 async def test_a_batch_is_split_across_agents_and_ends_with_one_done() -> None:
