@@ -10,7 +10,7 @@ import sys
 import httpx
 import pytest
 
-from tests.integration.cluster import free_port, wait_until
+from tests.integration.cluster import free_port
 
 pytestmark = pytest.mark.slow
 
