@@ -24,7 +24,6 @@ import logging
 import attrs
 import trio
 from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio import serve
 from quart_trio import QuartTrio
 
 from paddler_trio.balancer_config import BalancerConfig
@@ -53,7 +52,6 @@ from paddler_trio.proxy.buffer import RequestBuffer
 from paddler_trio.proxy.connection_front import Takeover, first_of, serve_with_front
 from paddler_trio.proxy.forwarding import RequestForwarder
 from paddler_trio.proxy.inference_routes import InferenceService
-from paddler_trio.proxy.keep_alive import keeping_connections_sound
 from paddler_trio.proxy.ndjson_generation_takeover import ndjson_generation_takeover
 from paddler_trio.proxy.openai_routes import OpenAIService
 from paddler_trio.proxy.openapi_documents import (
@@ -293,7 +291,7 @@ async def _serve_http(
     *,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve `app` with Hypercorn; with `takeover`, through the front that lets it claim connections."""
+    """Serve `app` with Hypercorn, through the front that lets `takeover` (if any) claim connections."""
     config = HypercornConfig()
     host = f"[{address.host}]" if ":" in address.host else address.host
     config.bind = [f"{host}:{address.port}"]
@@ -308,11 +306,7 @@ async def _serve_http(
     config.accesslog = None
     config.errorlog = logging.getLogger(f"{__name__}.{name}_http")
     async with trio.open_nursery() as nursery:
-        served = keeping_connections_sound(app)
-        if takeover is None:
-            server = functools.partial(serve, served, config, shutdown_trigger=shutdown.wait)
-        else:
-            server = functools.partial(serve_with_front, served, config, takeover, shutdown_trigger=shutdown.wait)
+        server = functools.partial(serve_with_front, app, config, takeover or first_of(), shutdown_trigger=shutdown.wait)
         binds: list[str] = await nursery.start(server)
         scheme, _, bound = binds[0].partition("://")
         _logger.info("%s service listening on %s://%s", name, scheme, bound)

@@ -7,8 +7,9 @@ one that declines, or any request no takeover claims, sends the connection with 
 already read to Hypercorn, which serves it from then on: HTTP/1.1, HTTP/2 (h2c or ALPN), TLS.
 
 `serve_with_front` is `hypercorn.trio.serve` (0.18's `worker_serve`: lifespan, sockets,
-listeners, graceful shutdown) with that one change, so it uses Hypercorn's own building blocks
-(`TCPServer`, `WorkerContext`, `Lifespan`); pyproject.toml pins Hypercorn to the 0.18 series.
+listeners, graceful shutdown) with that change, and the two that make Hypercorn's kept-alive
+connections sound (`keep_alive.py`), so it uses Hypercorn's own building blocks (`TCPServer`,
+`WorkerContext`, `Lifespan`); pyproject.toml pins Hypercorn to the 0.18 series.
 """
 
 from __future__ import annotations
@@ -24,10 +25,11 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio.lifespan import Lifespan
 from hypercorn.trio.statsd import StatsdLogger
-from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ConnectionState, LifespanState
 from hypercorn.utils import ShutdownError, raise_shutdown, repr_socket_addr, wrap_app
+
+from paddler_trio.proxy.keep_alive import KeptAliveTCPServer, keeping_connections_sound
 
 _logger = logging.getLogger(__name__)
 
@@ -88,7 +90,7 @@ async def serve_with_front(
 ) -> None:
     """Serve `app` on `config.bind` as `hypercorn.trio.serve` does, but offer each connection to `takeover` first."""
     config.set_statsd_logger_class(StatsdLogger)
-    wrapped = wrap_app(app, config.wsgi_max_body_size, None)
+    wrapped = wrap_app(keeping_connections_sound(app), config.wsgi_max_body_size, None)
     lifespan_state: LifespanState = {}
     lifespan = Lifespan(wrapped, config, lifespan_state)
     context = WorkerContext(None)
@@ -98,7 +100,7 @@ async def serve_with_front(
         async with trio.open_nursery() as server_nursery:
             listeners, binds = _listeners(config)
             hypercorn_connection = functools.partial(
-                TCPServer, wrapped, config, context, ConnectionState(lifespan_state.copy())
+                KeptAliveTCPServer, wrapped, config, context, ConnectionState(lifespan_state.copy())
             )
 
             async def handle(stream: trio.abc.Stream) -> None:
@@ -146,7 +148,7 @@ async def _route(
     config: HypercornConfig,
     context: WorkerContext,
     takeover: Takeover,
-    hypercorn_connection: Callable[[trio.abc.Stream], TCPServer],
+    hypercorn_connection: Callable[[trio.abc.Stream], KeptAliveTCPServer],
 ) -> None:
     received = b""
     request: h11.Request | None = None

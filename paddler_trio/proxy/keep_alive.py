@@ -13,13 +13,19 @@ to end, properly.
   after the response. Told nothing, a client sends its next request on that connection and
   waits for an answer that never comes, so such a response says `Connection: close`.
 
+- With its idle timer running again, Hypercorn's connection task waited for it (the keep-alive
+  timeout) after the client had closed the connection, holding the socket that long:
+  `KeptAliveTCPServer` stops the timer when the client's side ends.
+
 Paddler turns keep-alive off altogether (spec 0); we keep it, because a client with a
 connection pool (an OpenAI SDK, a TLS client) saves a connection set-up per request.
+`connection_front.serve_with_front` serves every balancer port with both.
 """
 
 from __future__ import annotations
 
 import trio
+from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.typing import (
     ASGIFramework,
     ASGIReceiveCallable,
@@ -56,6 +62,12 @@ def keeping_connections_sound(app: ASGIFramework) -> ASGIFramework:
         await app(scope, receive_watching, send_shielded)
 
     return serve
+
+
+class KeptAliveTCPServer(TCPServer):
+    async def _read_data(self) -> None:
+        await super()._read_data()
+        await self.idle_task.stop()
 
 
 def _declares_body(scope: HTTPScope) -> bool:

@@ -1,6 +1,6 @@
 """Kept-alive connections of the routes Hypercorn serves (`paddler_trio/proxy/keep_alive.py`):
-they go on after a response, time out when idle, and end with a response sent before the
-request's body arrived."""
+they go on after a response, time out when idle, end as soon as the client ends them, and end
+with a response sent before the request's body arrived."""
 
 from __future__ import annotations
 
@@ -29,6 +29,21 @@ async def test_an_idle_connection_is_closed_after_the_keep_alive_timeout(monkeyp
             answer = await read_until_closed(stream)
         assert answer.startswith(b"HTTP/1.1 200")
         assert b"connection: close" not in answer.lower()
+
+
+async def test_a_connection_the_client_ends_is_closed_at_once_not_after_the_keep_alive_timeout() -> None:
+    async with running_balancer() as balancer:
+        host, port = balancer.addresses.management.rsplit(":", 1)
+        stream = await trio.open_tcp_stream(host, int(port))
+        await stream.send_all(b"GET /api/v1/buffered_requests HTTP/1.1\r\nHost: x\r\n\r\n")
+        answer = b""
+        with trio.fail_after(5):
+            while not answer.endswith(b"}"):
+                answer += await stream.receive_some()
+        await trio.sleep(0.3)  # the connection is idle, its idle timer running
+        await stream.send_eof()
+        with trio.fail_after(5):
+            assert await read_until_closed(stream) == b""
 
 
 async def test_a_response_sent_before_the_body_arrived_closes_the_connection_and_says_so() -> None:
