@@ -2,8 +2,8 @@
 `chat.completion` body or a stream of `chat.completion.chunk` events (spec 3.1, with
 "Where we go beyond Paddler", item 6).
 
-Stream: a first chunk with the assistant role, then one chunk per piece (`content`,
-`reasoning_content`, or the parsed `tool_calls` with JSON-text arguments), a last chunk
+Stream: a first chunk with the assistant role, then one chunk per piece (`content`, or the
+parsed `tool_calls` with JSON-text arguments), a last chunk
 with the `finish_reason` (`stop`, `length` when the token limit ended the reply,
 `tool_calls`), the usage chunk when `stream_options.include_usage` asks for it, and
 `data: [DONE]`. An error after the stream started is one `{"error": ...}` event, then
@@ -66,8 +66,6 @@ class ChatCompletionAnswer:
         }
         if reply.tool_calls:
             message["tool_calls"] = [_tool_call_json(call) for call in reply.tool_calls]
-        if reply.reasoning:
-            message["reasoning_content"] = reply.reasoning
         return {
             "id": self.id,
             "object": "chat.completion",
@@ -99,11 +97,14 @@ class ChatCompletionAnswer:
             chunk["usage"] = usage  # null on every chunk but the last, as OpenAI sends it
         return sse_data(chunk)
 
-    def piece_chunk(self, piece: ReplyPiece) -> bytes:
+    def piece_chunk(self, piece: ReplyPiece) -> bytes | None:
+        """The chunk of one piece; none for thinking, which Paddler's chat completions do not send
+        (no `reasoning_content`: its strict OpenAI schema check refuses it). Its tokens still count
+        in `usage.completion_tokens_details.reasoning_tokens`."""
         if isinstance(piece, ContentPiece):
             return self.chunk({"content": piece.text})
         if isinstance(piece, ReasoningPiece):
-            return self.chunk({"reasoning_content": piece.text})
+            return None
         return self.chunk(
             {
                 "tool_calls": [
@@ -116,7 +117,7 @@ class ChatCompletionAnswer:
 
 async def chat_completions(dispatcher: OpenAIDispatcher, body: RequestObject) -> Response | dict[str, Any]:
     completion = ChatCompletionAnswer(read_chat_request(body))
-    replies = dispatcher.dispatch(completion.request.params)
+    replies = dispatcher.dispatch(completion.request.params, route_name="Chat completions")
     if not completion.request.stream:
         await collect(replies, completion.reply)
         return completion.body()
@@ -131,10 +132,12 @@ async def _stream(
     try:
         yield completion.chunk({"role": "assistant", "content": "", "refusal": None})
         for piece in first_pieces:
-            yield completion.piece_chunk(piece)
+            if chunk := completion.piece_chunk(piece):
+                yield chunk
         try:
             async for piece in rest_of(replies, completion.reply):
-                yield completion.piece_chunk(piece)
+                if chunk := completion.piece_chunk(piece):
+                    yield chunk
         except OpenAIError as error:
             yield sse_data(error.body())
             yield SSE_DONE

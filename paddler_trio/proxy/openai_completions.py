@@ -121,7 +121,7 @@ class _Completion:
 
 async def completions(dispatcher: OpenAIDispatcher, body: RequestObject) -> Response | dict[str, Any]:
     completion = _Completion(read_completion_request(body))
-    replies = dispatcher.dispatch(completion.request.params)
+    replies = dispatcher.dispatch(completion.request.params, route_name="Completions")
     if not completion.request.stream:
         await collect(replies, completion.reply)
         return completion.body()

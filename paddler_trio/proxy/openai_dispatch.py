@@ -22,7 +22,7 @@ from typing import Any
 import trio
 
 from paddler_trio.proxy.forwarding import CLIENT_GONE_ERRORS, Emit, RequestForwarder, error_envelope
-from paddler_trio.proxy.inference_socket import TOKEN_GENERATION_DISABLED_DESCRIPTION, TokenGenerationMode
+from paddler_trio.proxy.inference_socket import TokenGenerationMode
 from paddler_trio.proxy.openai_errors import OpenAIError, error_from_envelope
 from paddler_trio.proxy.request_id import new_request_id
 from paddler_trio.protocol import AgentRequest, ErrorEnvelope, InferenceClientBoundMessage, ResponseEnvelope
@@ -99,10 +99,15 @@ class OpenAIDispatcher:
         self._cluster = cluster
         self._request_nursery = request_nursery
 
-    def dispatch(self, request: AgentRequest) -> AgentReplies:
-        """One token generation request through the buffer to an agent (a 501 in embeddings mode)."""
+    def dispatch(self, request: AgentRequest, *, route_name: str) -> AgentReplies:
+        """One token generation request through the buffer to an agent; in embeddings mode a 501
+        naming the route as Paddler does ("Chat completions are disabled while ...")."""
         if not self._cluster.token_generation_enabled:
-            raise OpenAIError(501, TOKEN_GENERATION_DISABLED_DESCRIPTION, code="token_generation_disabled")
+            raise OpenAIError(
+                501,
+                f"{route_name} are disabled while the cluster is configured for embeddings",
+                code="token_generation_disabled",
+            )
         request_id = new_request_id()
         return self._run(request_id, lambda emit: self._forwarder.serve(request_id, request, emit))
 

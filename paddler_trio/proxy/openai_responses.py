@@ -5,10 +5,11 @@ The output is built once, as events, whether streamed or not (a non-streaming an
 object the last event carries): `response.created`, `response.in_progress`, then per output
 item `output_item.added`, its content part, deltas (`output_text`, `reasoning_text`,
 `function_call_arguments`), their `.done` events and `output_item.done`; items open and
-close as the kind of token changes. The last event is `response.completed`,
-`response.incomplete` (the token limit ended the reply, `incomplete_details.reason` =
-"max_output_tokens") or `response.failed` (an error after the stream started). There is no
-`[DONE]` sentinel, as in OpenAI's and Paddler's Responses streams.
+close as the kind of token changes. The last event is `response.completed` (also when the
+token limit ended the reply: Paddler's tests expect it, and its responses have no
+`incomplete` status) or `response.failed` (an error after the stream started). There is no
+`[DONE]` sentinel, as in OpenAI's and Paddler's Responses streams. `usage` is left out until
+the reply is over, as Paddler leaves it out.
 """
 
 from __future__ import annotations
@@ -69,13 +70,13 @@ class ResponseBuilder:
     def response(self, status: str, *, error: OpenAIError | None = None) -> dict[str, Any]:
         request = self.request
         usage = self.reply.usage
-        return {
+        response: dict[str, Any] = {
             "id": self.id,
             "object": "response",
             "created_at": self.created_at,
             "status": status,
             "error": None if error is None else {"code": _error_code(error), "message": error.message},
-            "incomplete_details": {"reason": "max_output_tokens"} if status == "incomplete" else None,
+            "incomplete_details": None,
             "instructions": request.instructions,
             "max_output_tokens": request.max_output_tokens,
             "model": request.model,
@@ -89,9 +90,11 @@ class ResponseBuilder:
             "tools": request.tools,
             "top_p": request.top_p,
             "truncation": "disabled",
-            "usage": response_usage(usage) if usage is not None and status != "in_progress" else None,
             "metadata": request.metadata,
         }
+        if usage is not None and status != "in_progress":
+            response["usage"] = response_usage(usage)
+        return response
 
     # --- events ------------------------------------------------------------------------
 
@@ -123,11 +126,10 @@ class ResponseBuilder:
         return events
 
     def finish(self) -> list[Event]:
-        status = "incomplete" if self.reply.finish_reason == "length" else "completed"
-        events = self._close(status)
+        events = self._close()
         if not self.output:
-            events.extend([*self._open_message(), *self._close(status)])
-        events.append(self._event(f"response.{status}", response=self.response(status)))
+            events.extend([*self._open_message(), *self._close()])
+        events.append(self._event("response.completed", response=self.response("completed")))
         return events
 
     def fail(self, error: OpenAIError) -> list[Event]:
@@ -161,16 +163,18 @@ class ResponseBuilder:
     def _open_item(self, item: dict[str, Any], part_type: str, delta_event: str) -> list[Event]:
         self._open = _OpenItem(item, len(self.output), part_type, delta_event)
         self.output.append(item)
-        return [
-            self._event("response.output_item.added", output_index=self._open.output_index, item=dict(item)),
-            self._event(
-                "response.content_part.added",
-                item_id=item["id"],
-                output_index=self._open.output_index,
-                content_index=0,
-                part=_part(part_type, ""),
-            ),
-        ]
+        events = [self._event("response.output_item.added", output_index=self._open.output_index, item=dict(item))]
+        if part_type == "output_text":  # a reasoning item has no part events, as in Paddler
+            events.append(
+                self._event(
+                    "response.content_part.added",
+                    item_id=item["id"],
+                    output_index=self._open.output_index,
+                    content_index=0,
+                    part=_part(part_type, ""),
+                )
+            )
+        return events
 
     def _delta(self, open_item: _OpenItem, text: str) -> Event:
         fields: dict[str, Any] = {
@@ -192,13 +196,13 @@ class ResponseBuilder:
         item["content"] = [part]
         item["status"] = status
         text_done: dict[str, Any] = {"item_id": item["id"], "output_index": index, "content_index": 0, "text": text}
-        if open_item.part_type == "output_text":
-            done_event = "response.output_text.done"
-            text_done["logprobs"] = []
-        else:
-            done_event = "response.reasoning_text.done"
+        if open_item.part_type != "output_text":
+            return [
+                self._event("response.reasoning_text.done", **text_done),
+                self._event("response.output_item.done", output_index=index, item=dict(item)),
+            ]
         return [
-            self._event(done_event, **text_done),
+            self._event("response.output_text.done", **text_done, logprobs=[]),
             self._event(
                 "response.content_part.done", item_id=item["id"], output_index=index, content_index=0, part=part
             ),
@@ -227,7 +231,6 @@ class ResponseBuilder:
                 "response.function_call_arguments.done",
                 item_id=item["id"],
                 output_index=index,
-                name=name,
                 arguments=arguments,
             ),
             self._event("response.output_item.done", output_index=index, item=dict(item)),
@@ -251,7 +254,7 @@ def _error_code(error: OpenAIError) -> str:
 
 async def responses(dispatcher: OpenAIDispatcher, body: RequestObject) -> Response | dict[str, Any]:
     builder = ResponseBuilder(read_responses_request(body))
-    replies = dispatcher.dispatch(builder.request.params)
+    replies = dispatcher.dispatch(builder.request.params, route_name="Responses")
     if not builder.request.stream:
         await collect(replies, builder.reply)
         builder.start()

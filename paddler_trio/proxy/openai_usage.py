@@ -31,11 +31,7 @@ def response_usage(usage: TokenUsage) -> dict[str, Any]:
     """`usage` of the Responses API."""
     return {
         "input_tokens": usage.prompt_tokens,
-        # A slot keeps the KV of every prompt token it prefilled, for the next request to reuse.
-        "input_tokens_details": {
-            "cached_tokens": usage.cached_prompt_tokens,
-            "cache_write_tokens": usage.prompt_tokens - usage.cached_prompt_tokens,
-        },
+        "input_tokens_details": {"cached_tokens": usage.cached_prompt_tokens},
         "output_tokens": usage.completion_tokens,
         "output_tokens_details": {"reasoning_tokens": usage.reasoning_tokens},
         "total_tokens": usage.total_tokens,

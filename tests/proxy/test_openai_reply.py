@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 from openai.types.chat import ChatCompletion
 from openai.types.responses import Response, ResponseStreamEvent
-from pydantic import TypeAdapter
 
 from paddler_trio.proxy.openai_chat_completions import ChatCompletionAnswer
 from paddler_trio.proxy.openai_chat_request import read_chat_request
@@ -21,6 +20,7 @@ from paddler_trio.proxy.openai_reply import ContentPiece, ReasoningPiece, ReplyA
 from paddler_trio.proxy.openai_request_fields import RequestObject
 from paddler_trio.proxy.openai_responses import ResponseBuilder
 from paddler_trio.proxy.openai_responses_request import read_responses_request
+from tests.proxy.openai_strictly import strictly
 from paddler_trio.protocol import (
     ContentToken,
     GenerationDone,
@@ -114,12 +114,16 @@ def test_responses_items_and_events_follow_the_token_kinds() -> None:
         for piece in builder.reply.add(result):
             events.extend(builder.add(piece))
     events.extend(builder.finish())
-    adapter = TypeAdapter(ResponseStreamEvent)
     for event in events:
-        adapter.validate_python(json.loads(json.dumps(event)), strict=True)
+        strictly(ResponseStreamEvent, json.loads(json.dumps(event)))
     assert [event["sequence_number"] for event in events] == list(range(len(events)))
-    final = Response.model_validate(events[-1]["response"], strict=True)
+    final = strictly(Response, events[-1]["response"])
     assert events[-1]["type"] == "response.completed"
+    # A reasoning item has no content part events (as in Paddler), a message item has.
+    assert [event["type"] for event in events if event["type"].startswith("response.content_part")] == [
+        "response.content_part.added",
+        "response.content_part.done",
+    ]
     assert [item.type for item in final.output] == ["reasoning", "message", "function_call"]
     assert final.output[0].content[0].text == "Let me think."
     assert final.output_text == "Hello!"
@@ -133,7 +137,8 @@ def test_responses_items_and_events_follow_the_token_kinds() -> None:
     ]
 
 
-def test_chat_completion_returns_thinking_as_reasoning_content() -> None:
+def test_chat_completion_leaves_thinking_out_and_counts_its_tokens() -> None:
+    """As Paddler: no `reasoning_content` (its schema check refuses the field)."""
     request = read_chat_request(RequestObject({"model": "m", "messages": [{"role": "user", "content": "Hi"}]}, ""))
     completion = ChatCompletionAnswer(request)
     for result in (
@@ -143,8 +148,7 @@ def test_chat_completion_returns_thinking_as_reasoning_content() -> None:
     ):
         completion.reply.add(result)
     body = completion.body()
-    message = ChatCompletion.model_validate(body, strict=True).choices[0].message
-    assert (message.content, message.model_extra) == ("Hi!", {"reasoning_content": "Pondering."})
+    message = strictly(ChatCompletion, body).choices[0].message
+    assert message.content == "Hi!"
     assert body["usage"]["completion_tokens_details"]["reasoning_tokens"] == 1
-    chunk = json.loads(completion.piece_chunk(ReasoningPiece("Pondering.")).decode().removeprefix("data: "))
-    assert chunk["choices"][0]["delta"] == {"reasoning_content": "Pondering."}
+    assert completion.piece_chunk(ReasoningPiece("Pondering.")) is None

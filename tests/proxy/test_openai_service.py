@@ -322,8 +322,13 @@ async def test_generation_in_embeddings_mode_is_501_and_embeddings_elsewhere_too
         error = assert_openai_error(await post(balancer, "/v1/embeddings", {"model": "m", "input": "x"}), 501)
         assert "not configured for embeddings" in error["message"]
         await configure(balancer, enable_embeddings=True)
-        for path, body in [(CHAT, HELLO), ("/v1/completions", {"model": "m", "prompt": "Hi"})]:
-            assert_openai_error(await post(balancer, path, body), 501, code="token_generation_disabled")
+        for path, body, route_name in [
+            (CHAT, HELLO, "Chat completions"),
+            ("/v1/completions", {"model": "m", "prompt": "Hi"}, "Completions"),
+            ("/v1/responses", {"model": "m", "input": "Hi"}, "Responses"),
+        ]:
+            error = assert_openai_error(await post(balancer, path, body), 501, code="token_generation_disabled")
+            assert error["message"] == f"{route_name} are disabled while the cluster is configured for embeddings"
 
 
 async def test_embeddings_come_back_in_input_order_as_floats_or_base64() -> None:
