@@ -306,6 +306,8 @@ async def _serve_http(
     config.accesslog = None
     config.errorlog = logging.getLogger(f"{__name__}.{name}_http")
     async with trio.open_nursery() as nursery:
+        # Through the front even with nothing to take over (`first_of()` declines every request):
+        # it is where Hypercorn's kept-alive connections are made sound (`keep_alive.py`).
         server = functools.partial(serve_with_front, app, config, takeover or first_of(), shutdown_trigger=shutdown.wait)
         binds: list[str] = await nursery.start(server)
         scheme, _, bound = binds[0].partition("://")

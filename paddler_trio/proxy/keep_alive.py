@@ -12,7 +12,6 @@ to end, properly.
   or 401 answered at once to a PUT whose body is still on its way): it closes the connection
   after the response. Told nothing, a client sends its next request on that connection and
   waits for an answer that never comes, so such a response says `Connection: close`.
-
 - With its idle timer running again, Hypercorn's connection task waited for it (the keep-alive
   timeout) after the client had closed the connection, holding the socket that long:
   `KeptAliveTCPServer` stops the timer when the client's side ends.
