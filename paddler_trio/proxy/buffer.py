@@ -55,11 +55,6 @@ class RequestBuffer:
         """How many requests are waiting now."""
         return len(self._waiters)
 
-    @property
-    def any_agent_registered(self) -> bool:
-        """Whether a slot can come at all without a new agent joining."""
-        return bool(self._pool.agents)
-
     async def claim(self) -> SlotClaim:
         """A slot for one request; waits in line when none is free."""
         if not self._waiters:

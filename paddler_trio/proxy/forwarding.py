@@ -249,9 +249,7 @@ class RequestForwarder:
             outcome = await self._forward(claim, relay, request, emit)
             if outcome is _Outcome.FINISHED:
                 return
-            # Once, and only to another agent: with none left, 502 at once as in Paddler, rather
-            # than the 504 of a wait for an agent to join.
-            if redispatched or not self._buffer.any_agent_registered:
+            if redispatched:
                 await emit(error_envelope(request_id, 502, "Agent controller connection closed"))
                 return
             _logger.info("agent %s left before answering request %s: dispatching it again", claim.agent.id, request_id)

@@ -150,18 +150,6 @@ async def test_agent_lost_before_output_is_dispatched_again_once() -> None:
         assert s.pool.slots_processing == 0
 
 
-async def test_agent_lost_before_output_with_no_other_agent_is_a_502_at_once() -> None:
-    """As in Paddler (no agent to dispatch it to again): not a wait for one to join."""
-    async with setup() as s:
-        only = s.add_agent("a")
-        s.start()
-        await only.next_request_id()
-        s.pool.deregister("a")
-        await trio.testing.wait_all_tasks_blocked()
-        assert errors(s.received) == [(502, "Agent controller connection closed")]
-        assert s.buffer.current == 0
-
-
 async def test_item_timeout_answers_504_then_drains_until_the_agent_confirms(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
