@@ -127,5 +127,13 @@ class AgentPool:
             await self._changed.wait()
         return self.version
 
+    async def wait_for_an_agent(self, timeout: float) -> bool:
+        """Whether an agent is registered, waiting up to `timeout` seconds for one to join."""
+        with trio.move_on_after(timeout):
+            seen_version = self.version
+            while not self._agents:
+                seen_version = await self.wait_changed(seen_version)
+        return bool(self._agents)
+
     def snapshot(self) -> AgentControllerPoolSnapshot:
         return AgentControllerPoolSnapshot(agents=tuple(agent.snapshot() for agent in self._agents.values()))

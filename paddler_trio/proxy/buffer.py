@@ -55,6 +55,10 @@ class RequestBuffer:
         """How many requests are waiting now."""
         return len(self._waiters)
 
+    async def wait_for_an_agent(self, timeout: float) -> bool:
+        """Whether an agent is registered, waiting up to `timeout` seconds for one to join."""
+        return await self._pool.wait_for_an_agent(timeout)
+
     async def claim(self) -> SlotClaim:
         """A slot for one request; waits in line when none is free."""
         if not self._waiters:

@@ -182,6 +182,13 @@ class _SilenceWatch:
                 await trio.sleep_until(next_check)
 
 
+# How long a request whose agent left before answering waits for any agent to be registered
+# before it ends with a 502, as in Paddler, rather than with the buffer's 504: longer than an
+# agent's reconnect (1 s, plus its handshake on a loaded host), so that a link that drops and
+# comes back, or a replacement that starts at once, still serves it.
+AGENT_REJOIN_GRACE = 5.0
+
+
 class RequestForwarder:
     """Serves requests for the inference routes; one per balancer."""
 
@@ -249,7 +256,7 @@ class RequestForwarder:
             outcome = await self._forward(claim, relay, request, emit)
             if outcome is _Outcome.FINISHED:
                 return
-            if redispatched:
+            if redispatched or not await self._buffer.wait_for_an_agent(AGENT_REJOIN_GRACE):
                 await emit(error_envelope(request_id, 502, "Agent controller connection closed"))
                 return
             _logger.info("agent %s left before answering request %s: dispatching it again", claim.agent.id, request_id)

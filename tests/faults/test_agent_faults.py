@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from tests.faults.link_cutter import LinkCutter
-from tests.integration.cluster import Cluster, ndjson_lines, wait_until
+from tests.integration.cluster import Cluster, free_port, ndjson_lines, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -82,6 +82,38 @@ def test_agent_frozen_mid_stream_gets_504_is_skipped_then_serves_again_after_sig
     assert sorted(served_by(lines) for lines in results) == ["one", "two"]
     cluster.wait_idle()
     assert {agent["name"]: agent["slots_total"] for agent in cluster.agents_snapshot()} == {"one": 1, "two": 1}
+
+
+def test_the_only_agent_killed_before_its_first_token_gives_an_openai_502_not_a_buffer_timeout(cluster_factory, gemma_model_path):
+    """Paddler's `openai_chat_completion_reports_an_agent_killed_mid_generation_as_a_bad_gateway`:
+    the agent is frozen before the request reaches it, then killed; with no agent left to take
+    the request again it ends with 502 once the rejoin grace is over, long before the buffer's
+    timeout would have given a 504."""
+    openai_port = free_port()
+    cluster = cluster_factory("--buffered-request-timeout", "60000", "--compat-openai-addr", f"127.0.0.1:{openai_port}")
+    cluster.start_agent("only", slots=1)
+    cluster.put_desired_state(gemma_model_path)
+    cluster.wait_for_ready_agents(["only"])
+    cluster.agents["only"].signal(signal.SIGSTOP)
+
+    outcome: list[httpx.Response] = []
+    chat = {"model": "any", "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 8}
+    client = threading.Thread(
+        target=lambda: outcome.append(httpx.post(f"http://127.0.0.1:{openai_port}/v1/chat/completions", json=chat, timeout=60))
+    )
+    client.start()
+    wait_until(lambda: cluster.slots_processing() == {"only": 1}, 10, "the request to reach the frozen agent")
+    cluster.agents["only"].process.send_signal(signal.SIGKILL)
+    killed_at = time.monotonic()
+    client.join(60)
+
+    answered_after = time.monotonic() - killed_at
+    response = outcome[0]
+    assert response.status_code == 502, response.text
+    assert response.json()["error"]["message"] == "Agent controller connection closed"
+    assert 4 < answered_after < 15  # the 5 s rejoin grace, not the 60 s buffer timeout
+    assert cluster.agents_snapshot() == []
+    assert cluster.buffered_requests() == 0
 
 
 def test_link_cut_mid_stream_gives_502_the_agent_reconnects_and_nothing_is_double_counted(cluster_factory, gemma_model_path):

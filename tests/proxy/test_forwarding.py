@@ -7,13 +7,14 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import attrs
+import pytest
 import trio
 import trio.testing
 
 from paddler_trio.proxy.agent_controller import AgentController
 from paddler_trio.proxy.agent_pool import AgentPool
 from paddler_trio.proxy.buffer import RequestBuffer
-from paddler_trio.proxy.forwarding import RequestForwarder
+from paddler_trio.proxy.forwarding import AGENT_REJOIN_GRACE, RequestForwarder
 from paddler_trio.proxy.shutdown_signal import ShutdownSignal
 from paddler_trio.protocol import (
     ContentToken,
@@ -147,6 +148,43 @@ async def test_agent_lost_before_output_is_dispatched_again_once() -> None:
         assert errors(s.received) == [(502, "Agent controller connection closed")]
         assert third.outbox.statistics().current_buffer_used == 0
         assert retried
+        assert s.pool.slots_processing == 0
+
+
+async def test_agent_lost_before_output_with_none_left_is_a_502_after_the_rejoin_grace(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """As in Paddler, a 502, not the buffer's 504; but only once no agent joined for a while."""
+    async with setup() as s:
+        only = s.add_agent("a")
+        s.start()
+        await only.next_request_id()
+        lost_at = trio.current_time()
+        s.pool.deregister("a")
+        while not s.received:
+            await trio.sleep(0.1)
+        assert errors(s.received) == [(502, "Agent controller connection closed")]
+        assert trio.current_time() - lost_at == pytest.approx(AGENT_REJOIN_GRACE, abs=0.2)
+        assert s.buffer.current == 0
+        assert s.pool.slots_processing == 0
+
+
+async def test_agent_lost_before_output_is_served_by_an_agent_that_joins_within_the_grace(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A link that drops and comes back (the agent reconnects every second) still serves it."""
+    async with setup() as s:
+        first = s.add_agent("a")
+        s.start("mine")
+        await first.next_request_id()
+        s.pool.deregister("a")
+        await trio.sleep(AGENT_REJOIN_GRACE / 2)
+        assert s.received == []
+        back = s.add_agent("a")
+        retried = await back.next_request_id()
+        back.reply(retried, DONE)
+        await trio.testing.wait_all_tasks_blocked()
+        assert [(m.generated_by, m.request_id, m.response) for m in s.received] == [("a", "mine", DONE)]
         assert s.pool.slots_processing == 0
 
 
