@@ -42,7 +42,7 @@ from paddler_trio.proxy.agent_pool import AgentPool
 from paddler_trio.proxy.buffer import RequestBuffer
 from paddler_trio.proxy.message_socket import QuartMessageSocket
 from paddler_trio.proxy.request_id import new_request_id
-from paddler_trio.proxy.service_app import create_service_app, json_error
+from paddler_trio.proxy.service_app import create_service_app, plain_text_error
 from paddler_trio.proxy.shutdown_signal import ShutdownSignal
 from paddler_trio.proxy.websocket_takeover import SocketHandler
 
@@ -109,15 +109,15 @@ class ManagementService:
         try:
             state = from_json(body, BalancerDesiredState)
         except WireFormatError as error:
-            return json_error(400, f"Invalid balancer desired state: {error}")
+            return plain_text_error(400, f"Invalid balancer desired state: {error}")
         problems = state.inference_parameters.validate()
         if problems:
-            return json_error(400, "Invalid inference parameters: " + "; ".join(problems))
+            return plain_text_error(400, "Invalid inference parameters: " + "; ".join(problems))
         try:
             await self._state_database.store(state)
         except OSError as error:
             _logger.error("cannot store the desired state: %s", error)
-            return json_error(500, f"Cannot store the desired state: {error}")
+            return plain_text_error(500, f"Cannot store the desired state: {error}")
         _logger.info("desired state updated")
         return Response("", status=204)
 
@@ -185,23 +185,23 @@ class ManagementService:
         """The agent's answer, or the error response: 404 unknown agent, 502 agent gone, 504 after 3 s."""
         agent = self._pool.get(agent_id)
         if agent is None:
-            return json_error(404, f'Agent "{agent_id}" is not registered')
+            return plain_text_error(404, f'Agent "{agent_id}" is not registered')
         request_id = new_request_id()
         route = agent.open_route(request_id)
         try:
             try:
                 agent.outbox.send_nowait(RequestEnvelope(id=request_id, request=question))
             except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
-                return json_error(500, f'Failed to send the request to agent "{agent_id}"')
+                return plain_text_error(500, f'Failed to send the request to agent "{agent_id}"')
             with trio.move_on_after(AGENT_ANSWER_TIMEOUT):
                 try:
                     reply = await route.receive()
                 except trio.EndOfChannel:
-                    return json_error(502, f'Agent "{agent_id}" disconnected before answering')
+                    return plain_text_error(502, f'Agent "{agent_id}" disconnected before answering')
                 if isinstance(reply, ErrorEnvelope):
-                    return json_error(502, f'Agent "{agent_id}" answered with an error: {reply.error.description}')
+                    return plain_text_error(502, f'Agent "{agent_id}" answered with an error: {reply.error.description}')
                 return reply.response
-            return json_error(504, f'Agent "{agent_id}" did not answer within {AGENT_ANSWER_TIMEOUT:g} s')
+            return plain_text_error(504, f'Agent "{agent_id}" did not answer within {AGENT_ANSWER_TIMEOUT:g} s')
         finally:
             agent.close_route(request_id)
 
@@ -230,7 +230,7 @@ class ManagementService:
 
 
 def _unexpected_answer(agent_id: str) -> Response:
-    return json_error(502, f'Agent "{agent_id}" sent an unexpected answer')
+    return plain_text_error(502, f'Agent "{agent_id}" sent an unexpected answer')
 
 
 def _json(text: str) -> Response:

@@ -1,7 +1,7 @@
 """The inference service (spec 2): `/health`, the three NDJSON routes and the inference socket.
 
 A POST route first checks its body and the cluster's mode and answers problems with a
-plain HTTP error carrying `{"error": "<description>"}` (spec 2.4). Past those checks the
+plain HTTP error whose body is the description, as plain text (spec 2.4). Past those checks the
 answer is HTTP 200 with one JSON message per line, errors included (spec 2.5).
 
 Each NDJSON request is served by a task in the balancer's request nursery that feeds the
@@ -56,7 +56,7 @@ from paddler_trio.proxy.request_validation import (
     generation_request_problems,
     invalid_parameters_description,
 )
-from paddler_trio.proxy.service_app import create_service_app, json_error
+from paddler_trio.proxy.service_app import create_service_app, plain_text_error
 from paddler_trio.proxy.shutdown_signal import ShutdownSignal
 from paddler_trio.proxy.websocket_takeover import SocketHandler
 from paddler_trio.queued_messages import put_into, queued_texts, drainer_is_idle
@@ -136,10 +136,10 @@ class InferenceService:
         if isinstance(params, Response):
             return params
         if not self._cluster.token_generation_enabled:  # checked first, as in Paddler
-            return json_error(501, TOKEN_GENERATION_DISABLED_DESCRIPTION)
+            return plain_text_error(501, TOKEN_GENERATION_DISABLED_DESCRIPTION)
         problems = generation_request_problems(params)
         if problems:
-            return json_error(400, invalid_parameters_description(problems))
+            return plain_text_error(400, invalid_parameters_description(problems))
         return self._ndjson(*self.generation(params))
 
     def accepts_generation(self, params: ContinueFromConversationHistoryParams | ContinueFromRawPromptParams) -> bool:
@@ -165,12 +165,12 @@ class InferenceService:
             return params
         state = self._cluster.applicable_state
         if state is None:
-            return json_error(503, "Balancer applicable state is not yet set")
+            return plain_text_error(503, "Balancer applicable state is not yet set")
         if not state.inference_parameters.enable_embeddings:
-            return json_error(501, "Embedding generation is not enabled in the inference parameters")
+            return plain_text_error(501, "Embedding generation is not enabled in the inference parameters")
         agent_count = len(self._pool.agents)
         if agent_count == 0:
-            return json_error(503, "No agents are currently connected")
+            return plain_text_error(503, "No agents are currently connected")
         chunks = chunk_evenly_with_cap(
             params.input_batch, agent_count=agent_count, cap=state.inference_parameters.embedding_batch_size
         )
@@ -285,4 +285,4 @@ async def _read_body(params_type: type[ParamsT]) -> ParamsT | Response:
         return from_json(body, params_type)
     except WireFormatError as error:
         _logger.info("refused %s %s: %s", request.method, request.path, error)
-        return json_error(400, f"Invalid request body: {error}")
+        return plain_text_error(400, f"Invalid request body: {error}")

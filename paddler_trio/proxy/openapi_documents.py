@@ -25,8 +25,14 @@ _NDJSON_NOTE = (
 _BEARER = [{"bearer": []}]
 
 
-def _json_error(description: str) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+_PLAIN_TEXT_ERROR = {"text/plain": {"schema": {"type": "string"}}}
+_JSON_ERROR = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+# Paddler's own errors are plain text; those of our additions (API keys, the limits) are JSON.
+_ERROR_CONTENT_BY_STATUS = {400: {**_PLAIN_TEXT_ERROR, **_JSON_ERROR}, 401: _JSON_ERROR, 413: _JSON_ERROR}
+
+
+def _error(status: int, description: str) -> dict[str, Any]:
+    return {"description": description, "content": _ERROR_CONTENT_BY_STATUS.get(status, _PLAIN_TEXT_ERROR)}
 
 
 def _common_errors(*statuses: int) -> dict[str, Any]:
@@ -41,7 +47,7 @@ def _common_errors(*statuses: int) -> dict[str, Any]:
         503: "not available yet",
         504: "the agent did not answer in time",
     }
-    return {str(status): _json_error(descriptions[status]) for status in statuses}
+    return {str(status): _error(status, descriptions[status]) for status in statuses}
 
 
 def _sampling_overrides() -> dict[str, Any]:

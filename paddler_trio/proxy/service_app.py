@@ -1,5 +1,12 @@
 """What the balancer's HTTP services share: a Quart-Trio app with streaming-safe settings,
-JSON error bodies, and Paddler's CORS policy (spec 1.2).
+Paddler's error bodies, and Paddler's CORS policy (spec 1.2).
+
+Errors: what Paddler itself answers (spec 2.4, a management route's 404/502/504, an unknown
+route, a refused CORS preflight), we answer as it does: the description is the whole body, as
+plain text (actix-web's `ErrorBadRequest("...")`). Paddler's clients put that body into their
+errors' message, and its tests compare that message whole. Only what Paddler does not have
+(API keys, `--max-tokens-limit`, `--max-request-body-bytes`, see `security/`) answers with
+`{"error": "<description>"}`.
 
 CORS: for an allowed `Origin` every response carries `Access-Control-Allow-Origin`; a
 preflight (`OPTIONS` with `Access-Control-Request-Method`) is answered directly with
@@ -10,7 +17,6 @@ are served without CORS headers (the browser then refuses them).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 
 from quart import Response, request
@@ -24,9 +30,12 @@ _ALLOWED_HEADERS = "Accept, Authorization, Content-Type"
 _PREFLIGHT_MAX_AGE = "3600"
 
 
-def json_error(status: int, description: str) -> Response:
-    """`{"error": "<description>"}` with the given status."""
-    return Response(json.dumps({"error": description}), status=status, content_type="application/json")
+PLAIN_TEXT = "text/plain; charset=utf-8"
+
+
+def plain_text_error(status: int, description: str) -> Response:
+    """The description as the whole body, as Paddler answers (see the module docstring)."""
+    return Response(description, status=status, content_type=PLAIN_TEXT)
 
 
 def create_service_app(name: str, cors_allowed_origins: Iterable[str]) -> QuartTrio:
@@ -38,11 +47,11 @@ def create_service_app(name: str, cors_allowed_origins: Iterable[str]) -> QuartT
 
     @app.errorhandler(RequestEntityTooLarge)
     async def body_too_large(_: RequestEntityTooLarge) -> Response:
-        return json_error(413, f"Request body is larger than the {MAX_REQUEST_BODY_BYTES // (1024 * 1024)} MiB limit")
+        return plain_text_error(413, f"Request body is larger than the {MAX_REQUEST_BODY_BYTES // (1024 * 1024)} MiB limit")
 
     @app.errorhandler(HTTPException)
     async def http_error(error: HTTPException) -> Response:
-        return json_error(error.code or 500, error.description or error.name)
+        return plain_text_error(error.code or 500, error.description or error.name)
 
     @app.before_request
     async def answer_preflight() -> Response | None:
@@ -50,7 +59,7 @@ def create_service_app(name: str, cors_allowed_origins: Iterable[str]) -> QuartT
             return None
         origin = request.headers.get("Origin")
         if origin not in origins:
-            return json_error(400, "Origin is not allowed to make this request")
+            return plain_text_error(400, "Origin is not allowed to make this request")
         response = Response("", status=200)
         response.headers["Access-Control-Allow-Methods"] = _ALLOWED_METHODS
         response.headers["Access-Control-Allow-Headers"] = _ALLOWED_HEADERS

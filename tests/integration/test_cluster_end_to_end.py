@@ -16,6 +16,7 @@ from paddler_client import ClientInference, ClientManagement
 from paddler_client.continue_from_raw_prompt_params import ContinueFromRawPromptParams
 from paddler_client.embedding_input_document import EmbeddingInputDocument
 from paddler_client.embedding_normalization_method import EmbeddingNormalizationMethod
+from paddler_client.error import HttpError
 from paddler_client.generate_embedding_batch_params import GenerateEmbeddingBatchParams
 from websockets.sync.client import connect as websocket_connect
 
@@ -74,6 +75,15 @@ def test_paddler_client_drives_management_and_inference(cluster_factory, gemma_m
                     f"{cluster.inference_url}/api/v1/continue_from_raw_prompt", json=raw_prompt_body("7, 8, 9,", 6)
                 )
             ndjson = ndjson_lines(response)
+            # Pre-stream errors reach the client's exception as Paddler's plain text, whole.
+            documents = [EmbeddingInputDocument(id="d", content="Embeddings are off in this cluster.")]
+            params = GenerateEmbeddingBatchParams(input_batch=documents, normalization_method=EmbeddingNormalizationMethod.l2())
+            refusal = None
+            try:
+                async for _ in inference.generate_embedding_batch(params):
+                    pass
+            except HttpError as error:
+                refusal = (error.status_code, error.message)
             return dict(
                 health=(await management.get_health(), await inference.get_health()),
                 agents=agents,
@@ -86,6 +96,7 @@ def test_paddler_client_drives_management_and_inference(cluster_factory, gemma_m
                 generated_by=generated_by,
                 done=done,
                 ndjson=ndjson,
+                refusal=refusal,
             )
 
     seen = asyncio.run(scenario())
@@ -101,6 +112,7 @@ def test_paddler_client_drives_management_and_inference(cluster_factory, gemma_m
     assert seen["generated_by"] in ("a1", "a2")
     assert seen["done"].summary.usage.content_tokens == 12
     assert ndjson_stream_is_complete(seen["ndjson"])
+    assert seen["refusal"] == (501, "Embedding generation is not enabled in the inference parameters")
     cluster.wait_idle()
 
 
@@ -290,23 +302,24 @@ def test_embeddings_fan_out_over_two_agents(cluster_factory, gemma_model_path):
 def test_bad_requests_get_clear_errors_and_leak_nothing(cluster_factory, gemma_model_path):
     cluster = two_agent_cluster(cluster_factory, gemma_model_path)
     url = f"{cluster.inference_url}/api/v1/continue_from_raw_prompt"
+    # Paddler answers these as plain text, the reason being the whole body; so do we.
     cases = {
-        "malformed JSON": b'{"raw_prompt": ',
-        "unknown field": json.dumps({"raw_prompt": "x", "max_tokens": 3, "surprise": 1}).encode(),
-        "missing field": json.dumps({"raw_prompt": "x"}).encode(),
-        "wrong type": json.dumps({"raw_prompt": "x", "max_tokens": "three"}).encode(),
-        "negative max_tokens": json.dumps({"raw_prompt": "x", "max_tokens": -5}).encode(),
+        "invalid JSON": b'{"raw_prompt": ',
+        'unknown field "surprise"': json.dumps({"raw_prompt": "x", "max_tokens": 3, "surprise": 1}).encode(),
+        'missing field "max_tokens"': json.dumps({"raw_prompt": "x"}).encode(),
+        'field "max_tokens"': json.dumps({"raw_prompt": "x", "max_tokens": "three"}).encode(),
+        "max_tokens must not be negative": json.dumps({"raw_prompt": "x", "max_tokens": -5}).encode(),
     }
-    for case, body in cases.items():
+    for reason, body in cases.items():
         response = httpx.post(url, content=body, headers={"Content-Type": "application/json"}, timeout=10)
-        assert response.status_code == 400, case
-        assert response.json(), case
+        assert response.status_code == 400, reason
+        assert reason in response.text, response.text
     oversized = httpx.post(url, content=b" " * (60 * 2**20), headers={"Content-Type": "application/json"}, timeout=30)
     assert oversized.status_code == 413
     unknown_agent = httpx.get(f"{cluster.management_url}/api/v1/agent/nobody/model_metadata", timeout=10)
-    assert unknown_agent.status_code == 404 and unknown_agent.json()
+    assert (unknown_agent.status_code, unknown_agent.text) == (404, 'Agent "nobody" is not registered')
     bad_state = httpx.put(f"{cluster.management_url}/api/v1/balancer_desired_state", json={"model": "None"}, timeout=10)
-    assert bad_state.status_code == 400 and bad_state.json()
+    assert bad_state.status_code == 400 and bad_state.text.startswith("Invalid balancer desired state: "), bad_state.text
     cluster.wait_idle()
     ok = ndjson_lines(httpx.post(url, json=raw_prompt_body("1, 2,", 3), timeout=30))
     assert "Done" in json.dumps(ok[-1])

@@ -151,11 +151,11 @@ def test_model_page_validates_and_puts_the_desired_state(panel_cluster, page, ge
 def test_model_page_shows_the_balancers_refusal(panel_cluster, page) -> None:
     """Every value the balancer refuses is caught in the page first, so the refusal is staged in the browser."""
     _, panel_url = panel_cluster
-    refusal = '{"error": "Invalid inference parameters: context_size is too large for this cluster"}'
+    refusal = "Invalid inference parameters: context_size is too large for this cluster"  # as the balancer answers it
 
     def refuse_puts(route) -> None:
         if route.request.method == "PUT":
-            route.fulfill(status=400, body=refusal, content_type="application/json", headers={
+            route.fulfill(status=400, body=refusal, content_type="text/plain; charset=utf-8", headers={
                 "Access-Control-Allow-Origin": panel_url,
             })
         else:

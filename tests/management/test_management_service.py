@@ -167,7 +167,7 @@ async def test_invalid_desired_states_are_refused_and_not_stored() -> None:
         for body, expected in cases:
             response = await balancer.http.put(f"{balancer.management}{DESIRED}", content=body)
             assert response.status_code == 400
-            assert expected in response.json()["error"]
+            assert expected in response.text
         assert (await balancer.http.get(f"{balancer.management}{DESIRED}")).json() == before
 
 
@@ -183,7 +183,7 @@ async def test_proxied_agent_queries() -> None:
         assert response.json() == {"content": "{{ x }}"}
         response = await balancer.http.get(f"{balancer.management}/api/v1/agent/nobody/model_metadata")
         assert response.status_code == 404
-        assert response.json() == {"error": 'Agent "nobody" is not registered'}
+        assert response.text == 'Agent "nobody" is not registered'
 
 
 async def test_proxied_query_to_a_silent_agent_times_out_with_504(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -195,7 +195,7 @@ async def test_proxied_query_to_a_silent_agent_times_out_with_504(monkeypatch: p
         started = trio.current_time()
         response = await balancer.http.get(f"{balancer.management}/api/v1/agent/mute/model_metadata")
         assert response.status_code == 504
-        assert "did not answer" in response.json()["error"]
+        assert "did not answer" in response.text
         assert 0.3 <= trio.current_time() - started < 2
 
 
