@@ -99,9 +99,16 @@ def _engine_relevant(parameters: InferenceParameters) -> InferenceParameters:
 
 class Reconciliation:
     def __init__(
-        self, status: AgentStatus, engines: EngineHolder, *, slots: int, threads: int | None = None
+        self,
+        status: AgentStatus,
+        engines: EngineHolder,
+        *,
+        slots: int,
+        threads: int | None = None,
+        agent_name: str | None = None,
     ) -> None:
         self._status = status
+        self._agent_name = agent_name
         self._engines = engines
         self._slots = slots
         self._threads = threads
@@ -250,6 +257,7 @@ class Reconciliation:
                 inference_parameters=_engine_relevant(desired.inference_parameters),
                 chat_template_override=override.content if override is not None else None,
                 n_threads=self._threads,
+                agent_name=self._agent_name,
             )
         return _Plan(
             settings=settings,

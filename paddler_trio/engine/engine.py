@@ -56,6 +56,7 @@ from paddler_trio.protocol import (
     InferenceParameters,
     MultimodalNotSupported,
     NoEmbeddingsProduced,
+    SamplerError,
     TextPart,
     TokenGenerationDisabled,
     unstructure,
@@ -63,7 +64,8 @@ from paddler_trio.protocol import (
 
 _logger = logging.getLogger(__name__)
 
-TOKEN_GENERATION_DISABLED_MESSAGE = "Token generation is disabled while the cluster is configured for embeddings"
+# Paddler's agent words it so, after the agent's name (the balancer's own refusal is worded otherwise).
+TOKEN_GENERATION_DISABLED_MESSAGE = "token generation is disabled because this agent is running in embeddings-only mode"
 
 
 @attrs.frozen
@@ -73,6 +75,7 @@ class EngineSettings:
     inference_parameters: InferenceParameters = attrs.field(factory=InferenceParameters)
     chat_template_override: str | None = None
     n_threads: int | None = None
+    agent_name: str | None = None  # named in the messages of refused requests, as Paddler's agent does
 
     def check(self) -> None:
         if self.slots < 1:
@@ -132,6 +135,17 @@ def _single_result_stream(result: GeneratedTokenResult) -> GenerationStream:
     send.send_nowait(result)
     send.close()
     return GenerationStream(receive)
+
+
+# llama.cpp would take a NUL byte; Paddler's agent (C strings) refuses text with one, and so do
+# we: in a prompt or a document it is nearly always binary data sent by mistake.
+NUL = "\x00"
+
+
+def _tokenizable(prompt: str) -> str:
+    if NUL in prompt:
+        raise RequestRejected(SamplerError("failed to tokenize prompt: it contains a NUL byte"))
+    return prompt
 
 
 def _message_text(content: object) -> tuple[str, bool]:
@@ -284,7 +298,9 @@ class Engine:
         if max_tokens < 0:
             raise InvalidRequest(f"max_tokens must be 0 or more (got {max_tokens})")
         if self.embeddings_mode:
-            raise RequestRejected(TokenGenerationDisabled(TOKEN_GENERATION_DISABLED_MESSAGE))
+            name = self.settings.agent_name
+            message = f"{name}: {TOKEN_GENERATION_DISABLED_MESSAGE}" if name else TOKEN_GENERATION_DISABLED_MESSAGE
+            raise RequestRejected(TokenGenerationDisabled(message))
 
     def _sampling(self, params: ContinueFromRawPromptParams | ContinueFromConversationHistoryParams) -> SamplingSettings:
         return SamplingSettings.from_parameters(
@@ -299,7 +315,7 @@ class Engine:
     def _raw_prompt_request(self, params: ContinueFromRawPromptParams) -> TextGenerationRequest:
         self._check_generation_allowed(params.max_tokens)
         return TextGenerationRequest(
-            prompt=params.raw_prompt,
+            prompt=_tokenizable(params.raw_prompt),
             max_tokens=params.max_tokens,
             sampling=self._sampling(params),
             grammar=gbnf_for_constraint(params.grammar) if params.grammar is not None else None,
@@ -334,13 +350,11 @@ class Engine:
         self._check_generation_allowed(params.max_tokens)
         if params.grammar is not None and params.enable_thinking:
             raise RequestRejected(
-                GrammarIncompatibleWithThinking(
-                    "a grammar cannot constrain a reply that starts with reasoning; set enable_thinking to false"
-                )
+                GrammarIncompatibleWithThinking("Grammar constraints are incompatible with thinking mode")
             )
         grammar = gbnf_for_constraint(params.grammar) if params.grammar is not None else None
         parser = ToolCallParser(tuple(params.tools)) if params.parse_tool_calls and params.tools else None
-        prompt = self.render_conversation(params)
+        prompt = _tokenizable(self.render_conversation(params))
         return TextGenerationRequest(
             prompt=prompt,
             max_tokens=params.max_tokens,
@@ -369,6 +383,10 @@ class Engine:
             return
         limiter = self.scheduler.limiter
         documents = list(params.input_batch)
+        for document in documents:
+            if NUL in document.content:
+                yield EmbeddingError(f'failed to tokenize document "{document.id}": it contains a NUL byte')
+                return
         tokenized = await trio.to_thread.run_sync(
             lambda: [tuple(self.model.tokenize(document.content, add_special=True)) for document in documents],
             limiter=limiter,

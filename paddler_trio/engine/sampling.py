@@ -87,7 +87,7 @@ def gbnf_for_constraint(constraint: GrammarConstraint) -> GbnfSource:
         json.loads(constraint.schema)
         return GbnfSource(json_schema_to_gbnf(constraint.schema), "root")
     except Exception as error:  # the converter raises bare Exceptions and assertions
-        raise RequestRejected(GrammarSyntaxError(f"cannot convert the JSON schema to a grammar: {error}")) from error
+        raise RequestRejected(GrammarSyntaxError(f"Failed to convert JSON schema to grammar: {error}")) from error
 
 
 class SamplerChain:

@@ -179,7 +179,8 @@ class _SilenceWatch:
                         relay.agent.deliver(relay.agent_request_id, SILENCE)
                     else:
                         next_check = min(next_check, timeout_at)
-                await trio.sleep_until(next_check)
+                # At least a millisecond: with `--inference-item-timeout 0` the loop would spin.
+                await trio.sleep_until(max(next_check, now + 0.001))
 
 
 # How long a request whose agent left before answering waits for any agent to be registered

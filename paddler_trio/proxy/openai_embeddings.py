@@ -125,5 +125,7 @@ def _embedding_error(result: object) -> OpenAIError:
     if isinstance(result, EmbeddingRejectedDueToActiveTokenGeneration):
         return OpenAIError(503, "An agent is still generating tokens and cannot embed now.")
     if isinstance(result, EmbeddingError):
+        if result.message.startswith("failed to tokenize document"):  # the input holds a NUL byte
+            return invalid_value("input", result.message)
         return OpenAIError(500, result.message)
     return OpenAIError(502, f"The agent produced no embeddings ({type(result).__name__}).")

@@ -109,7 +109,7 @@ def _sampler_error(message: str, messages_param: str) -> OpenAIError:
     # The agent reports these conditions as SamplerError text only (see engine/scheduler.py).
     if message.startswith("the prompt has "):
         return OpenAIError(400, message, param=messages_param, code="context_length_exceeded")
-    if message.startswith("the prompt is empty"):
+    if message.startswith("the prompt is empty") or message.startswith("failed to tokenize prompt"):
         return invalid_value(messages_param, message)
     if message.startswith("no available sequence slots") or "KV cache pressure" in message:
         return OpenAIError(503, message, code="agent_overloaded")

@@ -371,7 +371,7 @@ async def test_reload_reports_no_slots_first_and_lets_in_flight_requests_finish(
 async def test_serves_embedding_batches_in_embeddings_mode(
     nursery: trio.Nursery, balancer: ScriptedFakeBalancer, gemma_model_path: Path
 ) -> None:
-    await start_agent(nursery, balancer.address, slots=2)
+    await start_agent(nursery, balancer.address, slots=2, name="embedder")
     connection = await balancer.first_connection()
     await connection.set_state(desired_state(gemma_model_path, enable_embeddings=True))
     status = await connection.wait_for_status(lambda s: s["state_application_status"] == "Applied" and s["slots_total"])
@@ -391,7 +391,9 @@ async def test_serves_embedding_batches_in_embeddings_mode(
 
     await connection.request("r-1", raw_prompt(3))
     [disabled] = await connection.results_of("r-1")
-    assert "TokenGenerationDisabled" in disabled["GeneratedToken"]
+    assert disabled["GeneratedToken"] == {  # Paddler's agent names itself in this refusal
+        "TokenGenerationDisabled": "embedder: token generation is disabled because this agent is running in embeddings-only mode"
+    }
 
 
 async def test_sigterm_deregisters_and_exits_cleanly(

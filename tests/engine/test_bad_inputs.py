@@ -72,3 +72,29 @@ async def test_prompt_longer_than_a_slot_is_refused(gemma_model_path):
         assert "a slot holds at most 256" in outcome.terminal.message
         assert engine.scheduler.slots_busy == 0
 
+
+
+async def test_a_nul_byte_in_a_prompt_or_a_document_is_refused_as_paddler_does(gemma_model_path):
+    from paddler_trio.protocol import (
+        EmbeddingError,
+        EmbeddingInputDocument,
+        GenerateEmbeddingBatchParams,
+        NoNormalization,
+        SamplerError,
+    )
+    from tests.engine.engine_harness import raw
+
+    async with Engine.open(EngineSettings(str(gemma_model_path), slots=1, inference_parameters=SMALL)) as engine:
+        outcome = await raw(engine, ContinueFromRawPromptParams(raw_prompt="before\0after", max_tokens=4))
+        assert outcome.results == [SamplerError("failed to tokenize prompt: it contains a NUL byte")]  # no token first
+        assert engine.scheduler.slots_busy == 0
+    embeddings = attrs.evolve(SMALL, enable_embeddings=True)
+    async with Engine.open(EngineSettings(str(gemma_model_path), slots=1, inference_parameters=embeddings)) as engine:
+        batch = GenerateEmbeddingBatchParams(
+            input_batch=(EmbeddingInputDocument(id="nul-document", content="before\0after"),),
+            normalization_method=NoNormalization(),
+        )
+        async with engine.generate_embedding_batch(batch) as results:
+            assert [result async for result in results] == [
+                EmbeddingError('failed to tokenize document "nul-document": it contains a NUL byte')
+            ]

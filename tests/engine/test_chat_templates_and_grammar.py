@@ -132,9 +132,10 @@ async def test_grammar_errors_have_paddlers_kinds(qwen_model_path):
         bad_schema = JsonSchemaGrammar(schema="{not json")
         outcome = await raw(engine, ContinueFromRawPromptParams(raw_prompt="x", max_tokens=4, grammar=bad_schema))
         assert isinstance(outcome.terminal, GrammarSyntaxError)
+        assert outcome.terminal.message.startswith("Failed to convert JSON schema to grammar: ")  # Paddler's words
         thinking = conversation("hi", enable_thinking=True, grammar=GbnfGrammar(grammar='root ::= "a"', root="root"))
         outcome = await chat(engine, thinking)
-        assert isinstance(outcome.terminal, GrammarIncompatibleWithThinking)
+        assert outcome.terminal == GrammarIncompatibleWithThinking("Grammar constraints are incompatible with thinking mode")
         assert engine.scheduler.slots_busy == 0
 
 

@@ -73,7 +73,9 @@ async def test_document_longer_than_n_batch_is_reported_and_others_embedded(gemm
 async def test_modes_refuse_each_others_requests(gemma_model_path):
     async with Engine.open(EngineSettings(str(gemma_model_path), slots=1, inference_parameters=EMBEDDINGS)) as engine:
         outcome = await raw(engine, ContinueFromRawPromptParams(raw_prompt="Hi", max_tokens=3))
-        assert isinstance(outcome.terminal, TokenGenerationDisabled)
+        assert outcome.terminal == TokenGenerationDisabled(
+            "token generation is disabled because this agent is running in embeddings-only mode"
+        )
     generation = attrs.evolve(InferenceParameters(), context_size=512, n_batch=128)
     async with Engine.open(EngineSettings(str(gemma_model_path), slots=1, inference_parameters=generation)) as engine:
         results = await embed(engine, GenerateEmbeddingBatchParams(input_batch=documents(1), normalization_method=L2Normalization()))

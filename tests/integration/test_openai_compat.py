@@ -355,6 +355,10 @@ def test_embeddings_as_floats_and_base64(qwen_embeddings: OpenAICluster) -> None
         return sum(a * b for a, b in zip(floats.data[i].embedding, floats.data[j].embedding))
 
     assert similarity(0, 1) > similarity(0, 2)
+    with pytest.raises(openai.BadRequestError) as nul_byte:
+        qwen_embeddings.client(max_retries=0).embeddings.create(model="e", input=["fine", "before\0after"])
+    assert (nul_byte.value.param, nul_byte.value.code) == ("input", "invalid_value")
+    assert "NUL byte" in nul_byte.value.message
 
 
 # --- errors and disconnects ------------------------------------------------------------------
@@ -374,6 +378,10 @@ def test_invalid_requests_are_400_with_the_offending_param(qwen_openai: OpenAICl
     missing = qwen_openai.post("/chat/completions", {"model": "m"})
     assert missing.status_code == 400
     assert missing.json()["error"]["param"] == "messages"
+    with pytest.raises(openai.BadRequestError) as nul_byte:
+        client.chat.completions.create(model="m", messages=user("before\0after"))
+    assert (nul_byte.value.param, nul_byte.value.code) == ("messages", "invalid_value")
+    assert "NUL byte" in nul_byte.value.message
     with pytest.raises(openai.APIStatusError) as not_embeddings:
         client.embeddings.create(model="m", input="Hi")
     assert not_embeddings.value.status_code == 501
