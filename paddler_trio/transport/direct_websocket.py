@@ -66,6 +66,10 @@ class WebSocketHandshakeFailed(Exception):
     """The server did not complete the WebSocket handshake."""
 
 
+# What the reader takes for the connection's end (the other side left, or broke the protocol).
+_CONNECTION_ENDS = (trio.BrokenResourceError, trio.ClosedResourceError, RemoteProtocolError, LocalProtocolError)
+
+
 class DirectWebSocket:
     """An open WebSocket, either end (see the module docstring)."""
 
@@ -119,12 +123,20 @@ class DirectWebSocket:
             self._taking_ended = trio.Event()
 
     async def send_texts(self, texts: Iterable[str]) -> None:
-        """Each text as its own message, all in one write."""
+        """Each text as its own message, all in one write; `trio.ClosedResourceError` once
+        either side has started closing."""
+        if not self._is_open():
+            raise trio.ClosedResourceError("the WebSocket is closing or closed")
         await self._write(self._frames_of(texts))
 
     def can_send_now(self) -> bool:
         """Whether `send_text_now` and `send_texts_now` would write."""
-        return self._writer is not None and not self._closing and self._writer.can_send_now()
+        return self._writer is not None and self._is_open() and self._writer.can_send_now()
+
+    def _is_open(self) -> bool:
+        # A client's close is answered by the reader before the handler's tasks are cancelled:
+        # meanwhile other tasks (the agent socket's reader handing tokens on) must see it closed.
+        return not self._closing and not self.ended and self._connection.state is ConnectionState.OPEN
 
     def send_text_now(self, text: str) -> bool:
         """`text` as a message written at once if nothing is being written (`StreamWriter.send_now`)."""
@@ -197,7 +209,7 @@ class DirectWebSocket:
                     self._frames.feed(data)
         except FrameTooBig:
             await self._close_too_big()
-        except (trio.BrokenResourceError, trio.ClosedResourceError, RemoteProtocolError, LocalProtocolError):
+        except _CONNECTION_ENDS:
             return
         finally:
             self.ended = True
@@ -237,7 +249,14 @@ class DirectWebSocket:
         """To `consume`'s taker if one is set, else into the queue that `receive` reads."""
         if self._take is None:
             await self._incoming_send.send(message)
-        elif not self._take(message):
+            return
+        try:
+            keep_taking = self._take(message)
+        except _CONNECTION_ENDS as error:
+            # Another stream's error (the taker writes to clients): it must not pass for this
+            # connection's end, which `_read` would take it for, quietly.
+            raise RuntimeError(f"the WebSocket's message taker failed: {error!r}") from error
+        if not keep_taking:
             self._take = None
             self._taking_ended.set()
 

@@ -60,7 +60,7 @@ class StreamWriter:
         self._stream = stream
         self._nursery = nursery
         # Streams other than plain TCP (TLS) are written by `send_all` only.
-        self._fd = stream.socket.fileno() if isinstance(stream, trio.SocketStream) else None
+        self._socket = stream.socket if isinstance(stream, trio.SocketStream) else None
         self._lock = trio.StrictFIFOLock()
         self._unsent = b""
         self._held: list[bytes] = []
@@ -74,7 +74,13 @@ class StreamWriter:
 
     def can_send_now(self) -> bool:
         """Whether `send_now` would write (nothing is being written, or waits to be)."""
-        return self._fd is not None and not self._broken and not self._unsent and not self._lock.locked()
+        return (
+            self._socket is not None
+            and self._socket.fileno() >= 0  # -1 once closed: its number may belong to another connection now
+            and not self._broken
+            and not self._unsent
+            and not self._lock.locked()
+        )
 
     def send_now(self, data: bytes) -> bool:
         """Write `data` at once (or at the end of the `writes_held_together` block) if
@@ -93,9 +99,9 @@ class StreamWriter:
         self._write(data)
 
     def _write(self, data: bytes) -> bool:
-        assert self._fd is not None
+        assert self._socket is not None
         try:
-            sent = os.write(self._fd, data)
+            sent = os.write(self._socket.fileno(), data)
         except BlockingIOError:
             sent = 0
         except OSError:

@@ -19,7 +19,7 @@ from paddler_trio.protocol.generated_token_result import ContentToken
 from paddler_trio.transport import stream_writer
 from paddler_trio.transport.direct_websocket import DirectWebSocket, serve
 from paddler_trio.transport.stream_writer import writes_held_together
-from tests.transport.test_stream_writer import tcp_pair
+from tests.transport.tcp_pair import tcp_pair
 from tests.transport.websocket_peers import connect_client, read_upgrade_request
 
 

@@ -13,6 +13,7 @@ from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket
 
 from paddler_trio.protocol import BalancerDesiredState, InferenceParameters, to_json
 from tests.proxy.balancer_harness import BalancerUnderTest, running_balancer, wait_until
+from tests.proxy.scripted_paced_agent import ScriptedPacedAgent
 
 
 def request(request_id: str, prompt: str = "Hi", max_tokens: int = 8) -> str:
@@ -193,3 +194,36 @@ async def test_shutdown_answers_503_and_closes_with_1001() -> None:
                         errors.append((message["Error"]["request_id"], message["Error"]["error"]["code"]))
             assert closed.value.reason.code == 1001
             assert sorted(errors) == [("streaming", 503), ("waiting", 503)]
+
+
+async def test_clients_closing_mid_stream_never_cost_the_agent_its_connection() -> None:
+    """Tokens go from the agent socket's reader straight to client sockets; a client whose close
+    has just been read must make that hand-off decline. It once raised into the reader, which
+    took it for the agent's own disconnect: the agent left, failing every request on it."""
+    async with running_balancer() as balancer:
+        agent = ScriptedPacedAgent(
+            balancer.addresses.management, slots=8, tokens=2000, first_token_delay=0.0, token_interval=0.001
+        )
+        await balancer.nursery.start(agent.run)
+        await wait_until(lambda: _lists(balancer, agent.agent_id))
+
+        async def stream_then_close(client: int) -> None:
+            for round_number in range(10):
+                async with open_websocket_url(balancer.inference_socket_url) as ws:
+                    await ws.send_message(request(f"c{client}-r{round_number}", max_tokens=2000))
+                    for _ in range(3):  # streaming: then the client closes mid-stream
+                        await receive(ws)
+
+        async with trio.open_nursery() as clients:
+            for client in range(8):
+                clients.start_soon(stream_then_close, client)
+        await wait_until(lambda: _slots_zero(balancer))
+        assert [listed["id"] for listed in await balancer.agents()] == [agent.agent_id]
+        async with open_websocket_url(balancer.inference_socket_url) as ws:
+            await ws.send_message(request("after", max_tokens=2000))
+            replies = (await receive_until_done(ws, {"after"}))["after"]
+        assert "Error" not in replies[-1], replies[-1]
+
+
+async def _lists(balancer: BalancerUnderTest, agent_id: str) -> bool:
+    return any(listed["id"] == agent_id for listed in await balancer.agents())

@@ -10,7 +10,7 @@ import pytest
 import trio
 import trio.testing
 from wsproto import ConnectionType, WSConnection
-from wsproto.events import AcceptConnection, Request, TextMessage
+from wsproto.events import AcceptConnection, CloseConnection, Request, TextMessage
 
 from paddler_trio.transport.direct_websocket import (
     DirectWebSocket,
@@ -18,6 +18,7 @@ from paddler_trio.transport.direct_websocket import (
     WebSocketRefused,
     serve,
 )
+from tests.transport.tcp_pair import tcp_pair
 from tests.transport.websocket_peers import (
     connect_client,
     never_called,
@@ -82,6 +83,58 @@ async def test_consume_takes_queued_messages_first_then_new_ones_until_the_taker
         assert seen == ["queued-1", "queued-2", "live", "stop"]
         assert results == {"first": "first", "after": "for-receive"}
         nursery.cancel_scope.cancel()
+
+
+async def test_a_takers_stream_error_is_raised_as_a_failure_not_taken_for_this_connections_end() -> None:
+    server_stream, client_stream = trio.testing.memory_stream_pair()
+    client = _Client(client_stream)
+
+    def take(message: str | bytes) -> bool:
+        raise trio.ClosedResourceError("another client's stream")
+
+    async def handler(socket: DirectWebSocket) -> None:
+        await socket.consume(take)
+
+    with pytest.RaisesGroup(pytest.RaisesExc(RuntimeError, match="taker failed"), flatten_subgroups=True):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(
+                functools.partial(
+                    serve, server_stream, client.upgrade_request(), handler, max_message_bytes=1 << 20, ping_interval=None
+                )
+            )
+            await client.read_acceptance()
+            await client.send("a token")
+
+
+async def test_once_the_client_has_closed_nothing_is_written_at_once_and_a_send_says_the_socket_is_closed() -> None:
+    """The agent socket's reader hands tokens to client sockets at once (`proxy/forwarding.py`):
+    a client that has just closed must make that hand-off decline, never raise into the reader
+    (which would end the agent's connection)."""
+    seen: dict[str, object] = {}
+
+    async def handler(socket: DirectWebSocket) -> None:
+        try:
+            await trio.sleep_forever()
+        finally:  # cancelled by the reader, which has just answered the client's close
+            seen["can_send_now"] = socket.can_send_now()
+            seen["sent_now"] = socket.send_text_now("a token after the close")
+            try:
+                await socket.send_texts(["a message after the close"])
+            except trio.ClosedResourceError:
+                seen["send"] = "closed"
+
+    async with tcp_pair() as (server_stream, client_stream):
+        client = _Client(client_stream)
+        with trio.fail_after(5):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(
+                    functools.partial(
+                        serve, server_stream, client.upgrade_request(), handler, max_message_bytes=1 << 20, ping_interval=None
+                    )
+                )
+                await client.read_acceptance()
+                await client_stream.send_all(client.connection.send(CloseConnection(code=1000)))
+    assert seen == {"can_send_now": False, "sent_now": False, "send": "closed"}
 
 
 async def test_a_client_socket_opens_exchanges_messages_both_ways_and_closes() -> None:

@@ -6,8 +6,6 @@ the block's end."""
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 import pytest
 import trio
@@ -15,25 +13,7 @@ import trio.testing
 
 from paddler_trio.transport import stream_writer
 from paddler_trio.transport.stream_writer import StreamWriter, writes_held_together
-
-
-@asynccontextmanager
-async def tcp_pair() -> AsyncIterator[tuple[trio.SocketStream, trio.SocketStream]]:
-    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-    port = listeners[0].socket.getsockname()[1]
-    client = await trio.open_tcp_stream("127.0.0.1", port)
-    server = await listeners[0].accept()
-    for listener in listeners:
-        await listener.aclose()
-    async with client, server:
-        yield server, client
-
-
-async def read_exactly(stream: trio.SocketStream, size: int) -> bytes:
-    data = b""
-    while len(data) < size:
-        data += await stream.receive_some(size - len(data))
-    return data
+from tests.transport.tcp_pair import read_exactly, tcp_pair
 
 
 async def test_an_idle_writer_writes_at_once_without_a_checkpoint() -> None:
@@ -89,6 +69,20 @@ async def test_a_client_that_is_gone_refuses_writes_at_once_and_fails_the_next_s
         assert not writer.can_send_now()
         with pytest.raises(trio.BrokenResourceError):
             await writer.send_all(b"c")
+
+
+async def test_a_closed_stream_is_never_written_at_once_even_when_its_fd_number_is_reused() -> None:
+    async with tcp_pair() as (server, client), trio.open_nursery() as nursery:
+        writer = StreamWriter(server, nursery)
+        closed_fd = server.socket.fileno()
+        await server.aclose()
+        async with tcp_pair() as (newcomer_server, newcomer_client):
+            assert newcomer_server.socket.fileno() == closed_fd or newcomer_client.socket.fileno() == closed_fd
+            assert not writer.can_send_now()
+            assert not writer.send_now(b"for the closed connection only")
+            with trio.move_on_after(0.2):
+                received = await newcomer_client.receive_some(100) + await newcomer_server.receive_some(100)
+                pytest.fail(f"a closed stream's bytes reached another connection: {received!r}")
 
 
 async def test_a_stream_without_a_socket_is_written_by_send_all_only() -> None:
