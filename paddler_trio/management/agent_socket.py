@@ -93,11 +93,11 @@ class AgentSocket:
             try:
                 self._reconciliation.send_state_to(agent)
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._write, websocket, outbox_receive)
+                    nursery.start_soon(self._write, websocket, outbox_receive, agent)
                     await self._read(websocket, frames, agent)
                     nursery.cancel_scope.cancel()
             finally:
-                self._pool.deregister(agent_id)
+                self._pool.deregister(agent)
                 outbox_send.close()
                 _logger.info("agent %s left", agent_id)
         if self._shutdown.triggered:
@@ -148,10 +148,17 @@ class AgentSocket:
                 _logger.warning("agent %s registered twice on one connection: ignored", agent.id)
         return True
 
-    async def _write(self, websocket: MessageSocket, outbox: trio.MemoryReceiveChannel[Any]) -> None:
-        async with outbox:
+    async def _write(
+        self, websocket: MessageSocket, outbox: trio.MemoryReceiveChannel[Any], agent: AgentController
+    ) -> None:
+        try:
             async for message in outbox:
                 await websocket.send_texts(queued_texts(message, outbox, MAX_MESSAGES_PER_WRITE))
+        finally:
+            # Once nothing reaches the agent, no request may be handed to it: it leaves the pool
+            # before its queue closes (a send into a closed queue would fail the request).
+            self._pool.deregister(agent)
+            outbox.close()
 
 
 class _AgentFrames:

@@ -57,14 +57,16 @@ class AgentPool:
         self._agents[agent.id] = agent
         self.notify_changed()
 
-    def deregister(self, agent_id: str) -> AgentController | None:
-        agent = self._agents.pop(agent_id, None)
-        if agent is not None:
-            agent.connection_closed.set()
-            agent.close_all_routes()
-            self._generated_tokens_of_departed_agents += agent.generated_tokens
-            self.notify_changed()
-        return agent
+    def deregister(self, agent: AgentController) -> None:
+        """Remove `agent` (idempotent). An agent that reconnected under the same id since is a
+        different controller and stays."""
+        if self._agents.get(agent.id) is not agent:
+            return
+        del self._agents[agent.id]
+        agent.connection_closed.set()
+        agent.close_all_routes()
+        self._generated_tokens_of_departed_agents += agent.generated_tokens
+        self.notify_changed()
 
     def get(self, agent_id: str) -> AgentController | None:
         return self._agents.get(agent_id)

@@ -1,4 +1,4 @@
-"""Slot selection across agents (spec 6.1 and beyond-Paddler item 1)."""
+"""Slot selection across agents (spec 6.1 and beyond-Paddler item 1), and membership."""
 
 from __future__ import annotations
 
@@ -78,3 +78,16 @@ def test_release_is_idempotent() -> None:
     claim.release()
     claim.release()
     assert pool.slots_processing == 0
+
+
+def test_deregistering_a_departed_connection_leaves_the_agent_that_reconnected_under_its_id() -> None:
+    pool = AgentPool()
+    departed = agent("a")
+    pool.register(departed)
+    pool.deregister(departed)
+    reconnected = agent("a")
+    pool.register(reconnected)
+    pool.deregister(departed)  # the old connection's handler finishing late
+    assert [listed.id for listed in pool.agents] == ["a"]
+    assert pool.agents[0] is reconnected
+    assert departed.connection_closed.is_set() and not reconnected.connection_closed.is_set()

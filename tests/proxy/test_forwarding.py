@@ -128,7 +128,7 @@ async def test_agent_lost_after_output_is_a_502() -> None:
         agent_request_id = await wire.next_request_id()
         wire.reply(agent_request_id, ContentToken("x"))
         await trio.testing.wait_all_tasks_blocked()
-        s.pool.deregister("a")
+        s.pool.deregister(wire.agent)
         await trio.testing.wait_all_tasks_blocked()
         assert errors(s.received) == [(502, "Agent controller connection closed")]
         assert s.pool.slots_processing == 0
@@ -140,10 +140,10 @@ async def test_agent_lost_before_output_is_dispatched_again_once() -> None:
         s.start()
         await first.next_request_id()
         second = s.add_agent("b")
-        s.pool.deregister("a")
+        s.pool.deregister(first.agent)
         retried = await second.next_request_id()
         third = s.add_agent("c")
-        s.pool.deregister("b")
+        s.pool.deregister(second.agent)
         await trio.testing.wait_all_tasks_blocked()
         assert errors(s.received) == [(502, "Agent controller connection closed")]
         assert third.outbox.statistics().current_buffer_used == 0
@@ -160,7 +160,7 @@ async def test_agent_lost_before_output_with_none_left_is_a_502_after_the_rejoin
         s.start()
         await only.next_request_id()
         lost_at = trio.current_time()
-        s.pool.deregister("a")
+        s.pool.deregister(only.agent)
         while not s.received:
             await trio.sleep(0.1)
         assert errors(s.received) == [(502, "Agent controller connection closed")]
@@ -177,7 +177,7 @@ async def test_agent_lost_before_output_is_served_by_an_agent_that_joins_within_
         first = s.add_agent("a")
         s.start("mine")
         await first.next_request_id()
-        s.pool.deregister("a")
+        s.pool.deregister(first.agent)
         await trio.sleep(AGENT_REJOIN_GRACE / 2)
         assert s.received == []
         back = s.add_agent("a")
@@ -261,7 +261,7 @@ async def test_a_slot_on_an_agent_that_left_before_dispatch_is_dispatched_elsewh
         s.start()
         await trio.testing.wait_all_tasks_blocked()
         blocker.release()  # hands a's slot to the waiting request...
-        s.pool.deregister("a")  # ...whose agent leaves before the request runs again
+        s.pool.deregister(first.agent)  # ...whose agent leaves before the request runs again
         second = s.add_agent("b")
         assert await second.next_request_id()
         assert first.outbox.statistics().current_buffer_used == 0

@@ -145,7 +145,7 @@ async def test_an_agent_lost_after_a_token_went_at_once_is_a_502_not_a_second_di
         second = s.add_agent("second")
 
         first.reply(agent_request_id, ContentToken("a"))
-        s.pool.deregister("first")
+        s.pool.deregister(first.agent)
         await trio.testing.wait_all_tasks_blocked()
 
         assert client.texts() == [("now", "a")]
