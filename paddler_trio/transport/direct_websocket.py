@@ -136,7 +136,8 @@ class DirectWebSocket:
     def _is_open(self) -> bool:
         # A client's close is answered by the reader before the handler's tasks are cancelled:
         # meanwhile other tasks (the agent socket's reader handing tokens on) must see it closed.
-        return not self._closing and not self.ended and self._connection.state is ConnectionState.OPEN
+        # (Our own close leaves the OPEN state too, when its frame is made.)
+        return not self.ended and self._connection.state is ConnectionState.OPEN
 
     def send_text_now(self, text: str) -> bool:
         """`text` as a message written at once if nothing is being written (`StreamWriter.send_now`)."""

@@ -57,10 +57,11 @@ class BalancerUnderTest:
         """Start a scripted fake agent and wait until the balancer lists it."""
         agent = ScriptedFakeAgent(self.addresses.management, **script)
         await self.nursery.start(agent.run)
-        await wait_until(lambda: self._lists(agent.agent_id))
+        await wait_until(lambda: self.lists(agent.agent_id))
         return agent
 
-    async def _lists(self, agent_id: str) -> bool:
+    async def lists(self, agent_id: str) -> bool:
+        """Whether `/api/v1/agents` lists the agent `agent_id`."""
         return any(agent["id"] == agent_id for agent in await self.agents())
 
     async def post_ndjson(self, path: str, body: Any) -> list[dict[str, Any]]:

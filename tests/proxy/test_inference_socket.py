@@ -205,7 +205,7 @@ async def test_clients_closing_mid_stream_never_cost_the_agent_its_connection() 
             balancer.addresses.management, slots=8, tokens=2000, first_token_delay=0.0, token_interval=0.001
         )
         await balancer.nursery.start(agent.run)
-        await wait_until(lambda: _lists(balancer, agent.agent_id))
+        await wait_until(lambda: balancer.lists(agent.agent_id))
 
         async def stream_then_close(client: int) -> None:
             for round_number in range(10):
@@ -223,7 +223,3 @@ async def test_clients_closing_mid_stream_never_cost_the_agent_its_connection() 
             await ws.send_message(request("after", max_tokens=2000))
             replies = (await receive_until_done(ws, {"after"}))["after"]
         assert "Error" not in replies[-1], replies[-1]
-
-
-async def _lists(balancer: BalancerUnderTest, agent_id: str) -> bool:
-    return any(listed["id"] == agent_id for listed in await balancer.agents())
