@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import functools
 from pathlib import Path
 
 import trio
 
 from paddler_trio.agent.agent_config import AgentConfig
-from paddler_trio.cli_values import positive_int, socket_address
+from paddler_trio.cli_values import ALLOW_AMX_HELP, positive_int, socket_address
 
 
 def add_parser(subcommands: argparse._SubParsersAction) -> None:
@@ -44,6 +45,7 @@ def add_parser(subcommands: argparse._SubParsersAction) -> None:
         metavar="N",
         help="llama.cpp CPU threads (default: every core this process may use)",
     )
+    parser.add_argument("--allow-amx", action="store_true", help=ALLOW_AMX_HELP)
     parser.add_argument(
         "--agent-secret",
         default=None,
@@ -70,6 +72,10 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from paddler_trio.nursery.agent import run_agent
     from paddler_trio.security.secret_sources import SecretSourceError, collect_secret
 
+    # A crash inside llama.cpp kills the process without a Python traceback; this prints the
+    # signal and every thread's Python stack to stderr first (docs/operations.md).
+    faulthandler.enable()
+
     if args.management_ca_file is not None and not args.management_tls:
         parser.error("--management-ca-file needs --management-tls")
     if args.management_ca_file is not None and not args.management_ca_file.is_file():
@@ -83,6 +89,7 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         slots=args.slots,
         name=args.name,
         threads=args.threads,
+        allow_amx=args.allow_amx,
         agent_secret=agent_secret,
         management_tls=args.management_tls,
         management_ca_file=args.management_ca_file,

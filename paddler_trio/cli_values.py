@@ -1,4 +1,4 @@
-"""Value parsers shared by the subcommands: Paddler's millisecond durations and host:port."""
+"""Value parsers and help shared by the subcommands: Paddler's millisecond durations, host:port."""
 
 from __future__ import annotations
 
@@ -6,6 +6,13 @@ import argparse
 import socket
 
 import attrs
+
+# `paddler agent` and `paddler quickstart` both load models (paddler_trio/engine/amx_guard.py).
+ALLOW_AMX_HELP = (
+    "when llama.cpp was built with AMX (Intel Sapphire Rapids and newer, -march=native), still load "
+    "weights into its AMX buffers; without this flag they stay in plain CPU buffers, because llama.cpp's "
+    "AMX matrix multiplication crashes the process on many Linux systems"
+)
 
 
 @attrs.frozen

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import functools
 from pathlib import Path
 
 import trio
 
 from paddler_trio.balancer_config import BalancerConfig
-from paddler_trio.cli_values import positive_int, socket_address
+from paddler_trio.cli_values import ALLOW_AMX_HELP, positive_int, socket_address
 
 
 def add_parser(subcommands: argparse._SubParsersAction) -> None:
@@ -25,6 +26,7 @@ def add_parser(subcommands: argparse._SubParsersAction) -> None:
     parser.add_argument("--model", type=Path, default=None, metavar="PATH", help="GGUF model file (default: the bundled Qwen model)")
     parser.add_argument("--slots", type=positive_int, default=4, metavar="N", help="requests served at once (default: 4)")
     parser.add_argument("--threads", type=positive_int, default=None, metavar="N", help="llama.cpp threads (default: every core)")
+    parser.add_argument("--allow-amx", action="store_true", help=ALLOW_AMX_HELP)
     parser.add_argument(
         "--inference-addr", type=socket_address, default="127.0.0.1:8061", metavar="HOST:PORT",
         help="inference service address (default: 127.0.0.1:8061)",
@@ -41,6 +43,9 @@ def add_parser(subcommands: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    # A crash inside llama.cpp kills the process without a Python traceback; this prints the
+    # signal and every thread's Python stack to stderr first (docs/operations.md).
+    faulthandler.enable()
     from paddler_trio.bundled_models import QWEN_2_5_CODER_0_5B, ensure_model
     from paddler_trio.nursery.quickstart import QuickstartConfig, run_quickstart
 
@@ -52,6 +57,7 @@ def _run(args: argparse.Namespace) -> int:
         model_path=model_path,
         slots=args.slots,
         threads=args.threads,
+        allow_amx=args.allow_amx,
         balancer=BalancerConfig(
             inference_addr=args.inference_addr,
             management_addr=args.management_addr,

@@ -16,6 +16,8 @@ class AgentConfig:
     name: str | None = None
     # llama.cpp threads; None: every core this process may use.
     threads: int | None = None
+    # Let a llama.cpp built with AMX use its AMX weight buffers (engine/amx_guard.py).
+    allow_amx: bool = False
     # Sent as `Authorization: Bearer` when joining (balancer --agent-secret).
     agent_secret: str | None = attrs.field(default=None, repr=False)
     # wss:// instead of ws://, trusting the system's CAs plus `management_ca_file`.

@@ -105,6 +105,7 @@ class Reconciliation:
         *,
         slots: int,
         threads: int | None = None,
+        allow_amx: bool = False,
         agent_name: str | None = None,
     ) -> None:
         self._status = status
@@ -112,6 +113,7 @@ class Reconciliation:
         self._engines = engines
         self._slots = slots
         self._threads = threads
+        self._allow_amx = allow_amx
         self._progress = DownloadProgress()
         self._desired: AgentDesiredState | None = None
         self._desired_version = 0
@@ -257,6 +259,7 @@ class Reconciliation:
                 inference_parameters=_engine_relevant(desired.inference_parameters),
                 chat_template_override=override.content if override is not None else None,
                 n_threads=self._threads,
+                allow_amx=self._allow_amx,
                 agent_name=self._agent_name,
             )
         return _Plan(

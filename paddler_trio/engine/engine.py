@@ -75,6 +75,8 @@ class EngineSettings:
     inference_parameters: InferenceParameters = attrs.field(factory=InferenceParameters)
     chat_template_override: str | None = None
     n_threads: int | None = None
+    # Let a llama.cpp built with AMX use its AMX weight buffers (engine/amx_guard.py).
+    allow_amx: bool = False
     agent_name: str | None = None  # named in the messages of refused requests, as Paddler's agent does
 
     def check(self) -> None:
@@ -223,7 +225,9 @@ class Engine:
         settings.check()
         parameters = settings.inference_parameters
         model = await trio.to_thread.run_sync(
-            functools.partial(LoadedModel.load, settings.model_path, n_gpu_layers=parameters.n_gpu_layers)
+            functools.partial(
+                LoadedModel.load, settings.model_path, n_gpu_layers=parameters.n_gpu_layers, allow_amx=settings.allow_amx
+            )
         )
         context: DecodingContext | None = None
         try:

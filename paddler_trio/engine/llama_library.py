@@ -1,4 +1,4 @@
-"""Process-wide llama.cpp set-up: backend initialisation and log routing.
+"""Process-wide llama.cpp set-up: backend initialisation, log routing and the build's features.
 
 llama.cpp logs through a C callback; ours forwards each line to Python logging (debug
 for chatter, warning and error as such). The ctypes callback object is kept in a module
@@ -50,3 +50,10 @@ def ensure_backend_initialised() -> None:
         llama_cpp.llama_log_set(_LOG_CALLBACK, ctypes.c_void_p(0))
         llama_cpp.llama_backend_init()
         _initialised = True
+
+
+def system_info() -> str:
+    """llama.cpp's one-line build report: the CPU features compiled in, e.g.
+    "CPU : SSE3 = 1 | AVX2 = 1 | ... | OPENMP = 1 | REPACK = 1 |"."""
+    ensure_backend_initialised()
+    return llama_cpp.llama_print_system_info().decode("utf-8", errors="replace").strip()

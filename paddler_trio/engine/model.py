@@ -12,8 +12,9 @@ import time
 
 import llama_cpp
 
+from paddler_trio.engine.amx_guard import decide_extra_buffer_types
 from paddler_trio.engine.engine_errors import ModelCannotBeLoaded, ModelFileDoesNotExist
-from paddler_trio.engine.llama_library import ensure_backend_initialised
+from paddler_trio.engine.llama_library import ensure_backend_initialised, system_info
 
 _logger = logging.getLogger(__name__)
 
@@ -69,8 +70,10 @@ class LoadedModel:
         return n_gpu_layers == 0 or not llama_cpp.llama_supports_gpu_offload()
 
     @classmethod
-    def load(cls, path: str, *, n_gpu_layers: int = 0) -> "LoadedModel":
-        """Load a GGUF file; raises ModelFileDoesNotExist or ModelCannotBeLoaded."""
+    def load(cls, path: str, *, n_gpu_layers: int = 0, allow_amx: bool = False) -> "LoadedModel":
+        """Load a GGUF file; raises ModelFileDoesNotExist or ModelCannotBeLoaded.
+
+        `allow_amx`: let a llama.cpp built with AMX use its AMX weight buffers (amx_guard.py)."""
         if not os.path.isfile(path):
             raise ModelFileDoesNotExist(path)
         try:
@@ -80,9 +83,14 @@ class LoadedModel:
             raise ModelCannotBeLoaded(path, f"cannot read the file: {error.strerror}") from error
         if magic != _GGUF_MAGIC:
             raise ModelCannotBeLoaded(path, f"not a GGUF file (starts with {magic!r}, expected {_GGUF_MAGIC!r})")
-        ensure_backend_initialised()
+        build = system_info()
+        _logger.info("llama.cpp build: %s", build)
+        buffer_types = decide_extra_buffer_types(build, allow_amx=allow_amx)
+        if buffer_types.warning:
+            _logger.warning("%s", buffer_types.warning)
         params = llama_cpp.llama_model_default_params()
         params.n_gpu_layers = n_gpu_layers
+        params.use_extra_bufts = buffer_types.use_extra_buffer_types
         started = time.perf_counter()
         model = llama_cpp.llama_model_load_from_file(path.encode(), params)
         if not model:

@@ -45,7 +45,9 @@ async def serve_agent(
     agent_id = new_agent_id()
     status = AgentStatus(desired_slots_total=config.slots)
     engines = EngineHolder()
-    reconciliation = Reconciliation(status, engines, slots=config.slots, threads=config.threads, agent_name=config.name)
+    reconciliation = Reconciliation(
+        status, engines, slots=config.slots, threads=config.threads, allow_amx=config.allow_amx, agent_name=config.name
+    )
     link = ManagementLink(
         config.agent_socket_base_url + agent_id,
         name=config.name,

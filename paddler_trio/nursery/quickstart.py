@@ -36,6 +36,7 @@ class QuickstartConfig:
     slots: int
     balancer: BalancerConfig
     threads: int | None = None
+    allow_amx: bool = False
 
 
 def first_request_banner(addresses: BalancerAddresses, model_path: Path, slots: int) -> str:
@@ -109,6 +110,7 @@ async def run_quickstart(config: QuickstartConfig, announce: Callable[[str], Non
                     slots=config.slots,
                     name=AGENT_NAME,
                     threads=config.threads,
+                    allow_amx=config.allow_amx,
                 )
                 await agent_nursery.start(serve_agent, agent_config, stop_agent)
                 with signalled:

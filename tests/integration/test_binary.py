@@ -10,13 +10,16 @@ import json
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
+import attrs
 import httpx
 import pytest
 
 from paddler_trio import __version__
 from tests.integration.cluster import free_port
+from tests.integration.instruction_sets import LLAMA_CPP_LIBRARIES, instructions_beyond_x86_64_v3
 
 pytestmark = pytest.mark.slow
 
@@ -64,19 +67,30 @@ def test_binary_prints_its_version(binary: Path, tmp_path: Path) -> None:
     assert result.stdout.strip() == f"paddler {__version__}"
 
 
-def test_binary_quickstart_serves_a_request_and_the_admin_panel(
-    binary: Path, tmp_path: Path, gemma_model_path: Path
-) -> None:
+@attrs.frozen
+class RunningQuickstart:
+    inference: int
+    panel: int
+    # Where the one-file binary unpacked itself: every library it loads comes from here.
+    unpacked: Path
+
+
+@pytest.fixture(scope="module")
+def quickstart(binary: Path, tmp_path_factory: pytest.TempPathFactory, gemma_model_path: Path) -> Iterator[RunningQuickstart]:
+    """`dist/paddler quickstart` on Gemma, outside the virtualenv; stopped with Ctrl-C at the end,
+    which must end it with exit code 0."""
+    home = tmp_path_factory.mktemp("binary-home")
+    runtime = tmp_path_factory.mktemp("binary-runtime")
     inference, management, panel = free_port(), free_port(), free_port()
-    log = tmp_path / "quickstart.log"
+    log = home / "quickstart.log"
     process = subprocess.Popen(
         [
             str(binary), "quickstart", "--model", str(gemma_model_path), "--slots", "1", "--threads", "1",
             "--inference-addr", f"127.0.0.1:{inference}", "--management-addr", f"127.0.0.1:{management}",
             "--web-admin-panel-addr", f"127.0.0.1:{panel}",
         ],
-        cwd=tmp_path,
-        env=_clean_environment(tmp_path),
+        cwd=home,
+        env={**_clean_environment(home), "TMPDIR": str(runtime)},
         stdout=subprocess.PIPE,
         stderr=log.open("wb"),
         text=True,
@@ -88,18 +102,35 @@ def test_binary_quickstart_serves_a_request_and_the_admin_panel(
             if "Press Ctrl-C to stop" in line:
                 break
         assert f"http://127.0.0.1:{inference}" in "".join(banner), "".join(banner) + log.read_text()
-        response = httpx.post(
-            f"http://127.0.0.1:{inference}/api/v1/continue_from_raw_prompt",
-            json={"raw_prompt": "1, 2, 3, 4,", "max_tokens": 8},
-            timeout=60,
-        )
-        lines = [json.loads(line) for line in response.text.splitlines()]
-        assert lines[-1]["Response"]["response"]["GeneratedToken"]["Done"]["usage"]["content_tokens"] == 8
-        script = httpx.get(f"http://127.0.0.1:{panel}/static/app.js", timeout=5)
-        assert script.status_code == 200 and "navigate" in script.text
+        (unpacked,) = runtime.glob("_MEI*")
+        yield RunningQuickstart(inference=inference, panel=panel, unpacked=unpacked)
         process.send_signal(signal.SIGINT)
         assert process.wait(20) == 0, log.read_text()[-3000:]
     finally:
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def test_binary_quickstart_serves_a_request_and_the_admin_panel(quickstart: RunningQuickstart) -> None:
+    response = httpx.post(
+        f"http://127.0.0.1:{quickstart.inference}/api/v1/continue_from_raw_prompt",
+        json={"raw_prompt": "1, 2, 3, 4,", "max_tokens": 8},
+        timeout=60,
+    )
+    lines = [json.loads(line) for line in response.text.splitlines()]
+    assert lines[-1]["Response"]["response"]["GeneratedToken"]["Done"]["usage"]["content_tokens"] == 8
+    script = httpx.get(f"http://127.0.0.1:{quickstart.panel}/static/app.js", timeout=5)
+    assert script.status_code == 200 and "navigate" in script.text
+
+
+def test_binary_carries_a_llama_cpp_that_runs_on_any_x86_64_v3_cpu(quickstart: RunningQuickstart) -> None:
+    """The Makefile builds llama.cpp for x86-64-v3 (AVX2, FMA, F16C, BMI2): the libraries the
+    binary unpacked and loaded hold no AVX-512 or AMX instruction, which an older CPU (or an AMD
+    one before Zen 4) would die of with SIGILL."""
+    libraries = sorted(
+        path for path in quickstart.unpacked.rglob("lib*.so*") if path.name.startswith(LLAMA_CPP_LIBRARIES)
+    )
+    assert any(path.name.startswith("libggml-cpu") for path in libraries), sorted(quickstart.unpacked.rglob("*.so*"))
+    beyond_baseline = {path.name: instructions_beyond_x86_64_v3(path) for path in libraries}
+    assert beyond_baseline == {path.name: [] for path in libraries}
