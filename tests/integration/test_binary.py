@@ -1,7 +1,7 @@
 """The one-file `dist/paddler` (PyInstaller, paddler.spec) runs outside the virtualenv and serves a request.
 
-Slow: the binary is built here when it is missing or older than the sources (minutes on
-two cores), then reused.
+Slow: `make binary` builds it when it is missing or older than the sources (the first time it
+also compiles the portable llama.cpp that the binary carries, about 5 minutes on two cores).
 """
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,23 +27,14 @@ BINARY = REPOSITORY / "dist" / "paddler"
 BUILD_TIMEOUT = 1800
 
 
-def _newest_source() -> float:
-    sources = [REPOSITORY / "paddler.spec", *(REPOSITORY / "paddler_trio").rglob("*")]
-    return max(path.stat().st_mtime for path in sources if path.is_file() and "__pycache__" not in path.parts)
-
-
 @pytest.fixture(scope="module")
 def binary() -> Path:
-    if not BINARY.exists() or BINARY.stat().st_mtime < _newest_source():
-        build = subprocess.run(
-            [sys.executable, "-m", "PyInstaller", "--noconfirm", "paddler.spec"],
-            check=False,
-            cwd=REPOSITORY,
-            capture_output=True,
-            text=True,
-            timeout=BUILD_TIMEOUT,
-        )
-        assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
+    """`make binary`: builds the portable llama.cpp's virtualenv and the binary when missing or
+    older than the sources, else does nothing."""
+    build = subprocess.run(
+        ["make", "binary"], check=False, cwd=REPOSITORY, capture_output=True, text=True, timeout=BUILD_TIMEOUT
+    )
+    assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
     return BINARY
 
 
@@ -125,9 +115,9 @@ def test_binary_quickstart_serves_a_request_and_the_admin_panel(quickstart: Runn
 
 
 def test_binary_carries_a_llama_cpp_that_runs_on_any_x86_64_v3_cpu(quickstart: RunningQuickstart) -> None:
-    """The Makefile builds llama.cpp for x86-64-v3 (AVX2, FMA, F16C, BMI2): the libraries the
-    binary unpacked and loaded hold no AVX-512 or AMX instruction, which an older CPU (or an AMD
-    one before Zen 4) would die of with SIGILL."""
+    """`make binary` builds its llama.cpp for x86-64-v3 (AVX2, FMA, F16C, BMI2), not for this
+    machine: the libraries the binary unpacked and loaded hold no AVX-512 or AMX instruction,
+    which a CPU without them (an AMD one before Zen 4, most Intel desktops) would die of with SIGILL."""
     libraries = sorted(
         path for path in quickstart.unpacked.rglob("lib*.so*") if path.name.startswith(LLAMA_CPP_LIBRARIES)
     )
