@@ -433,3 +433,32 @@ async def test_sigterm_deregisters_and_exits_cleanly(
             process.kill()
             await process.wait()
 
+
+
+async def test_a_native_crash_prints_the_signal_and_the_python_stack(
+    balancer: ScriptedFakeBalancer, tmp_path: Path
+) -> None:
+    """A crash inside llama.cpp kills the agent without a Python exception; faulthandler still
+    tells the operator which signal and where (docs/operations.md). SIGSEGV sent from outside
+    stands in for one raised by llama.cpp."""
+    log_path = tmp_path / "agent.log"
+    with open(log_path, "wb") as log:
+        process = await trio.lowlevel.open_process(
+            [sys.executable, "-m", "paddler_trio", "agent", "--management-addr", balancer.address, "--slots", "1"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=Path(__file__).resolve().parents[2],
+        )
+    try:
+        await balancer.first_connection()
+        process.send_signal(signal.SIGSEGV)
+        with trio.fail_after(10):
+            returncode = await process.wait()
+        output = log_path.read_text(errors="replace")
+        assert returncode == -signal.SIGSEGV, output[-3000:]
+        assert "Fatal Python error: Segmentation fault" in output, output[-3000:]
+        assert 'File "' in output.split("Fatal Python error: Segmentation fault", 1)[1]
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
