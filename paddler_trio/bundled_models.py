@@ -44,6 +44,8 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
+from paddler_trio.environment_variables import BUNDLED_MODELS_CACHE_DIR, CACHE_DIR
+
 if TYPE_CHECKING:
     from hashlib import _Hash
 
@@ -164,10 +166,15 @@ def resolve_model(name: str) -> BundledModel:
 
 
 def models_directory() -> Path:
-    """`$PADDLER_TRIO_MODELS_DIR`, else `$XDG_CACHE_HOME/paddler-trio/models`, else `~/.cache/...`."""
-    override = os.environ.get("PADDLER_TRIO_MODELS_DIR")
-    if override:
-        return Path(override).expanduser().absolute()
+    """`$PADDLER_CACHE_DIR/bundled-models`, else `$XDG_CACHE_HOME/paddler-trio/models`, else `~/.cache/...`.
+
+    The deprecated `$PADDLER_TRIO_MODELS_DIR` (read when `$PADDLER_CACHE_DIR` is not set) names the folder itself.
+    """
+    found = BUNDLED_MODELS_CACHE_DIR.lookup()
+    if found is not None:
+        name, value = found
+        chosen = Path(value).expanduser().absolute()
+        return chosen / "bundled-models" if name == CACHE_DIR.name else chosen
     xdg_cache = os.environ.get("XDG_CACHE_HOME")
     cache = Path(xdg_cache) if xdg_cache and Path(xdg_cache).is_absolute() else Path.home() / ".cache"
     return cache / "paddler-trio" / "models"

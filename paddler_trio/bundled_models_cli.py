@@ -71,7 +71,7 @@ def _add_common_options(parser: argparse.ArgumentParser, model_default: str) -> 
         type=Path,
         default=None,
         metavar="PATH",
-        help="models folder (default: $PADDLER_TRIO_MODELS_DIR, else $XDG_CACHE_HOME/paddler-trio/models,"
+        help="models folder (default: $PADDLER_CACHE_DIR/bundled-models, else $XDG_CACHE_HOME/paddler-trio/models,"
         " else ~/.cache/paddler-trio/models)",
     )
 

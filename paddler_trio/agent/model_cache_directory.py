@@ -6,9 +6,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from paddler_trio.environment_variables import CACHE_DIR
+
 
 def model_cache_directory() -> Path:
-    explicit = os.environ.get("PADDLER_CACHE_DIR")
+    explicit = CACHE_DIR.read()
     if explicit:
         return Path(explicit)
     xdg = os.environ.get("XDG_CACHE_HOME")

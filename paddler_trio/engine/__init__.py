@@ -23,7 +23,7 @@ _user_chose = "GOMP_SPINCOUNT" in os.environ or "OMP_WAIT_POLICY" in os.environ
 if not _user_chose:
     os.environ["GOMP_SPINCOUNT"] = ENGINE_SPIN_COUNT
 
-import llama_cpp  # noqa: F401  (must precede numpy, see above; libgomp reads the environment now)
+import llama_cpp  # noqa: E402, F401  (after GOMP_SPINCOUNT is set and before numpy, see above; libgomp reads the environment now)
 
 if not _user_chose:
     del os.environ["GOMP_SPINCOUNT"]

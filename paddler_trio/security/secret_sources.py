@@ -3,9 +3,10 @@ environment variables (comma-separated), so that they can stay out of process li
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+
+from paddler_trio.environment_variables import EnvironmentVariable
 
 
 class SecretSourceError(Exception):
@@ -15,31 +16,29 @@ class SecretSourceError(Exception):
 def collect_keys(
     given: Iterable[str],
     files: Iterable[Path],
-    environment_variable: str,
+    environment_variable: EnvironmentVariable,
     environment: Mapping[str, str] | None = None,
 ) -> tuple[str, ...]:
     """Every key from the three sources, in that order, blanks dropped, duplicates once."""
-    environment = os.environ if environment is None else environment
     keys = [key.strip() for key in given]
     for path in files:
         keys.extend(_read_lines(path))
-    keys.extend(environment.get(environment_variable, "").split(","))
+    keys.extend((environment_variable.read(environment) or "").split(","))
     return tuple(dict.fromkeys(key for key in (k.strip() for k in keys) if key))
 
 
 def collect_secret(
     given: str | None,
     file: Path | None,
-    environment_variable: str,
+    environment_variable: EnvironmentVariable,
     environment: Mapping[str, str] | None = None,
 ) -> str | None:
     """One secret: the flag, else the file's first line, else the environment variable; None if none."""
-    environment = os.environ if environment is None else environment
     if given is not None and given.strip():
         return given.strip()
     if file is not None:
         return _read_lines(file)[0]
-    return environment.get(environment_variable, "").strip() or None
+    return (environment_variable.read(environment) or "").strip() or None
 
 
 def _read_lines(path: Path) -> list[str]:

@@ -17,7 +17,7 @@ async def test_changes_bump_the_version_and_wake_waiters() -> None:
     assert status.version == 0  # nothing changed
 
     async def change_later() -> None:
-        await trio.sleep(0.01)
+        await trio.testing.wait_all_tasks_blocked()  # the test waits for the change
         status.update(issues=[ModelFileDoesNotExist("/x")], state_application_status=StateApplicationStatus.STUCK)
 
     async with trio.open_nursery() as nursery:
@@ -38,7 +38,7 @@ async def test_slots_processing_counts_taken_slots_and_wait_until_sees_the_drain
 
     async def finish_requests() -> None:
         for _ in range(2):
-            await trio.sleep(0.01)
+            await trio.testing.wait_all_tasks_blocked()  # the test waits for the drain
             status.release_slot()
 
     async with trio.open_nursery() as nursery:

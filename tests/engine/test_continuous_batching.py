@@ -17,6 +17,7 @@ from paddler_trio.protocol import (
     InferenceParameters,
 )
 from tests.engine.engine_harness import collect, raw
+from tests.waiting import wait_until
 
 GREEDY = attrs.evolve(InferenceParameters.deterministic(), context_size=2048, n_batch=512)
 
@@ -81,9 +82,7 @@ async def test_trio_cancel_scope_cancels_the_request(gemma_model_path):
             async with engine.continue_from_raw_prompt(params) as stream:
                 async for _ in stream:
                     pass
-        with trio.fail_after(10):
-            while engine.scheduler.slots_busy:
-                await trio.sleep(0.001)
+        await wait_until(lambda: not engine.scheduler.slots_busy, limit=10)
 
 
 async def test_stop_ends_with_done_and_partial_usage(gemma_model_path):
@@ -238,9 +237,7 @@ async def first_tokens_seen_while_decoding(engine: Engine) -> list[bool]:
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(keep_the_engine_stepping)
-        with trio.fail_after(10):
-            while engine.scheduler.slots_busy == 0:
-                await trio.sleep(0.01)
+        await wait_until(lambda: engine.scheduler.slots_busy, limit=10)
         for start in (5, 50, 500):
             params = ContinueFromRawPromptParams(raw_prompt=counting_prompt(start), max_tokens=2)
             async with engine.continue_from_raw_prompt(params) as stream:

@@ -5,6 +5,7 @@ SIGTERM while streams are open."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -51,6 +52,23 @@ def rss_mib(pid: int) -> float:
 
 def open_fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def connections_on_port(pid: int, port: int) -> int:
+    """How many TCP connections on its `port` the process `pid` holds open (its listening socket not counted)."""
+    sockets = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):  # an fd closed while we look
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            if target.startswith("socket:["):
+                sockets.add(target.removeprefix("socket:[").removesuffix("]"))
+    count = 0
+    for table in ("tcp", "tcp6"):
+        for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            local_port, state, inode = int(fields[1].rsplit(":", 1)[1], 16), fields[3], fields[9]
+            count += local_port == port and state != "0A" and inode in sockets  # 0A: LISTEN
+    return count
 
 
 @contextmanager
@@ -152,7 +170,7 @@ def test_open_fds_return_to_baseline_after_requests_and_disconnects_and_sigterm_
     with scripted_paced_agents(cluster, "--slots", "8", "--tokens", "200", "--first-token-delay", "0.05", "--token-interval", "0.05"):
         pid = balancer_pid(cluster)
         stream_to_the_end(cluster, 3)  # warm-up
-        time.sleep(1)
+        wait_until(lambda: connections_on_port(pid, cluster.inference_port) == 0, 10, "the warm-up connection to close")
         baseline = open_fds(pid)
         url = f"{cluster.inference_url}{RAW}"
         websocket_url = f"ws://127.0.0.1:{cluster.inference_port}/api/v1/inference_socket"
@@ -187,7 +205,7 @@ def test_open_fds_return_to_baseline_after_requests_and_disconnects_and_sigterm_
         for thread in threads:
             thread.join(60)
         cluster.wait_idle()
-        time.sleep(1)  # the management queries' own connections close too
+        # The management queries' own connections close too: the wait covers them.
         wait_until(lambda: open_fds(pid) <= baseline, 10, f"the balancer's open fds to return to {baseline}")
 
         # SIGTERM with streams open on both transports: the shutdown envelope, then a prompt exit.

@@ -1,7 +1,8 @@
 """The bar: no request is dropped or fails during model swaps under a steady load.
 
-Two real agents serve a steady stream of short requests from several client threads for
-about 20 s while the desired state switches the model twice (Gemma -> Qwen -> Gemma).
+Two real agents serve a steady stream of short requests from several client threads while
+the desired state switches the model twice (Gemma -> Qwen -> Gemma); each switch comes once
+the load is flowing, and the next once requests are served again after it.
 Every request must end with Done: the count sent equals the count completed.
 
 Every agent reloads at once (as in Paddler), so for the length of a load the cluster has no
@@ -19,7 +20,7 @@ import attrs
 import httpx
 import pytest
 
-from tests.integration.cluster import ndjson_lines
+from tests.integration.cluster import ndjson_lines, wait_until
 from tests.integration.desired_states import (
     applied_with,
     describe,
@@ -64,6 +65,11 @@ class Load:
                         self.failures.append(problem)
 
 
+def served_after(load: Load, moment: float) -> int:
+    with load.lock:
+        return sum(at > moment for at in load.completed_at)
+
+
 def test_no_request_is_dropped_while_the_model_is_switched_twice(
     cluster_factory, gemma_model_path: Path, qwen_model_path: Path
 ):
@@ -79,13 +85,19 @@ def test_no_request_is_dropped_while_the_model_is_switched_twice(
         thread.start()
     switches: list[float] = []
     try:
-        time.sleep(4)
+        # A failure ends the waits early: the assertions below report it.
+        wait_until(lambda: load.failures or load.completed >= CLIENTS, 60, "the load to flow before the first switch")
         for model in (qwen_model_path, gemma_model_path):
-            switches.append(time.monotonic())
+            switched_at = time.monotonic()
+            switches.append(switched_at)
             put_state(cluster, desired_state(model)).raise_for_status()
             for name in ("a1", "a2"):
                 wait_for_agent(cluster, name, applied_with(model), f"{name} to load {model.name}", timeout=90)
-            time.sleep(5)
+            wait_until(
+                lambda: load.failures or served_after(load, switched_at) >= CLIENTS,
+                60,
+                f"requests to be served again on {model.name}",
+            )
     finally:
         load.stop.set()
         for thread in clients:
@@ -95,6 +107,6 @@ def test_no_request_is_dropped_while_the_model_is_switched_twice(
     assert load.sent == load.completed
     for switched_at in switches:  # served before and after each switch
         assert any(at < switched_at for at in load.completed_at)
-        assert sum(at > switched_at for at in load.completed_at) >= CLIENTS
+        assert served_after(load, switched_at) >= CLIENTS
     cluster.wait_idle()
     print(f"swap under load: {load.sent} requests sent, {load.completed} completed, 2 model switches")

@@ -16,6 +16,7 @@ import trio
 from trio_websocket import ConnectionClosed, open_websocket_url
 
 from tests.proxy.scripted_fake_agent import ScriptedFakeAgent
+from tests.waiting import wait_until
 
 START_LIMIT = 20.0
 _LISTENING = re.compile(r"(inference|management) service listening on http://(\S+)")
@@ -139,9 +140,7 @@ async def test_sigterm_answers_open_streams_and_exits_within_five_seconds() -> N
                 nursery.start_soon(stream_ndjson, http)
                 nursery.start_soon(stream_sse, http)
                 nursery.start_soon(hold_socket)
-                with trio.fail_after(10):
-                    while len(ndjson_lines) < 2 or not sse_lines:
-                        await trio.sleep(0.05)
+                await wait_until(lambda: len(ndjson_lines) >= 2 and sse_lines, limit=10)
                 started = trio.current_time()
                 balancer.process.send_signal(signal.SIGTERM)
                 with trio.fail_after(5):

@@ -25,9 +25,10 @@ from tests.proxy.scripted_fake_agent import status_snapshot
 DESIRED = "/api/v1/balancer_desired_state"
 
 
-async def sse_events(http: httpx.AsyncClient, url: str, count: int) -> list[str]:
-    """The first `count` SSE lines (`data: ...` events and `:` comments) of a stream."""
-    lines: list[str] = []
+async def sse_events(http: httpx.AsyncClient, url: str, count: int, lines: list[str] | None = None) -> list[str]:
+    """The first `count` SSE lines (`data: ...` events and `:` comments) of a stream; appended
+    to `lines` as they come, when given, so that a test can wait for the subscription."""
+    lines = [] if lines is None else lines
     with trio.fail_after(15):
         async with http.stream("GET", url) as response:
             assert response.status_code == 200
@@ -221,11 +222,11 @@ async def test_buffered_requests_count_and_its_stream() -> None:
         events: list[str] = []
 
         async def watch() -> None:
-            events.extend(await sse_events(balancer.http, url, 3))
+            await sse_events(balancer.http, url, 3, events)
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(watch)
-            await trio.sleep(0.2)
+            await wait_until(lambda: events)  # subscribed: the snapshot on connect is in
             request_scope = trio.CancelScope()
             nursery.start_soon(_request_in_scope, balancer, request_scope)
             await wait_until(balancer.buffered)
@@ -250,11 +251,11 @@ async def test_agents_stream_sends_a_snapshot_on_connect_and_on_changes() -> Non
         events: list[str] = []
 
         async def watch() -> None:
-            events.extend(await sse_events(balancer.http, f"{balancer.management}/api/v1/agents/stream", 2))
+            await sse_events(balancer.http, f"{balancer.management}/api/v1/agents/stream", 2, events)
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(watch)
-            await trio.sleep(0.2)
+            await wait_until(lambda: events)  # subscribed: the snapshot on connect is in
             await balancer.add_agent(agent_id="streamed")
         assert events[0] == 'data: {"agents":[]}'
         assert json.loads(events[1].removeprefix("data: "))["agents"][0]["id"] == "streamed"
@@ -274,11 +275,13 @@ async def test_shutdown_ends_sse_streams() -> None:
 
         async def watch() -> None:
             async with balancer.http.stream("GET", f"{balancer.management}/api/v1/agents/stream") as response:
-                lines.extend([line async for line in response.aiter_lines() if line])
+                async for line in response.aiter_lines():
+                    if line:
+                        lines.append(line)
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(watch)
-            await trio.sleep(0.2)
+            await wait_until(lambda: lines)  # subscribed: the snapshot on connect is in
             started = trio.current_time()
             balancer.shutdown.trigger()
         assert trio.current_time() - started < 1.0

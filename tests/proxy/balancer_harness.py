@@ -4,7 +4,7 @@ to talk to it over HTTP, NDJSON, SSE and WebSockets and to attach scripted fake 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -17,8 +17,8 @@ from paddler_trio.cli_values import socket_address
 from paddler_trio.nursery.balancer import BalancerAddresses, serve_balancer
 from paddler_trio.proxy.shutdown_signal import ShutdownSignal
 from tests.proxy.scripted_fake_agent import ScriptedFakeAgent
+from tests.waiting import WAIT_LIMIT, wait_until
 
-WAIT_LIMIT = 10.0
 TEARDOWN_GRACE = 0.2
 
 
@@ -64,15 +64,24 @@ class BalancerUnderTest:
         """Whether `/api/v1/agents` lists the agent `agent_id`."""
         return any(agent["id"] == agent_id for agent in await self.agents())
 
-    async def post_ndjson(self, path: str, body: Any) -> list[dict[str, Any]]:
-        """POST and read the whole NDJSON stream."""
+    async def post_ndjson(
+        self, path: str, body: Any, messages: list[dict[str, Any]] | None = None
+    ) -> list[dict[str, Any]]:
+        """POST and read the whole NDJSON stream; appended to `messages` as they come, when given."""
+        messages = [] if messages is None else messages
         async with self.http.stream("POST", f"{self.inference}{path}", json=body) as response:
             assert response.status_code == 200, (response.status_code, await response.aread())
             assert response.headers["content-type"] == "application/json"
-            return [json.loads(line) async for line in response.aiter_lines() if line.strip()]
+            async for line in response.aiter_lines():
+                if line.strip():
+                    messages.append(json.loads(line))
+            return messages
 
-    async def raw_prompt(self, prompt: str = "Hi", max_tokens: int = 8) -> list[dict[str, Any]]:
-        return await self.post_ndjson("/api/v1/continue_from_raw_prompt", {"raw_prompt": prompt, "max_tokens": max_tokens})
+    async def raw_prompt(
+        self, prompt: str = "Hi", max_tokens: int = 8, messages: list[dict[str, Any]] | None = None
+    ) -> list[dict[str, Any]]:
+        body = {"raw_prompt": prompt, "max_tokens": max_tokens}
+        return await self.post_ndjson("/api/v1/continue_from_raw_prompt", body, messages)
 
 
 @asynccontextmanager
@@ -92,18 +101,6 @@ async def running_balancer(**config: Any) -> AsyncIterator[BalancerUnderTest]:
         shutdown.trigger()
         # The graceful path is tested on its own; here it would only wait out Hypercorn's ping task.
         nursery.cancel_scope.deadline = trio.current_time() + TEARDOWN_GRACE
-
-
-async def wait_until(condition: Callable[[], Any], limit: float = WAIT_LIMIT, interval: float = 0.02) -> None:
-    """Poll `condition` (sync or async) until it is truthy; fail after `limit` seconds."""
-    with trio.fail_after(limit):
-        while True:
-            result = condition()
-            if hasattr(result, "__await__"):
-                result = await result
-            if result:
-                return
-            await trio.sleep(interval)
 
 
 def content_of(messages: list[dict[str, Any]]) -> str:

@@ -95,14 +95,14 @@ async def test_agent_dropped_mid_stream_ends_the_request_with_502() -> None:
         messages: list[dict] = []
 
         async def request() -> None:
-            messages.extend(await balancer.raw_prompt())
+            await balancer.raw_prompt(messages=messages)
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(request)
             await wait_until(lambda: len(agent.requests) == 1 and agent.active)
             # Would hold a request forever: it must not get the one that already produced output.
             survivor = await balancer.add_agent(name="survivor", frozen=True)
-            await trio.sleep(0.25)  # some tokens are out
+            await wait_until(lambda: content_of(messages))  # some tokens are out
             await agent.drop()
         assert content_of(messages)
         assert errors_of(messages) == [(502, "Agent controller connection closed")]

@@ -39,11 +39,21 @@ async def post(balancer: BalancerUnderTest, path: str, body: Any) -> Any:
     return await balancer.http.post(url(balancer, path), json=body)
 
 
-async def sse_events(balancer: BalancerUnderTest, path: str, body: Any) -> tuple[int, list[str]]:
-    """The status and the `data:` payloads of a streamed answer."""
+async def sse_events(
+    balancer: BalancerUnderTest, path: str, body: Any, data: list[str] | None = None
+) -> tuple[int, list[str]]:
+    """The status and the `data:` payloads of a streamed answer; appended to `data` as they come, when given."""
+    data = [] if data is None else data
     async with balancer.http.stream("POST", url(balancer, path), json=body) as response:
-        data = [line.removeprefix("data: ") async for line in response.aiter_lines() if line.startswith("data: ")]
+        async for line in response.aiter_lines():
+            if line.startswith("data: "):
+                data.append(line.removeprefix("data: "))
         return response.status_code, data
+
+
+def has_text(data: list[str]) -> bool:
+    """Whether a streamed answer's `data:` payloads so far carry the scripted agent's first token, "a"."""
+    return any('"a"' in payload for payload in data if payload != "[DONE]")
 
 
 def assert_openai_error(response: Any, status: int, *, param: str | None = None, code: str | None = None) -> dict:
@@ -229,14 +239,14 @@ async def test_agent_lost_mid_stream_ends_with_an_error_event_then_done() -> Non
     async with openai_balancer() as balancer:
         agent = await balancer.add_agent(tokens=tuple("abcdefghij"), token_delay=0.1)
         result: list[Any] = []
+        data: list[str] = []
 
         async def request() -> None:
-            result.append(await sse_events(balancer, CHAT, {**HELLO, "stream": True}))
+            result.append(await sse_events(balancer, CHAT, {**HELLO, "stream": True}, data))
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(request)
-            await wait_until(lambda: agent.active)
-            await trio.sleep(0.35)
+            await wait_until(lambda: has_text(data))
             await agent.drop()
         status, data = result[0]
         assert status == 200
@@ -250,14 +260,14 @@ async def test_agent_lost_mid_responses_stream_is_response_failed() -> None:
     async with openai_balancer() as balancer:
         agent = await balancer.add_agent(tokens=tuple("abcdefghij"), token_delay=0.1)
         result: list[Any] = []
+        data: list[str] = []
 
         async def request() -> None:
-            result.append(await sse_events(balancer, "/v1/responses", {"model": "m", "input": "Hi", "stream": True}))
+            result.append(await sse_events(balancer, "/v1/responses", {"model": "m", "input": "Hi", "stream": True}, data))
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(request)
-            await wait_until(lambda: agent.active)
-            await trio.sleep(0.35)
+            await wait_until(lambda: has_text(data))
             await agent.drop()
         events = [json.loads(data) for data in result[0][1]]
         assert [event["sequence_number"] for event in events] == list(range(len(events)))
@@ -270,16 +280,16 @@ async def test_agent_lost_mid_responses_stream_is_response_failed() -> None:
 
 async def test_shutdown_ends_an_open_stream_with_a_503_event_then_done() -> None:
     async with openai_balancer() as balancer:
-        agent = await balancer.add_agent(tokens=tuple("abcdefghij"), token_delay=0.2)
+        await balancer.add_agent(tokens=tuple("abcdefghij"), token_delay=0.2)
         result: list[Any] = []
+        data: list[str] = []
 
         async def request() -> None:
-            result.append(await sse_events(balancer, "/v1/completions", {"model": "m", "prompt": "Hi", "stream": True}))
+            result.append(await sse_events(balancer, "/v1/completions", {"model": "m", "prompt": "Hi", "stream": True}, data))
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(request)
-            await wait_until(lambda: agent.active)
-            await trio.sleep(0.3)  # the first token is out: the stream has started
+            await wait_until(lambda: has_text(data))  # the first token is out: the stream has started
             balancer.shutdown.trigger()
         status, data = result[0]
         assert status == 200 and data[-1] == "[DONE]"

@@ -38,7 +38,7 @@ def balancer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecuredBalanc
         ORIGIN,
         "--buffered-request-timeout",
         "200",
-        environment={"PADDLER_MANAGEMENT_API_KEYS": f" other-key , {MANAGEMENT_KEY}"},
+        environment={"PADDLER_MANAGEMENT_API_KEY": f" other-key , {MANAGEMENT_KEY}"},
     ) as balancer:
         yield balancer
 

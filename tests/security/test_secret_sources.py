@@ -9,6 +9,7 @@ import pytest
 
 from paddler_trio.balancer_config import BalancerConfig
 from paddler_trio.cli_values import socket_address
+from paddler_trio.environment_variables import EnvironmentVariable
 from paddler_trio.security.api_keys import ApiKeys
 from paddler_trio.security.secret_sources import (
     SecretSourceError,
@@ -16,32 +17,35 @@ from paddler_trio.security.secret_sources import (
     collect_secret,
 )
 
+KEYS = EnvironmentVariable("KEYS")
+SECRET = EnvironmentVariable("SECRET")
+
 
 def test_keys_add_up_from_every_source_without_blanks_or_duplicates(tmp_path: Path) -> None:
     keys = tmp_path / "keys"
     keys.write_text("# rotation\nfile-1\n\n  file-2  \nflag-1\n")
     environment = {"KEYS": "env-1, ,file-1,env-2"}
-    assert collect_keys(["flag-1"], [keys], "KEYS", environment) == ("flag-1", "file-1", "file-2", "env-1", "env-2")
-    assert collect_keys([], [], "KEYS", {}) == ()
+    assert collect_keys(["flag-1"], [keys], KEYS, environment) == ("flag-1", "file-1", "file-2", "env-1", "env-2")
+    assert collect_keys([], [], KEYS, {}) == ()
 
 
 def test_unreadable_or_empty_key_files_are_named(tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     empty.write_text("# nothing\n\n")
     with pytest.raises(SecretSourceError, match="holds no key"):
-        collect_keys([], [empty], "KEYS", {})
+        collect_keys([], [empty], KEYS, {})
     with pytest.raises(SecretSourceError, match="cannot read the key file"):
-        collect_keys([], [tmp_path / "missing"], "KEYS", {})
+        collect_keys([], [tmp_path / "missing"], KEYS, {})
 
 
 def test_secret_prefers_flag_then_file_then_environment(tmp_path: Path) -> None:
     secret_file = tmp_path / "secret"
     secret_file.write_text("from-file\n")
     environment = {"SECRET": " from-env "}
-    assert collect_secret("from-flag", secret_file, "SECRET", environment) == "from-flag"
-    assert collect_secret(None, secret_file, "SECRET", environment) == "from-file"
-    assert collect_secret(None, None, "SECRET", environment) == "from-env"
-    assert collect_secret(None, None, "SECRET", {}) is None
+    assert collect_secret("from-flag", secret_file, SECRET, environment) == "from-flag"
+    assert collect_secret(None, secret_file, SECRET, environment) == "from-file"
+    assert collect_secret(None, None, SECRET, environment) == "from-env"
+    assert collect_secret(None, None, SECRET, {}) is None
 
 
 def test_api_keys_accept_any_configured_key_only() -> None:

@@ -14,6 +14,7 @@ import trio.testing
 from paddler_trio.transport import stream_writer
 from paddler_trio.transport.stream_writer import StreamWriter, writes_held_together
 from tests.transport.tcp_pair import read_exactly, tcp_pair
+from tests.waiting import wait_until
 
 
 async def test_an_idle_writer_writes_at_once_without_a_checkpoint() -> None:
@@ -63,9 +64,7 @@ async def test_a_client_that_is_gone_refuses_writes_at_once_and_fails_the_next_s
         await client.aclose()
         # The first write may still be accepted by the kernel; the peer's reset makes the next fail.
         writer.send_now(b"a")
-        await trio.sleep(0.05)
-        while writer.send_now(b"b"):
-            await trio.sleep(0.01)
+        await wait_until(lambda: not writer.send_now(b"b"), limit=5)
         assert not writer.can_send_now()
         with pytest.raises(trio.BrokenResourceError):
             await writer.send_all(b"c")
