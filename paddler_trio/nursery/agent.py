@@ -1,7 +1,11 @@
 """The agent's supervision tree: signals, reconciliation (owns the engine) and the management
-link (owns the requests it carries). On SIGINT/SIGTERM the link stops taking requests
-(cancelling those in flight), flushes, sends DeregisterAgent and closes its socket cleanly;
-then the root scope is cancelled and the engine closes. A second signal exits at once."""
+link (owns the requests it carries).
+
+On SIGINT/SIGTERM the agent drains: it reports no slots, so the balancer sends it nothing new
+(and buffers or routes elsewhere), and lets the requests in flight finish within
+`--shutdown-grace-period`. Then the link stops taking requests (cancelling any still running),
+flushes, sends DeregisterAgent and closes its socket cleanly; the root scope is cancelled and the
+engine closes. A second signal exits at once (nursery/signals.py)."""
 
 from __future__ import annotations
 
@@ -15,7 +19,7 @@ from paddler_trio.agent.engine_holder import EngineHolder
 from paddler_trio.agent.management_link import ManagementLink
 from paddler_trio.agent.reconciliation import Reconciliation
 from paddler_trio.agent.status import AgentStatus
-from paddler_trio.nursery.signals import cancel_on_signals
+from paddler_trio.nursery.signals import stop_on_signals
 from paddler_trio.security.tls import client_ssl_context
 
 _logger = logging.getLogger(__name__)
@@ -25,17 +29,9 @@ async def run_agent(config: AgentConfig, *, task_status: trio.TaskStatus[str] = 
     """Run until SIGINT/SIGTERM; reports the agent id once every service is up."""
     stop = trio.Event()
     async with trio.open_nursery() as root:
-        signalled = trio.CancelScope()
-        root.start_soon(_stop_when_cancelled, signalled, stop)
-        await root.start(cancel_on_signals, signalled)
+        await root.start(stop_on_signals, stop.set)
         await serve_agent(config, stop, task_status=task_status)
         root.cancel_scope.cancel()
-
-
-async def _stop_when_cancelled(scope: trio.CancelScope, stop: trio.Event) -> None:
-    with scope:
-        await trio.sleep_forever()
-    stop.set()
 
 
 async def serve_agent(
@@ -69,7 +65,30 @@ async def serve_agent(
         await root.start(link.run)
         task_status.started(agent_id)
         await stop.wait()
+        await _drain(status, config.shutdown_grace_period)
         # Deregister while the socket is still served, then stop everything else.
         await link.leave()
         root.cancel_scope.cancel()
     _logger.info("agent %s stopped", agent_id)
+
+
+async def _drain(status: AgentStatus, grace_period: float) -> None:
+    """Report no slots from now on, and wait up to `grace_period` seconds for the requests in
+    flight (including any the balancer sent before it heard of the drain) to finish."""
+    status.stop_taking_requests()
+    if status.slots_processing == 0:
+        return
+    _logger.info(
+        "draining: waiting up to %.1f s for %d requests in flight to finish", grace_period, status.slots_processing
+    )
+    started = trio.current_time()
+    with trio.move_on_after(grace_period) as waiting:
+        await status.wait_until(lambda: status.slots_processing == 0)
+    if waiting.cancelled_caught:
+        _logger.warning(
+            "shutdown grace period (%.1f s) is over: stopping %d requests still in flight",
+            grace_period,
+            status.slots_processing,
+        )
+    else:
+        _logger.info("drained in %.1f s", trio.current_time() - started)

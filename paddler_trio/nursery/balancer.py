@@ -46,7 +46,7 @@ from paddler_trio.nursery.idle_memory_release import (
     LoadSnapshot,
     release_memory_when_idle,
 )
-from paddler_trio.nursery.signals import cancel_on_signals
+from paddler_trio.nursery.signals import stop_on_signals
 from paddler_trio.proxy.agent_pool import AgentPool
 from paddler_trio.proxy.buffer import RequestBuffer
 from paddler_trio.proxy.connection_front import Takeover, first_of, serve_with_front
@@ -104,7 +104,7 @@ async def run_balancer(
     state_database = _open_state_database(config)
     shutdown = ShutdownSignal()
     async with trio.open_nursery() as nursery:
-        await nursery.start(_shutdown_on_signals, shutdown)
+        await nursery.start(stop_on_signals, shutdown.trigger)
         await _serve(config, state_database, shutdown, task_status=task_status)
         nursery.cancel_scope.cancel()
 
@@ -313,13 +313,3 @@ async def _serve_http(
         scheme, _, bound = binds[0].partition("://")
         _logger.info("%s service listening on %s://%s", name, scheme, bound)
         task_status.started(bound)
-
-
-async def _shutdown_on_signals(shutdown: ShutdownSignal, *, task_status: trio.TaskStatus[None]) -> None:
-    async with trio.open_nursery() as nursery:
-        with trio.CancelScope() as until_signal:
-            # cancel_on_signals stays on: a second signal while draining exits at once.
-            await nursery.start(cancel_on_signals, until_signal)
-            task_status.started()
-            await trio.sleep_forever()
-        shutdown.trigger()

@@ -16,12 +16,12 @@ import attrs
 import httpx
 import trio
 
-from paddler_trio.agent.agent_config import AgentConfig
+from paddler_trio.agent.agent_config import DEFAULT_SHUTDOWN_GRACE_PERIOD, AgentConfig
 from paddler_trio.balancer_config import BalancerConfig
 from paddler_trio.cli_values import socket_address
 from paddler_trio.nursery.agent import serve_agent
 from paddler_trio.nursery.balancer import BalancerAddresses, serve_balancer
-from paddler_trio.nursery.signals import cancel_on_signals
+from paddler_trio.nursery.signals import stop_on_signals
 from paddler_trio.protocol import BalancerDesiredState, InferenceParameters, LocalToAgentModel, NoModel, to_json
 from paddler_trio.proxy.shutdown_signal import ShutdownSignal
 
@@ -37,6 +37,7 @@ class QuickstartConfig:
     balancer: BalancerConfig
     threads: int | None = None
     allow_amx: bool = False
+    shutdown_grace_period: float = DEFAULT_SHUTDOWN_GRACE_PERIOD
 
 
 def first_request_banner(addresses: BalancerAddresses, model_path: Path, slots: int) -> str:
@@ -96,28 +97,40 @@ def _print_now(text: str) -> None:
 
 
 async def run_quickstart(config: QuickstartConfig, announce: Callable[[str], None] = _print_now) -> None:
+    """Until SIGINT/SIGTERM: then the agent drains (its requests in flight finish through the
+    balancer) and deregisters, and the balancer stops after it."""
     shutdown = ShutdownSignal()
-    stop_agent = trio.Event()
+    stop = trio.Event()
     async with trio.open_nursery() as root:
-        signalled = trio.CancelScope()
-        await root.start(cancel_on_signals, signalled)
+        await root.start(stop_on_signals, stop.set)
         async with trio.open_nursery() as services:
             addresses: BalancerAddresses = await services.start(serve_balancer, config.balancer, shutdown)
             await _put_desired_state(addresses.management, config.model_path)
+            agent_config = AgentConfig(
+                management_addr=socket_address(addresses.management),
+                slots=config.slots,
+                name=AGENT_NAME,
+                threads=config.threads,
+                allow_amx=config.allow_amx,
+                shutdown_grace_period=config.shutdown_grace_period,
+            )
             async with trio.open_nursery() as agent_nursery:
-                agent_config = AgentConfig(
-                    management_addr=socket_address(addresses.management),
-                    slots=config.slots,
-                    name=AGENT_NAME,
-                    threads=config.threads,
-                    allow_amx=config.allow_amx,
-                )
-                await agent_nursery.start(serve_agent, agent_config, stop_agent)
-                with signalled:
-                    await _wait_for_agent(addresses.management)
-                    announce(first_request_banner(addresses, config.model_path, config.slots))
-                    await trio.sleep_forever()
-                # The agent deregisters first, then the balancer drains.
-                stop_agent.set()
+                await agent_nursery.start(serve_agent, agent_config, stop)
+                banner = first_request_banner(addresses, config.model_path, config.slots)
+                agent_nursery.start_soon(_announce_when_ready, addresses.management, banner, announce, stop)
             shutdown.trigger()
         root.cancel_scope.cancel()
+
+
+async def _announce_when_ready(management: str, banner: str, announce: Callable[[str], None], stop: trio.Event) -> None:
+    """Print the banner once the agent serves, unless the quickstart is stopped first."""
+    async with trio.open_nursery() as nursery:
+
+        async def give_up_at_stop() -> None:
+            await stop.wait()
+            nursery.cancel_scope.cancel()
+
+        nursery.start_soon(give_up_at_stop)
+        await _wait_for_agent(management)
+        announce(banner)
+        nursery.cancel_scope.cancel()

@@ -10,6 +10,8 @@ import signal
 import string
 import subprocess
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import attrs
@@ -396,43 +398,99 @@ async def test_serves_embedding_batches_in_embeddings_mode(
     }
 
 
-async def test_sigterm_deregisters_and_exits_cleanly(
-    nursery: trio.Nursery, balancer: ScriptedFakeBalancer, gemma_model_path: Path, tmp_path: Path
-) -> None:
-    log_path = tmp_path / "agent.log"
+@asynccontextmanager
+async def agent_process(address: str, log_path: Path, *extra: str) -> AsyncIterator[trio.Process]:
+    """`python -m paddler_trio agent` against the fake balancer at `address`, output in `log_path`."""
     with open(log_path, "wb") as log:
         process = await trio.lowlevel.open_process(
-            [sys.executable, "-m", "paddler_trio", "agent", "--management-addr", balancer.address,
-             "--slots", "1", "--threads", str(THREADS), "--name", "sub"],
+            [sys.executable, "-m", "paddler_trio", "agent", "--management-addr", address,
+             "--slots", "1", "--threads", str(THREADS), "--name", "sub", *extra],
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=Path(__file__).resolve().parents[2],
             env={**os.environ, "PADDLER_LOG": "info"},
         )
     try:
-        connection = await balancer.first_connection()
-        await loaded(connection, gemma_model_path, slots=1)
-        await connection.request("r-1", raw_prompt(900, "Write a very long story about a dragon."))
-        await connection.wait_for(lambda frame: frame.get("Response", {}).get("request_id") == "r-1")
-
-        process.send_signal(signal.SIGTERM)
-        started = trio.current_time()
-        with trio.fail_after(5):
-            returncode = await process.wait()
-        elapsed = trio.current_time() - started
-        with trio.fail_after(2):
-            await connection.closed.wait()
-        output = log_path.read_text(errors="replace")
-        assert returncode == 0, output[-3000:]
-        assert elapsed < 5
-        assert connection.frames[-1] == {"Notification": "DeregisterAgent"}, connection.frames[-3:]
-        assert connection.socket.closed is not None and connection.socket.closed.code == 1000
-        assert "deregistered from the balancer" in output
+        yield process
     finally:
         if process.returncode is None:
             process.kill()
             await process.wait()
 
+
+async def test_sigterm_drains_the_request_in_flight_then_deregisters_and_exits_0(
+    balancer: ScriptedFakeBalancer, gemma_model_path: Path, tmp_path: Path
+) -> None:
+    """What an autoscaler's scale-down or a rolling update does: the request streaming when
+    SIGTERM arrives still gets every token and Done; the agent reports no slots meanwhile, so
+    the balancer sends it nothing new."""
+    log_path = tmp_path / "agent.log"
+    async with agent_process(balancer.address, log_path) as process:
+        connection = await balancer.first_connection()
+        await loaded(connection, gemma_model_path, slots=1)
+        await connection.request("r-1", raw_prompt(40, "Write a very long story about a dragon."))
+        await connection.wait_for(lambda frame: frame.get("Response", {}).get("request_id") == "r-1")
+        signalled_at = len(connection.frames)
+
+        process.send_signal(signal.SIGTERM)
+        await connection.wait_for_status(lambda snapshot: snapshot["slots_total"] == 0, start=signalled_at)
+        results = await connection.results_of("r-1")
+        with trio.fail_after(15):
+            returncode = await process.wait()
+        with trio.fail_after(2):
+            await connection.closed.wait()
+        output = log_path.read_text(errors="replace")
+        assert returncode == 0, output[-3000:]
+        assert done_usage(results[-1])["content_tokens"] == 40
+        assert sum(is_token(payload) for payload in results) == 40
+        assert connection.frames[-1] == {"Notification": "DeregisterAgent"}, connection.frames[-3:]
+        assert connection.socket.closed is not None and connection.socket.closed.code == 1000
+        assert "draining" in output and "deregistered from the balancer" in output
+        assert "Traceback" not in output
+
+
+async def test_the_grace_period_bounds_the_drain(
+    balancer: ScriptedFakeBalancer, gemma_model_path: Path, tmp_path: Path
+) -> None:
+    log_path = tmp_path / "agent.log"
+    async with agent_process(balancer.address, log_path, "--shutdown-grace-period", "300") as process:
+        connection = await balancer.first_connection()
+        await loaded(connection, gemma_model_path, slots=1)
+        await connection.request("r-1", raw_prompt(2000, "Write a very long story about a dragon."))
+        await connection.wait_for(lambda frame: frame.get("Response", {}).get("request_id") == "r-1")
+
+        process.send_signal(signal.SIGTERM)
+        started = trio.current_time()
+        with trio.fail_after(10):
+            returncode = await process.wait()
+        output = log_path.read_text(errors="replace")
+        assert returncode == 0, output[-3000:]
+        assert trio.current_time() - started < 8
+        assert "shutdown grace period (0.3 s) is over: stopping 1 requests still in flight" in output
+        assert connection.frames[-1] == {"Notification": "DeregisterAgent"}, connection.frames[-3:]
+
+
+@pytest.mark.parametrize(("second", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+async def test_a_second_signal_during_the_drain_exits_at_once_without_a_traceback(
+    balancer: ScriptedFakeBalancer, gemma_model_path: Path, tmp_path: Path, second: signal.Signals, code: int
+) -> None:
+    log_path = tmp_path / "agent.log"
+    async with agent_process(balancer.address, log_path) as process:
+        connection = await balancer.first_connection()
+        await loaded(connection, gemma_model_path, slots=1)
+        await connection.request("r-1", raw_prompt(2000, "Write a very long story about a dragon."))
+        await connection.wait_for(lambda frame: frame.get("Response", {}).get("request_id") == "r-1")
+        signalled_at = len(connection.frames)
+        process.send_signal(signal.SIGTERM)
+        await connection.wait_for_status(lambda snapshot: snapshot["slots_total"] == 0, start=signalled_at)
+
+        process.send_signal(second)
+        with trio.fail_after(5):
+            returncode = await process.wait()
+        output = log_path.read_text(errors="replace")
+        assert returncode == code, output[-3000:]
+        assert f"{second.name} again while shutting down: exiting now" in output
+        assert "Traceback" not in output
 
 
 async def test_a_native_crash_prints_the_signal_and_the_python_stack(
@@ -442,14 +500,7 @@ async def test_a_native_crash_prints_the_signal_and_the_python_stack(
     tells the operator which signal and where (docs/operations.md). SIGSEGV sent from outside
     stands in for one raised by llama.cpp."""
     log_path = tmp_path / "agent.log"
-    with open(log_path, "wb") as log:
-        process = await trio.lowlevel.open_process(
-            [sys.executable, "-m", "paddler_trio", "agent", "--management-addr", balancer.address, "--slots", "1"],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=Path(__file__).resolve().parents[2],
-        )
-    try:
+    async with agent_process(balancer.address, log_path) as process:
         await balancer.first_connection()
         process.send_signal(signal.SIGSEGV)
         with trio.fail_after(10):
@@ -458,7 +509,3 @@ async def test_a_native_crash_prints_the_signal_and_the_python_stack(
         assert returncode == -signal.SIGSEGV, output[-3000:]
         assert "Fatal Python error: Segmentation fault" in output, output[-3000:]
         assert 'File "' in output.split("Fatal Python error: Segmentation fault", 1)[1]
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
