@@ -7,8 +7,8 @@ import faulthandler
 import functools
 from pathlib import Path
 
-from paddler_trio.agent.agent_config import DEFAULT_SHUTDOWN_GRACE_PERIOD, AgentConfig
-from paddler_trio.cli_values import ALLOW_AMX_HELP, milliseconds, positive_int, socket_address
+from paddler_trio.agent.agent_config import AgentConfig
+from paddler_trio.cli_values import ALLOW_AMX_HELP, DEFAULT_SHUTDOWN_GRACE_PERIOD, milliseconds, positive_int, socket_address
 from paddler_trio.environment_variables import AGENT_SECRET
 
 

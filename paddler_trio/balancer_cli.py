@@ -15,7 +15,7 @@ from paddler_trio.balancer_config import (
     DEFAULT_WEBSOCKET_MAX_MESSAGE_BYTES,
     BalancerConfig,
 )
-from paddler_trio.cli_values import milliseconds, positive_int, socket_address
+from paddler_trio.cli_values import DEFAULT_SHUTDOWN_GRACE_PERIOD, milliseconds, positive_int, socket_address
 from paddler_trio.environment_variables import AGENT_SECRET, INFERENCE_API_KEY, MANAGEMENT_API_KEY
 
 
@@ -70,6 +70,15 @@ def add_parser(subcommands: argparse._SubParsersAction) -> None:
         help="tokens of one stream (NDJSON or inference socket) that come closer together than this are written "
         "to the client together (the first token, and any after a pause, go at once); 0 writes every token on its own "
         f"(default: {round(DEFAULT_STREAM_GATHER_INTERVAL * 1000)})",
+    )
+    parser.add_argument(
+        "--shutdown-grace-period",
+        type=milliseconds,
+        default=DEFAULT_SHUTDOWN_GRACE_PERIOD,
+        metavar="MS",
+        help="after the first SIGINT/SIGTERM, new inference requests get 503 and those in flight (buffered or "
+        "streaming) may take this long to finish before the balancer stops; 0 stops at once, as Paddler does "
+        f"(default: {DEFAULT_SHUTDOWN_GRACE_PERIOD * 1000:.0f}); a second signal exits at once",
     )
     parser.add_argument(
         "--inference-item-timeout",
@@ -241,6 +250,7 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         web_admin_panel_addr=args.web_admin_panel_addr,
         buffered_request_timeout=args.buffered_request_timeout,
         inference_item_timeout=args.inference_item_timeout,
+        shutdown_grace_period=args.shutdown_grace_period,
         stream_gather_interval=args.stream_gather_interval,
         max_buffered_requests=args.max_buffered_requests,
         inference_cors_allowed_hosts=tuple(args.inference_cors_allowed_host),

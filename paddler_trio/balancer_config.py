@@ -6,7 +6,7 @@ from pathlib import Path
 
 import attrs
 
-from paddler_trio.cli_values import SocketAddress
+from paddler_trio.cli_values import DEFAULT_SHUTDOWN_GRACE_PERIOD, SocketAddress
 
 DEFAULT_MAX_REQUEST_BODY_BYTES = 50 * 1024 * 1024
 DEFAULT_WEBSOCKET_MAX_MESSAGE_BYTES = 50 * 1024 * 1024
@@ -28,6 +28,8 @@ class BalancerConfig:
     buffered_request_timeout: float = 10.0
     inference_item_timeout: float = 30.0
     stream_gather_interval: float = DEFAULT_STREAM_GATHER_INTERVAL
+    # After the first SIGINT/SIGTERM: new requests get 503, those in flight this long to finish.
+    shutdown_grace_period: float = DEFAULT_SHUTDOWN_GRACE_PERIOD
     max_buffered_requests: int = 30
     inference_cors_allowed_hosts: tuple[str, ...] = ()
     management_cors_allowed_hosts: tuple[str, ...] = ()

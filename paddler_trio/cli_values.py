@@ -7,6 +7,11 @@ import socket
 
 import attrs
 
+# After the first SIGINT/SIGTERM, how long requests in flight may take to finish (every role's
+# --shutdown-grace-period): inside Kubernetes' default 30 s termination grace, with time left
+# to deregister and exit.
+DEFAULT_SHUTDOWN_GRACE_PERIOD = 25.0
+
 # `paddler agent` and `paddler quickstart` both load models (paddler_trio/engine/amx_guard.py).
 ALLOW_AMX_HELP = (
     "when llama.cpp was built with AMX (Intel Sapphire Rapids and newer, -march=native), still load "

@@ -7,9 +7,8 @@ import faulthandler
 import functools
 from pathlib import Path
 
-from paddler_trio.agent.agent_config import DEFAULT_SHUTDOWN_GRACE_PERIOD
 from paddler_trio.balancer_config import BalancerConfig
-from paddler_trio.cli_values import ALLOW_AMX_HELP, milliseconds, positive_int, socket_address
+from paddler_trio.cli_values import ALLOW_AMX_HELP, DEFAULT_SHUTDOWN_GRACE_PERIOD, milliseconds, positive_int, socket_address
 
 
 def add_parser(subcommands: argparse._SubParsersAction) -> None:
@@ -69,6 +68,7 @@ def _run(args: argparse.Namespace) -> int:
             inference_addr=args.inference_addr,
             management_addr=args.management_addr,
             web_admin_panel_addr=args.web_admin_panel_addr,
+            shutdown_grace_period=args.shutdown_grace_period,
         ),
     )
     return run_until_stopped(functools.partial(run_quickstart, config))

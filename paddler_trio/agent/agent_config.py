@@ -6,10 +6,7 @@ from pathlib import Path
 
 import attrs
 
-from paddler_trio.cli_values import SocketAddress
-
-# Fits Kubernetes' default 30 s termination grace, with time left to deregister and exit.
-DEFAULT_SHUTDOWN_GRACE_PERIOD = 25.0
+from paddler_trio.cli_values import DEFAULT_SHUTDOWN_GRACE_PERIOD, SocketAddress
 
 
 @attrs.frozen

@@ -1,6 +1,6 @@
 """The balancer's supervision tree.
 
-    run_balancer                     SIGINT/SIGTERM -> graceful shutdown (a second signal exits at once)
+    run_balancer                     SIGINT/SIGTERM -> drain, then shutdown (a second signal exits at once)
     └── serve_balancer
         ├── background nursery        reconciliation, StatsD reporter, NDJSON request tasks, slot drains
         └── servers nursery           management service, inference service, OpenAI-compatible service
@@ -8,7 +8,9 @@
                                       --web-admin-panel-addr is given); Hypercorn, trio worker
 
 Each service is started with `nursery.start` and counts as started once it listens.
-Shutdown: the `ShutdownSignal` fires; every buffered or streaming request answers with
+Drain (the first SIGINT/SIGTERM): new inference requests get the 503 "balancer is shutting
+down" envelope at once; those in flight (buffered or streaming) go on until they end or
+`--shutdown-grace-period` is over. Shutdown, then: the `ShutdownSignal` fires; every buffered or streaming request answers with
 the 503 "balancer is shutting down" envelope, SSE streams end, WebSockets close with
 1001, Hypercorn stops accepting and waits (at most `HTTP_GRACEFUL_TIMEOUT`) for its
 connections to finish; the servers get `SHUTDOWN_GRACE` seconds in all before they are
@@ -104,8 +106,8 @@ async def run_balancer(
     state_database = _open_state_database(config)
     shutdown = ShutdownSignal()
     async with trio.open_nursery() as nursery:
-        await nursery.start(stop_on_signals, shutdown.trigger)
-        await _serve(config, state_database, shutdown, task_status=task_status)
+        await nursery.start(stop_on_signals, shutdown.begin_drain)
+        await _serve(config, state_database, shutdown, shut_down_after_draining=True, task_status=task_status)
         nursery.cancel_scope.cancel()
 
 
@@ -115,8 +117,9 @@ async def serve_balancer(
     *,
     task_status: trio.TaskStatus[BalancerAddresses] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """The balancer, until `shutdown` fires (for embedding it in a larger Trio program, and for tests)."""
-    await _serve(config, _open_state_database(config), shutdown, task_status=task_status)
+    """The balancer, until `shutdown` fires (for embedding it in a larger Trio program, and for tests).
+    `shutdown.begin_drain()` makes it refuse new requests; the embedder fires `shutdown.trigger()`."""
+    await _serve(config, _open_state_database(config), shutdown, shut_down_after_draining=False, task_status=task_status)
 
 
 def _open_state_database(config: BalancerConfig) -> MemoryStateDatabase:
@@ -129,6 +132,7 @@ async def _serve(
     state_database: MemoryStateDatabase,
     shutdown: ShutdownSignal,
     *,
+    shut_down_after_draining: bool,
     task_status: trio.TaskStatus[BalancerAddresses],
 ) -> None:
     pool = AgentPool()
@@ -144,6 +148,8 @@ async def _serve(
             forwarder = RequestForwarder(
                 buffer=buffer, shutdown=shutdown, item_timeout=config.inference_item_timeout, drain_nursery=background
             )
+            if shut_down_after_draining:
+                background.start_soon(_shut_down_after_draining, shutdown, forwarder, config.shutdown_grace_period)
             management = ManagementService(
                 pool=pool,
                 buffer=buffer,
@@ -313,3 +319,24 @@ async def _serve_http(
         scheme, _, bound = binds[0].partition("://")
         _logger.info("%s service listening on %s://%s", name, scheme, bound)
         task_status.started(bound)
+
+
+async def _shut_down_after_draining(shutdown: ShutdownSignal, forwarder: RequestForwarder, grace_period: float) -> None:
+    """Once the drain begins, let the requests in flight finish (for at most `grace_period`
+    seconds), then shut down."""
+    await shutdown.wait_for_drain()
+    if forwarder.requests_in_flight and not shutdown.triggered:
+        _logger.info(
+            "draining: waiting up to %.1f s for %d requests in flight to finish",
+            grace_period,
+            forwarder.requests_in_flight,
+        )
+        with trio.move_on_after(grace_period) as waiting:
+            await forwarder.wait_until_none_in_flight()
+        if waiting.cancelled_caught:
+            _logger.warning(
+                "shutdown grace period (%.1f s) is over: ending %d requests still in flight",
+                grace_period,
+                forwarder.requests_in_flight,
+            )
+    shutdown.trigger()

@@ -16,9 +16,9 @@ import attrs
 import httpx
 import trio
 
-from paddler_trio.agent.agent_config import DEFAULT_SHUTDOWN_GRACE_PERIOD, AgentConfig
+from paddler_trio.agent.agent_config import AgentConfig
 from paddler_trio.balancer_config import BalancerConfig
-from paddler_trio.cli_values import socket_address
+from paddler_trio.cli_values import DEFAULT_SHUTDOWN_GRACE_PERIOD, socket_address
 from paddler_trio.nursery.agent import serve_agent
 from paddler_trio.nursery.balancer import BalancerAddresses, serve_balancer
 from paddler_trio.nursery.signals import stop_on_signals
@@ -97,12 +97,17 @@ def _print_now(text: str) -> None:
 
 
 async def run_quickstart(config: QuickstartConfig, announce: Callable[[str], None] = _print_now) -> None:
-    """Until SIGINT/SIGTERM: then the agent drains (its requests in flight finish through the
-    balancer) and deregisters, and the balancer stops after it."""
+    """Until SIGINT/SIGTERM: then the balancer refuses new requests, the agent drains (its
+    requests in flight finish through the balancer) and deregisters, and the balancer stops."""
     shutdown = ShutdownSignal()
     stop = trio.Event()
+
+    def drain() -> None:
+        shutdown.begin_drain()
+        stop.set()
+
     async with trio.open_nursery() as root:
-        await root.start(stop_on_signals, stop.set)
+        await root.start(stop_on_signals, drain)
         async with trio.open_nursery() as services:
             addresses: BalancerAddresses = await services.start(serve_balancer, config.balancer, shutdown)
             await _put_desired_state(addresses.management, config.model_path)

@@ -206,6 +206,16 @@ class RequestForwarder:
         self._item_timeout = item_timeout
         self._drain_nursery = drain_nursery
         self._silence = _SilenceWatch(item_timeout, drain_nursery)
+        self._requests_in_flight = 0
+        self._all_finished = trio.Event()
+
+    @property
+    def requests_in_flight(self) -> int:
+        return self._requests_in_flight
+
+    async def wait_until_none_in_flight(self) -> None:
+        while self._requests_in_flight:
+            await self._all_finished.wait()
 
     async def serve(
         self,
@@ -229,10 +239,21 @@ class RequestForwarder:
 
         Returns normally for every outcome the client is told about; a client that is gone
         ends it quietly. Cancellation (the client left) propagates after the hand-off to a drain.
+        Once the balancer drains for its shutdown, a new request gets the 503 envelope at once.
         """
         try:
-            with self._shutdown.cancel_scope() as shutdown_scope:
-                await self._serve(request_id, request, emit, gather, emit_now)
+            if self._shutdown.draining:
+                await emit(error_envelope(request_id, 503, "balancer is shutting down"))
+                return
+            self._requests_in_flight += 1
+            try:
+                with self._shutdown.cancel_scope() as shutdown_scope:
+                    await self._serve(request_id, request, emit, gather, emit_now)
+            finally:
+                self._requests_in_flight -= 1
+                if not self._requests_in_flight:
+                    self._all_finished.set()
+                    self._all_finished = trio.Event()
             if shutdown_scope.cancelled_caught:
                 await emit(error_envelope(request_id, 503, "balancer is shutting down"))
         except CLIENT_GONE_ERRORS:

@@ -1,9 +1,13 @@
-"""The balancer's graceful-shutdown trigger.
+"""The balancer's graceful shutdown: a drain, then the trigger.
 
-Work that must end when the balancer stops (a request waiting in the buffer or streaming,
-an SSE stream, a WebSocket) runs inside `shutdown.cancel_scope()`; when the signal fires
-every such scope is cancelled, and the code after it can tell a shutdown (answer with the
-503 envelope, close the socket with 1001) from any other cancellation.
+`begin_drain()` comes first (the first SIGINT/SIGTERM): from then on new inference requests
+are refused with the 503 "balancer is shutting down" envelope, while those in flight go on
+(`RequestForwarder`), for at most the shutdown grace period (`nursery/balancer.py`).
+
+Then `trigger()`: work that must end when the balancer stops (a request still waiting in the
+buffer or streaming, an SSE stream, a WebSocket) runs inside `shutdown.cancel_scope()`; every
+such scope is cancelled, and the code after it can tell a shutdown (answer with the 503
+envelope, close the socket with 1001) from any other cancellation.
 """
 
 from __future__ import annotations
@@ -16,14 +20,27 @@ import trio
 
 class ShutdownSignal:
     def __init__(self) -> None:
+        self._drain_begun = trio.Event()
         self._event = trio.Event()
         self._scopes: set[trio.CancelScope] = set()
+
+    @property
+    def draining(self) -> bool:
+        """New requests are refused (the drain has begun, or the shutdown itself)."""
+        return self._drain_begun.is_set()
+
+    def begin_drain(self) -> None:
+        self._drain_begun.set()
+
+    async def wait_for_drain(self) -> None:
+        await self._drain_begun.wait()
 
     @property
     def triggered(self) -> bool:
         return self._event.is_set()
 
     def trigger(self) -> None:
+        self._drain_begun.set()
         self._event.set()
         for scope in list(self._scopes):
             scope.cancel()

@@ -166,7 +166,8 @@ def test_a_client_that_stops_reading_holds_back_only_its_own_stream_and_memory_s
 def test_open_fds_return_to_baseline_after_requests_and_disconnects_and_sigterm_ends_streams_within_five_seconds(
     cluster_factory,
 ):
-    cluster = cluster_factory()
+    # Without a grace period the balancer ends its streams at once, as Paddler does.
+    cluster = cluster_factory("--shutdown-grace-period", "0")
     with scripted_paced_agents(cluster, "--slots", "8", "--tokens", "200", "--first-token-delay", "0.05", "--token-interval", "0.05"):
         pid = balancer_pid(cluster)
         stream_to_the_end(cluster, 3)  # warm-up

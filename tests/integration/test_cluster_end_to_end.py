@@ -325,8 +325,9 @@ def test_bad_requests_get_clear_errors_and_leak_nothing(cluster_factory, gemma_m
     assert "Done" in json.dumps(ok[-1])
 
 
-def test_sigterm_shuts_the_cluster_down_quickly(cluster_factory, gemma_model_path):
-    cluster = two_agent_cluster(cluster_factory, gemma_model_path, slots=1)
+def test_sigterm_without_a_grace_period_shuts_the_cluster_down_quickly(cluster_factory, gemma_model_path):
+    """Paddler's shutdown: streams end at once with the 503 envelope."""
+    cluster = two_agent_cluster(cluster_factory, gemma_model_path, "--shutdown-grace-period", "0", slots=1)
     url = f"{cluster.inference_url}/api/v1/continue_from_raw_prompt"
     with httpx.Client(timeout=30) as client, client.stream("POST", url, json=raw_prompt_body("Once upon a time", LONG)) as response:
         lines = response.iter_lines()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 
@@ -51,6 +52,31 @@ def test_dashboard_shows_the_agent_reconnects_after_a_balancer_restart_and_quits
         dashboard.expect(pexpect.EOF)
         dashboard.close()
         assert dashboard.exitstatus == 0
+    finally:
+        if dashboard is not None and dashboard.isalive():
+            dashboard.terminate(force=True)
+        cluster.shutdown()
+
+
+def test_dashboard_exits_0_on_sigterm(tmp_path: Path) -> None:
+    cluster = Cluster(tmp_path)
+    dashboard = None
+    try:
+        cluster.start_balancer()
+        dashboard = pexpect.spawn(
+            sys.executable,
+            ["-m", "paddler_trio", "dashboard", "--management-addr", cluster.management_addr],
+            dimensions=(50, 180),
+            timeout=20,
+            encoding="utf-8",
+            env={"TERM": "xterm-256color", "LANG": "C.UTF-8", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
+        )
+        dashboard.expect("● live")
+        dashboard.kill(signal.SIGTERM)
+        dashboard.expect(pexpect.EOF)
+        dashboard.close()
+        assert dashboard.exitstatus == 0, dashboard.before
+        assert "Traceback" not in (dashboard.before or "")
     finally:
         if dashboard is not None and dashboard.isalive():
             dashboard.terminate(force=True)

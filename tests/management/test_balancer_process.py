@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import signal
@@ -101,8 +102,9 @@ def test_help_lists_every_flag_of_paddler() -> None:
         assert flag in result.stdout
 
 
-async def test_sigterm_answers_open_streams_and_exits_within_five_seconds() -> None:
-    async with balancer_process() as balancer:
+async def test_sigterm_without_a_grace_period_answers_open_streams_and_exits_within_five_seconds() -> None:
+    """Paddler's shutdown: streams end at once with the 503 envelope, sockets with 1001."""
+    async with balancer_process("--shutdown-grace-period", "0") as balancer:
         async with trio.open_nursery() as nursery:
             agent = ScriptedFakeAgent(balancer.management, tokens=tuple("abcdefghijklmnopqrstuvwxyz"), token_delay=0.2)
             await nursery.start(agent.run)
@@ -153,6 +155,66 @@ async def test_sigterm_answers_open_streams_and_exits_within_five_seconds() -> N
         assert ws_close == [1001]
         assert sse_ended.is_set()
         assert any("balancer stopped" in line for line in balancer.log)
+
+
+async def test_sigterm_drains_a_streaming_request_refuses_new_ones_and_exits_0() -> None:
+    """A rolling update of the balancer: the stream under way gets every token and Done, a
+    request that arrives during the drain gets the 503 envelope at once, then the balancer exits 0."""
+    tokens = tuple("abcdefghij")
+    async with balancer_process() as balancer, httpx.AsyncClient(timeout=30) as http:
+        async with trio.open_nursery() as nursery:
+            agent = ScriptedFakeAgent(balancer.management, slots=2, tokens=tokens, token_delay=0.2)
+            await nursery.start(agent.run)
+            url = f"http://{balancer.inference}/api/v1/continue_from_raw_prompt"
+            streamed: list[dict] = []
+
+            async def stream() -> None:
+                async with http.stream("POST", url, json={"raw_prompt": "Hi", "max_tokens": 30}) as response:
+                    async for line in response.aiter_lines():
+                        if line:
+                            streamed.append(json.loads(line))
+
+            nursery.start_soon(stream)
+            await wait_until(lambda: len(streamed) >= 2, limit=10)
+            balancer.process.send_signal(signal.SIGTERM)
+            await wait_until(lambda: any("draining:" in line for line in balancer.log), limit=5)
+            late = await http.post(url, json={"raw_prompt": "Hi", "max_tokens": 30})
+            with trio.fail_after(10):
+                returncode = await balancer.process.wait()
+            nursery.cancel_scope.cancel()
+        assert returncode == 0
+        assert [message["Response"]["response"]["GeneratedToken"].get("ContentToken") for message in streamed[:-1]] == list(tokens)
+        assert "Done" in streamed[-1]["Response"]["response"]["GeneratedToken"]
+        assert json.loads(late.text)["Error"]["error"] == {"code": 503, "description": "balancer is shutting down"}
+        assert not any("Traceback" in line for line in balancer.log)
+
+
+async def test_a_second_signal_during_the_drain_exits_at_once_with_143() -> None:
+    async with balancer_process() as balancer, httpx.AsyncClient(timeout=30) as http:
+        async with trio.open_nursery() as nursery:
+            agent = ScriptedFakeAgent(balancer.management, tokens=tuple("abcdefghij") * 10, token_delay=0.2)
+            await nursery.start(agent.run)
+            streamed: list[str] = []
+
+            async def stream() -> None:
+                url = f"http://{balancer.inference}/api/v1/continue_from_raw_prompt"
+                # Exiting at once cuts the stream short: that is what a second signal asks for.
+                with contextlib.suppress(httpx.RemoteProtocolError):
+                    async with http.stream("POST", url, json={"raw_prompt": "Hi", "max_tokens": 200}) as response:
+                        async for line in response.aiter_lines():
+                            streamed.append(line)
+
+            nursery.start_soon(stream)
+            await wait_until(lambda: len(streamed) >= 1, limit=10)
+            balancer.process.send_signal(signal.SIGTERM)
+            await wait_until(lambda: any("draining:" in line for line in balancer.log), limit=5)
+            balancer.process.send_signal(signal.SIGTERM)
+            with trio.fail_after(5):
+                returncode = await balancer.process.wait()
+            nursery.cancel_scope.cancel()
+        assert returncode == 143
+        assert any("SIGTERM again while shutting down: exiting now" in line for line in balancer.log)
+        assert not any("Traceback" in line for line in balancer.log)
 
 
 async def test_sigterm_with_an_open_sse_subscriber_exits_within_one_second() -> None:
