@@ -418,6 +418,20 @@ async def agent_process(address: str, log_path: Path, *extra: str) -> AsyncItera
             await process.wait()
 
 
+@asynccontextmanager
+async def agent_streaming(
+    balancer: ScriptedFakeBalancer, model: Path, log_path: Path, max_tokens: int, *flags: str
+) -> AsyncIterator[tuple[trio.Process, AgentConnection]]:
+    """An agent process with one slot, streaming request "r-1" (`max_tokens` long) to the fake
+    balancer, from its first token on."""
+    async with agent_process(balancer.address, log_path, *flags) as process:
+        connection = await balancer.first_connection()
+        await loaded(connection, model, slots=1)
+        await connection.request("r-1", raw_prompt(max_tokens, "Write a very long story about a dragon."))
+        await connection.wait_for(lambda frame: frame.get("Response", {}).get("request_id") == "r-1")
+        yield process, connection
+
+
 async def test_sigterm_drains_the_request_in_flight_then_deregisters_and_exits_0(
     balancer: ScriptedFakeBalancer, gemma_model_path: Path, tmp_path: Path
 ) -> None:
@@ -425,11 +439,7 @@ async def test_sigterm_drains_the_request_in_flight_then_deregisters_and_exits_0
     SIGTERM arrives still gets every token and Done; the agent reports no slots meanwhile, so
     the balancer sends it nothing new."""
     log_path = tmp_path / "agent.log"
-    async with agent_process(balancer.address, log_path) as process:
-        connection = await balancer.first_connection()
-        await loaded(connection, gemma_model_path, slots=1)
-        await connection.request("r-1", raw_prompt(40, "Write a very long story about a dragon."))
-        await connection.wait_for(lambda frame: frame.get("Response", {}).get("request_id") == "r-1")
+    async with agent_streaming(balancer, gemma_model_path, log_path, 40) as (process, connection):
         signalled_at = len(connection.frames)
 
         process.send_signal(signal.SIGTERM)
@@ -453,11 +463,7 @@ async def test_the_grace_period_bounds_the_drain(
     balancer: ScriptedFakeBalancer, gemma_model_path: Path, tmp_path: Path
 ) -> None:
     log_path = tmp_path / "agent.log"
-    async with agent_process(balancer.address, log_path, "--shutdown-grace-period", "300") as process:
-        connection = await balancer.first_connection()
-        await loaded(connection, gemma_model_path, slots=1)
-        await connection.request("r-1", raw_prompt(2000, "Write a very long story about a dragon."))
-        await connection.wait_for(lambda frame: frame.get("Response", {}).get("request_id") == "r-1")
+    async with agent_streaming(balancer, gemma_model_path, log_path, 2000, "--shutdown-grace-period", "300") as (process, connection):
 
         process.send_signal(signal.SIGTERM)
         started = trio.current_time()
@@ -475,11 +481,7 @@ async def test_a_second_signal_during_the_drain_exits_at_once_without_a_tracebac
     balancer: ScriptedFakeBalancer, gemma_model_path: Path, tmp_path: Path, second: signal.Signals, code: int
 ) -> None:
     log_path = tmp_path / "agent.log"
-    async with agent_process(balancer.address, log_path) as process:
-        connection = await balancer.first_connection()
-        await loaded(connection, gemma_model_path, slots=1)
-        await connection.request("r-1", raw_prompt(2000, "Write a very long story about a dragon."))
-        await connection.wait_for(lambda frame: frame.get("Response", {}).get("request_id") == "r-1")
+    async with agent_streaming(balancer, gemma_model_path, log_path, 2000) as (process, connection):
         signalled_at = len(connection.frames)
         process.send_signal(signal.SIGTERM)
         await connection.wait_for_status(lambda snapshot: snapshot["slots_total"] == 0, start=signalled_at)

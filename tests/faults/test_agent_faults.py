@@ -150,7 +150,11 @@ def test_link_cut_mid_stream_gives_502_the_agent_reconnects_and_nothing_is_doubl
 def test_balancer_restarted_under_load_clients_get_clear_errors_agents_reconnect_within_two_seconds_and_all_stop_on_sigterm(
     cluster_factory, gemma_model_path, tmp_path
 ):
-    flags = ("--state-database", f"file://{tmp_path / 'state.json'}", "--buffered-request-timeout", "30000")
+    # Without a grace period the balancer ends its streams at once, as Paddler does.
+    flags = (
+        "--state-database", f"file://{tmp_path / 'state.json'}", "--buffered-request-timeout", "30000",
+        "--shutdown-grace-period", "0",
+    )  # fmt: skip
     cluster = cluster_factory(*flags)
     cluster.start_agent("r1", slots=1)
     cluster.start_agent("r2", slots=1)
