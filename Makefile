@@ -13,7 +13,7 @@ export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc)
 #   (docs/operations.md). Native rather than portable because it is faster wherever the CPU
 #   has more than AVX2: on an AMD EPYC with AVX-512, Qwen 0.5B decoded 18 % more tokens/s at
 #   4 slots than with the portable build, as many as with a plain native one
-#   (benchmarks/llama_cpp_builds.py).
+#   (benchmarks/engine_variants.py).
 # - The one-file binary (`make binary`) gets `portable`, in its own virtualenv: x86-64-v3
 #   (AVX2, FMA, F16C, BMI2), which every x86-64 server CPU since 2013 has (Intel Haswell,
 #   AMD Zen), and nothing newer, so it runs on machines other than the one that built it.

@@ -123,6 +123,8 @@ class GenerationStream:
         return self
 
     async def __anext__(self) -> GeneratedTokenResult:
+        if self._scheduler is not None and not self._receive.statistics().current_buffer_used:
+            self._scheduler.reader_waits()  # the hand-off between two steps waits for this
         try:
             result = await self._receive.receive()
         except trio.EndOfChannel:

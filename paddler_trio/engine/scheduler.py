@@ -8,9 +8,11 @@ Each step, at a step boundary (never inside a decode):
 4. one `llama_decode`; then per slot with logits: sample, detokenise, check stops;
 5. back in Trio, hand each generation's events to its output channel.
 
-Hand-off: after a step, the next step waits (at most `HANDOFF_LIMIT`) until every task of the
-process has done what it can with the step's events, i.e. until the tokens are on their way to
-the clients. When the decode runs on llama.cpp's CPU threads this happens after every step: work
+Hand-off: after a step, the next step waits (at most `HANDOFF_LIMIT`) until every reader of the
+step's events has handed them on and waits for the next ones (each `GenerationStream` says so
+as it goes back to waiting, `reader_waits`), i.e. until the tokens are on their way to the
+clients. Only the engine's own readers are waited for, not the rest of the process (a balancer
+in the same process, in `quickstart`, runs beside the next step as it would in its own). When the decode runs on llama.cpp's CPU threads this happens after every step: work
 beside a running decode takes a core from one of its threads, and the others wait for it at the
 next barrier, so it costs the decode several times its own CPU time. Measured on 2 cores (Gemma
 270M, 4 slots, medians of five or six runs): handing off between steps instead of beside them
@@ -33,7 +35,6 @@ from collections.abc import Iterable
 
 import attrs
 import trio
-import trio.testing
 
 from paddler_trio.engine.context import DecodingContext
 from paddler_trio.engine.model import LoadedModel
@@ -58,7 +59,8 @@ OUTPUT_CHANNEL_SIZE = 64
 
 KV_PRESSURE_MESSAGE = "Request evicted due to KV cache pressure"
 
-# Longest wait for a step's hand-off before the next step starts anyway (seconds).
+# Longest wait for a step's hand-off before the next step starts anyway (seconds): a reader that
+# does not come back to its stream in that time (a slow client's writer) is not waited for.
 HANDOFF_LIMIT = 0.003
 
 
@@ -82,6 +84,8 @@ class Scheduler:
         self._stops: list[Generation] = []
         self._live: list[Generation] = []
         self._wake = trio.Event()
+        # Set when a reader of some stream goes back to waiting (the hand-off re-checks then).
+        self._reader_waits = trio.Event()
         # Steps started so far; a cancellation or stop is applied by the next step started.
         self.steps_started = 0
         # Set by the worker thread when a step samples some request's first token.
@@ -114,6 +118,10 @@ class Scheduler:
             generation.cancelled = True
             self._cancellations.append(generation)
             self._poke()
+
+    def reader_waits(self) -> None:
+        """A stream's reader has taken everything queued for it and waits for more."""
+        self._reader_waits.set()
 
     def consumer_made_room(self, generation: Generation) -> None:
         if generation.outbox:
@@ -152,9 +160,12 @@ class Scheduler:
             self._live.clear()
 
     async def _hand_off(self) -> None:
+        handed = [generation for generation in self._live if generation.outbox]
         self._deliver()
         with trio.move_on_after(HANDOFF_LIMIT):
-            await trio.testing.wait_all_tasks_blocked()
+            while not all(_reader_caught_up(generation) for generation in handed):
+                self._reader_waits = trio.Event()
+                await self._reader_waits.wait()
 
     def _deliver(self) -> None:
         # The takers' writes leave together at the end: one write per stream (an agent's link).
@@ -388,3 +399,14 @@ def _common_prefix_length(left: list[int], right: list[int]) -> int:
         if left[index] != right[index]:
             return index
     return length
+
+
+def _reader_caught_up(generation: Generation) -> bool:
+    """Whether the reader of `generation`'s stream has taken all that was delivered to it and
+    waits for more (or, once the stream is closed, has taken its last result)."""
+    if generation.cancelled:
+        return True
+    queue = generation.output.statistics()
+    if queue.current_buffer_used:
+        return False
+    return queue.tasks_waiting_receive > 0 or queue.open_send_channels == 0

@@ -2,20 +2,23 @@
 
     run_balancer                     SIGINT/SIGTERM -> drain, then shutdown (a second signal exits at once)
     └── serve_balancer
-        ├── background nursery        reconciliation, StatsD reporter, NDJSON request tasks, slot drains
+        ├── background nursery        reconciliation, request forwarder (item-timeout watch, slot
+        │                             drains), StatsD reporter, NDJSON and OpenAI request tasks
         └── servers nursery           management service, inference service, OpenAI-compatible service
                                       (when --compat-openai-addr is given), web admin panel (when
                                       --web-admin-panel-addr is given); Hypercorn, trio worker
 
 Each service is started with `nursery.start` and counts as started once it listens.
-Drain (the first SIGINT/SIGTERM): new inference requests get the 503 "balancer is shutting
-down" envelope at once; those in flight (buffered or streaming) go on until they end or
-`--shutdown-grace-period` is over. Shutdown, then: the `ShutdownSignal` fires; every buffered or streaming request answers with
-the 503 "balancer is shutting down" envelope, SSE streams end, WebSockets close with
-1001, Hypercorn stops accepting and waits (at most `HTTP_GRACEFUL_TIMEOUT`) for its
-connections to finish; the servers get `SHUTDOWN_GRACE` seconds in all before they are
-cancelled, then the background work
-is cancelled (slot drains release their claims as they end).
+
+Drain (the first SIGINT/SIGTERM, `run_balancer` only): new inference requests get the 503
+"balancer is shutting down" envelope at once; those in flight (buffered or streaming) go on
+until they end or `--shutdown-grace-period` is over.
+
+Shutdown, then: the `ShutdownSignal` fires; every buffered or streaming request still there
+answers with the 503 envelope, SSE streams end, WebSockets close with 1001, Hypercorn stops
+accepting and waits (at most `HTTP_GRACEFUL_TIMEOUT`) for its connections to finish; the
+servers get `SHUTDOWN_GRACE` seconds in all before they are cancelled, then the background
+work is cancelled (slot drains release their claims as they end).
 """
 
 from __future__ import annotations
@@ -145,9 +148,8 @@ async def _serve(
     try:
         async with trio.open_nursery() as background:
             await background.start(reconciliation.run)
-            forwarder = RequestForwarder(
-                buffer=buffer, shutdown=shutdown, item_timeout=config.inference_item_timeout, drain_nursery=background
-            )
+            forwarder = RequestForwarder(buffer=buffer, shutdown=shutdown, item_timeout=config.inference_item_timeout)
+            await background.start(forwarder.run)
             if shut_down_after_draining:
                 background.start_soon(_shut_down_after_draining, shutdown, forwarder, config.shutdown_grace_period)
             management = ManagementService(

@@ -9,12 +9,14 @@ of an abandoned dispatch can never mix into a re-dispatched one.
 
 When the client leaves (its task is cancelled, or `emit` finds it gone) or the agent
 falls silent for `--inference-item-timeout`, the request is handed to a drain task
-owned by the balancer: it tells the agent `StopRespondingTo`, waits for the agent's
-terminal message (at most another item timeout), and only then releases the slot.
+owned by the forwarder (`RequestForwarder.run`): it tells the agent `StopRespondingTo`, waits
+for the agent's terminal message (at most another item timeout), and only then releases the
+slot. The drain outlives the request on purpose: the client is gone, but the slot stays the
+balancer's until the agent confirms, and the client's connection is not held meanwhile.
 
 The item timeout costs nothing per reply: instead of a timer around every wait, a relay
-notes when it starts waiting, and one watch task per forwarder (running only while relays
-are in flight) drops a `SILENCE` marker into the route of any relay that has waited too long.
+notes when it starts waiting, and one watch task per forwarder drops a `SILENCE` marker into
+the route of any relay that has waited too long.
 
 Tokens at once: a client whose writer can take a message without waiting (`EmitNow`, e.g. the
 NDJSON front's socket when nothing is being written to it) gets each token straight from the
@@ -143,44 +145,40 @@ class _SilenceWatch:
 
     It sleeps until the earliest moment a waiting relay can reach the timeout (a relay that
     starts waiting later reaches it later still), so a busy balancer wakes for it about once
-    per timeout, not once per token; it runs only while relays are registered, so an idle
+    per timeout, not once per token; with no relay registered it waits for one, so an idle
     balancer has no timer at all.
     """
 
-    def __init__(self, item_timeout: float, nursery: trio.Nursery) -> None:
+    def __init__(self, item_timeout: float) -> None:
         self._item_timeout = item_timeout
-        self._nursery = nursery
         self._relays: set[_Relay] = set()
-        self._scope: trio.CancelScope | None = None
+        self._relay_added = trio.Event()
 
     def add(self, relay: _Relay) -> None:
         self._relays.add(relay)
-        if self._scope is None:
-            self._scope = trio.CancelScope()
-            self._nursery.start_soon(self._run, self._scope)
+        self._relay_added.set()
 
     def discard(self, relay: _Relay) -> None:
         self._relays.discard(relay)
-        if not self._relays and self._scope is not None:
-            self._scope.cancel()
-            self._scope = None
 
-    async def _run(self, scope: trio.CancelScope) -> None:
-        with scope:
-            while True:
-                now = trio.current_time()
-                next_check = now + self._item_timeout
-                for relay in list(self._relays):
-                    if relay.waiting_since is None:
-                        continue
-                    timeout_at = relay.waiting_since + self._item_timeout
-                    if timeout_at <= now:
-                        relay.waiting_since = None  # one marker per silence
-                        relay.agent.deliver(relay.agent_request_id, SILENCE)
-                    else:
-                        next_check = min(next_check, timeout_at)
-                # At least a millisecond: with `--inference-item-timeout 0` the loop would spin.
-                await trio.sleep_until(max(next_check, now + 0.001))
+    async def run(self) -> None:
+        while True:
+            if not self._relays:
+                self._relay_added = trio.Event()
+                await self._relay_added.wait()
+            now = trio.current_time()
+            next_check = now + self._item_timeout
+            for relay in list(self._relays):
+                if relay.waiting_since is None:
+                    continue
+                timeout_at = relay.waiting_since + self._item_timeout
+                if timeout_at <= now:
+                    relay.waiting_since = None  # one marker per silence
+                    relay.agent.deliver(relay.agent_request_id, SILENCE)
+                else:
+                    next_check = min(next_check, timeout_at)
+            # At least a millisecond: with `--inference-item-timeout 0` the loop would spin.
+            await trio.sleep_until(max(next_check, now + 0.001))
 
 
 # How long a request whose agent left before answering waits for any agent to be registered
@@ -191,23 +189,28 @@ AGENT_REJOIN_GRACE = 5.0
 
 
 class RequestForwarder:
-    """Serves requests for the inference routes; one per balancer."""
+    """Serves requests for the inference routes; one per balancer, started with `run`."""
 
-    def __init__(
-        self,
-        *,
-        buffer: RequestBuffer,
-        shutdown: ShutdownSignal,
-        item_timeout: float,
-        drain_nursery: trio.Nursery,
-    ) -> None:
+    def __init__(self, *, buffer: RequestBuffer, shutdown: ShutdownSignal, item_timeout: float) -> None:
         self._buffer = buffer
         self._shutdown = shutdown
         self._item_timeout = item_timeout
-        self._drain_nursery = drain_nursery
-        self._silence = _SilenceWatch(item_timeout, drain_nursery)
+        self._silence = _SilenceWatch(item_timeout)
+        # Open while `run` runs: where the drains of requests whose client left are started.
+        self._drains: trio.Nursery | None = None
         self._requests_in_flight = 0
         self._all_finished = trio.Event()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The forwarder's own tasks, for as long as it serves: the item-timeout watch and the
+        slot drains. Once it has stopped, a request whose client leaves releases its slot at once."""
+        try:
+            async with trio.open_nursery() as drains:
+                self._drains = drains
+                drains.start_soon(self._silence.run)
+                task_status.started()
+        finally:
+            self._drains = None
 
     @property
     def requests_in_flight(self) -> int:
@@ -291,12 +294,7 @@ class RequestForwarder:
             claim.release()
             return _Outcome.AGENT_LOST_BEFORE_OUTPUT
         route = agent.open_route(agent_request_id, relay.take if relay.emit_now is not None else None)
-        try:
-            self._silence.add(relay)
-        except RuntimeError:  # the balancer is past shutting down
-            agent.close_route(agent_request_id)
-            claim.release()
-            return _Outcome.FINISHED
+        self._silence.add(relay)
         settled = False  # the agent owes us nothing more: release at once instead of draining
         try:
             try:
@@ -361,11 +359,11 @@ class RequestForwarder:
         route: trio.MemoryReceiveChannel[RouteItem],
         claim: SlotClaim,
     ) -> None:
-        try:
-            self._drain_nursery.start_soon(self._drain_task, agent, agent_request_id, route, claim)
-        except RuntimeError:  # the balancer is past shutting down: nothing left to wait for
+        if self._drains is None:  # the forwarder has stopped: nothing is left to wait for
             agent.close_route(agent_request_id)
             claim.release()
+            return
+        self._drains.start_soon(self._drain_task, agent, agent_request_id, route, claim)
 
     async def _drain_task(
         self,

@@ -85,8 +85,10 @@ async def setup(item_timeout: float = 1.0) -> AsyncIterator[Setup]:
     buffer = RequestBuffer(pool, max_buffered_requests=10, buffered_request_timeout=5.0)
     shutdown = ShutdownSignal()
     async with trio.open_nursery() as nursery:
-        forwarder = RequestForwarder(buffer=buffer, shutdown=shutdown, item_timeout=item_timeout, drain_nursery=nursery)
+        forwarder = RequestForwarder(buffer=buffer, shutdown=shutdown, item_timeout=item_timeout)
+        await nursery.start(forwarder.run)
         yield Setup(pool, buffer, forwarder, shutdown, [], nursery)
+        nursery.cancel_scope.cancel()
 
 
 def errors(received: list[Any]) -> list[tuple[int, str]]:

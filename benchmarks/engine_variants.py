@@ -1,20 +1,23 @@
 #!/usr/bin/env python3
-"""Our engine's decode tokens/s on two or more llama-cpp-python builds, side by side in one run.
+"""Our engine's decode tokens/s in two or more variants, side by side in one run.
 
-Each build is a folder that holds an installed `llama_cpp` package, e.g. one made with
+A variant is a folder put first on PYTHONPATH: one that holds an installed `llama_cpp` package
+(another llama-cpp-python build), e.g. made with
 
     CMAKE_ARGS="-DGGML_NATIVE=ON" pip wheel --no-deps --no-cache-dir llama-cpp-python==0.3.36 -w /tmp/native
     pip install --no-deps --target /tmp/builds/native /tmp/native/llama_cpp_python-*.whl
 
-or `-` for the one installed in this Python. Every round runs `engine_throughput.py` (our
-engine only) once per build, in a fresh process whose PYTHONPATH puts that build first,
-alternating which build goes first; the medians over the rounds and each build's ratio to
-the first build are reported. The JSON goes to stdout on one line and, unless `--no-save`,
-to `benchmarks/results/llama_cpp_builds-<UTC timestamp>.json`. Progress goes to stderr.
+or a checkout that holds `paddler_trio` (another version of our code, e.g. `git worktree add
+/tmp/before HEAD~1`), or `-` for what this Python imports as it is. Every round runs
+`engine_throughput.py` (our engine only) once per variant, in a fresh process, alternating
+which variant goes first; the medians over the rounds and each variant's ratio to the first
+are reported. The JSON goes to stdout on one line and, unless `--no-save`, to
+`benchmarks/results/engine_variants[-<label>]-<UTC timestamp>.json`. Progress goes to stderr.
 
-Example (what the Makefile's portable build was measured with):
+Examples (the Makefile's builds; a change to the engine):
 
-    benchmarks/llama_cpp_builds.py --build portable=- --build native=/tmp/builds/native --slots 1,4 --rounds 3
+    benchmarks/engine_variants.py --variant portable=- --variant native=/tmp/builds/native --slots 1,4
+    benchmarks/engine_variants.py --variant before=/tmp/before --variant after=- --model gemma --slots 4
 """
 
 from __future__ import annotations
@@ -35,12 +38,12 @@ BENCHMARKS = Path(__file__).resolve().parent
 SYSTEM_INFO = "import llama_cpp; print(llama_cpp.llama_print_system_info().decode().strip())"
 
 
-def build(text: str) -> tuple[str, str]:
+def variant(text: str) -> tuple[str, str]:
     name, separator, folder = text.partition("=")
     if not separator or not name or not folder:
         raise argparse.ArgumentTypeError(f"expected NAME=FOLDER or NAME=- (got {text!r})")
-    if folder != "-" and not (Path(folder) / "llama_cpp").is_dir():
-        raise argparse.ArgumentTypeError(f"{folder} holds no llama_cpp package")
+    if folder != "-" and not any((Path(folder) / package).is_dir() for package in ("llama_cpp", "paddler_trio")):
+        raise argparse.ArgumentTypeError(f"{folder} holds neither a llama_cpp nor a paddler_trio package")
     return name, folder
 
 
@@ -58,7 +61,7 @@ def system_info(folder: str) -> str:
 
 
 def measure(folder: str, arguments: argparse.Namespace) -> dict[int, float]:
-    """One engine_throughput run on this build: tokens/s per slot count."""
+    """One engine_throughput run on this variant: tokens/s per slot count."""
     completed = subprocess.run(
         [
             sys.executable, str(BENCHMARKS / "engine_throughput.py"), "--skip-llama-server", "--no-save",
@@ -76,17 +79,19 @@ def measure(folder: str, arguments: argparse.Namespace) -> dict[int, float]:
 
 def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="llama_cpp_builds.py",
-        description="Compare our engine's tokens/s on several llama-cpp-python builds, interleaved in one run.",
+        prog="engine_variants.py",
+        description="Compare our engine's tokens/s in several variants (llama-cpp-python builds, versions of "
+        "our code), interleaved in one run.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--build", dest="builds", type=build, action="append", required=True,
-                        metavar="NAME=FOLDER", help="a build to measure (FOLDER holds llama_cpp; '-': this Python's)")
+    parser.add_argument("--variant", dest="variants", type=variant, action="append", required=True,
+                        metavar="NAME=FOLDER",
+                        help="a variant to measure (FOLDER holds llama_cpp or paddler_trio; '-': as installed)")
     parser.add_argument("--model", default="qwen", help="bundled model alias or GGUF path")
     parser.add_argument("--slots", default="1,4", help="slot counts, comma-separated")
     parser.add_argument("--max-tokens", type=int, default=128, help="tokens generated per request")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="llama.cpp threads")
-    parser.add_argument("--rounds", type=int, default=3, help="runs per build; medians are reported")
+    parser.add_argument("--rounds", type=int, default=3, help="runs per variant; medians are reported")
     parser.add_argument("--label", default=None, help="added to the result file's name")
     parser.add_argument("--no-save", action="store_true", help="do not write the JSON under benchmarks/results/")
     return parser.parse_args(argv)
@@ -94,27 +99,27 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = parse_arguments(argv)
-    builds: list[tuple[str, str]] = arguments.builds
-    runs: dict[str, list[dict[int, float]]] = {name: [] for name, _ in builds}
+    variants: list[tuple[str, str]] = arguments.variants
+    runs: dict[str, list[dict[int, float]]] = {name: [] for name, _ in variants}
     for round_number in range(arguments.rounds):
-        order = builds if round_number % 2 == 0 else builds[::-1]
+        order = variants if round_number % 2 == 0 else variants[::-1]
         for name, folder in order:
             figures = measure(folder, arguments)
             print(f"round {round_number + 1}: {name} {figures}", file=sys.stderr, flush=True)
             runs[name].append(figures)
-    reference = builds[0][0]
+    reference = variants[0][0]
     slot_counts = sorted(runs[reference][0])
     medians = {
         name: {slots: round(statistics.median(run[slots] for run in runs[name]), 2) for slots in slot_counts}
         for name in runs
     }
     report: dict[str, Any] = {
-        **report_header("llama_cpp_builds", arguments.label),
+        **report_header("engine_variants", arguments.label),
         "model": arguments.model,
         "threads": arguments.threads,
         "max_tokens": arguments.max_tokens,
         "rounds": arguments.rounds,
-        "builds": {
+        "variants": {
             name: {
                 "folder": folder,
                 "system_info": system_info(folder),
@@ -124,12 +129,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                     slots: round(medians[name][slots] / medians[reference][slots], 3) for slots in slot_counts
                 },
             }
-            for name, folder in builds
+            for name, folder in variants
         },
     }
     print(json.dumps(report), flush=True)
     if not arguments.no_save:
-        print(f"saved {save_result(report, 'llama_cpp_builds', arguments.label)}", file=sys.stderr)
+        print(f"saved {save_result(report, 'engine_variants', arguments.label)}", file=sys.stderr)
     return 0
 
 
