@@ -204,13 +204,16 @@ class RequestForwarder:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The forwarder's own tasks, for as long as it serves: the item-timeout watch and the
         slot drains. Once it has stopped, a request whose client leaves releases its slot at once."""
-        try:
-            async with trio.open_nursery() as drains:
-                self._drains = drains
-                drains.start_soon(self._silence.run)
-                task_status.started()
-        finally:
-            self._drains = None
+        async with trio.open_nursery() as drains:
+            drains.start_soon(self._silence.run)
+            self._drains = drains
+            task_status.started()
+            try:
+                await trio.sleep_forever()
+            finally:
+                # Here, while this body still runs, the nursery takes new tasks (cancelled at once):
+                # once the body has ended it may close before the task that waits in it resumes.
+                self._drains = None
 
     @property
     def requests_in_flight(self) -> int:

@@ -212,9 +212,9 @@ async def test_a_second_signal_during_the_drain_exits_at_once_with_143() -> None
             with trio.fail_after(5):
                 returncode = await balancer.process.wait()
             nursery.cancel_scope.cancel()
-        assert returncode == 143
+        assert returncode == 143, "\n".join(balancer.log)
         assert any("SIGTERM again while shutting down: exiting now" in line for line in balancer.log)
-        assert not any("Traceback" in line for line in balancer.log)
+        assert not any("Traceback" in line for line in balancer.log), "\n".join(balancer.log)
 
 
 async def test_sigterm_with_an_open_sse_subscriber_exits_within_one_second() -> None:
