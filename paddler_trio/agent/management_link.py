@@ -1,14 +1,15 @@
 """The agent's WebSocket to the balancer: `ws://<management-addr>/api/v1/agent_socket/<agent_id>`.
 
-On every connection: `RegisterAgent` first, then `UpdateAgentStatus` on every status change
-and every second; incoming `SetState` goes to reconciliation, requests and
-`StopRespondingTo` to request handling. Replies of one engine step go as one frame when the
-balancer offers it (`protocol.reply_batching`; Paddler's balancer does not), written from the
-engine's hand-off itself while nothing waits in the queue (`LinkOutbox`). The socket is our
-own (`transport.direct_websocket.connect`), so that this write needs no task switch. When the
-link drops, the requests it carried are cancelled and the agent reconnects every second with
-the same id. When the agent is shut down it flushes what it has queued, sends
-`DeregisterAgent` and closes the socket cleanly.
+The socket is trio-websocket's, on a TCP (or TLS) stream the link opens itself, so that the
+upgrade names the host as the URL gives it. On every connection: `RegisterAgent` first, then
+`UpdateAgentStatus` on every status change and every second; incoming `SetState` goes to
+reconciliation, requests and `StopRespondingTo` to request handling. Everything the agent sends
+waits in one queue for the link's writer task (`LinkOutbox`); the replies of one engine step
+are queued together and go as one frame when the balancer offers it
+(`protocol.reply_batching`; Paddler's balancer does not). When the link drops, the requests it
+carried are cancelled and the agent reconnects every second with the same id. When the agent
+is shut down it flushes what it has queued, sends `DeregisterAgent` and closes the socket
+cleanly (close code 1000).
 
 With `--agent-secret` the upgrade carries `Authorization: Bearer <secret>`; a balancer that
 refuses it (HTTP 401) is reported as such and retried with a growing interval (up to
@@ -24,6 +25,14 @@ from urllib.parse import urlsplit
 
 import attrs
 import trio
+from trio_websocket import (
+    ConnectionClosed,
+    ConnectionRejected,
+    ConnectionTimeout,
+    HandshakeError,
+    WebSocketConnection,
+    wrap_client_stream,
+)
 
 from paddler_trio import PADDLER_COMPATIBLE_VERSION
 from paddler_trio.agent.engine_holder import EngineHolder
@@ -51,19 +60,7 @@ from paddler_trio.protocol.reply_batching import (
     batch_frame,
     offers_reply_batching,
 )
-from paddler_trio.queued_messages import (
-    drainer_is_idle,
-    put_into,
-    queued_texts,
-    send_now_into,
-)
-from paddler_trio.transport.direct_websocket import (
-    DirectWebSocket,
-    WebSocketHandshakeFailed,
-    WebSocketRefused,
-    connect,
-)
-from paddler_trio.transport.stream_writer import hold_until_block_end
+from paddler_trio.queued_messages import put_into, send_now_into
 
 _logger = logging.getLogger(__name__)
 
@@ -121,7 +118,7 @@ class ManagementLink:
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.url = url
-        self._extra_headers = {"Authorization": f"Bearer {agent_secret}"} if agent_secret else {}
+        self._extra_headers = [(b"Authorization", f"Bearer {agent_secret}".encode())] if agent_secret else []
         self._endpoint = BalancerEndpoint.of_url(url)
         self._ssl_context = (ssl_context or ssl.create_default_context()) if self._endpoint.tls else None
         self._name = name
@@ -139,21 +136,12 @@ class ManagementLink:
         try:
             while not self._leaving.is_set():
                 try:
-                    stream = await self._open_stream()
-                    await connect(
-                        stream,
-                        self._serve,
-                        host=self._endpoint.host_header,
-                        target=self._endpoint.target,
-                        extra_headers=self._extra_headers,
-                        max_message_bytes=MAX_MESSAGE_SIZE,
-                        handshake_timeout=CONNECT_TIMEOUT,
-                    )
+                    await self._link_once()
                     outage_reported = False
                     retry_interval = RECONNECT_INTERVAL
                     if not self._leaving.is_set():
                         _logger.warning("the link to the balancer ended; reconnecting")
-                except WebSocketRefused as error:
+                except ConnectionRejected as error:
                     if error.status_code not in (401, 403):
                         if not outage_reported:
                             _logger.warning("the balancer at %s rejected the link with HTTP %d; retrying", self.url, error.status_code)
@@ -172,7 +160,7 @@ class ManagementLink:
                         await self._leaving.wait()
                     retry_interval = min(retry_interval * 2, REFUSED_RETRY_LIMIT)
                     continue
-                except (WebSocketHandshakeFailed, trio.TooSlowError, trio.BrokenResourceError, OSError) as error:
+                except (HandshakeError, trio.TooSlowError, trio.BrokenResourceError, OSError) as error:
                     if not outage_reported:
                         _logger.warning(
                             "cannot reach the balancer at %s (%s); retrying every %.0f s",
@@ -186,11 +174,57 @@ class ManagementLink:
         finally:
             self._left.set()
 
-    async def _open_stream(self) -> trio.abc.Stream:
+    async def _link_once(self) -> None:
+        """Open the link, serve it until it ends or the agent leaves, then close the connection.
+
+        Raises what kept the link from opening: `ConnectionRejected` (an HTTP answer to the
+        upgrade), another `HandshakeError` (no answer, or not a valid one), `trio.TooSlowError`
+        and `OSError` (no connection), `trio.BrokenResourceError` (the TLS handshake failed)."""
+        stream = await self._open_stream()
+        opened = False
+        try:
+            async with trio.open_nursery() as connection:  # runs the socket's reader task
+                try:
+                    socket = await self._upgrade(connection, stream)
+                    opened = True
+                    await self._serve(socket)
+                finally:
+                    # Ends the reader task, whatever state the socket is in (a clean close has
+                    # already closed the stream).
+                    await trio.aclose_forcefully(stream)
+        except BaseExceptionGroup as group:
+            # What the socket's reader task raised (or `_upgrade`'s timeout).
+            failure = group.exceptions[0] if len(group.exceptions) == 1 else None
+            if opened and isinstance(failure, ConnectionClosed):
+                return  # the connection broke while the reader answered a protocol error
+            if not opened and isinstance(failure, HandshakeError):
+                raise failure from None
+            if not opened and isinstance(failure, Exception):
+                raise HandshakeError(f"the answer to the upgrade is not valid: {failure}") from None
+            raise
+
+    async def _upgrade(
+        self, connection: trio.Nursery, stream: trio.SocketStream | trio.SSLStream[trio.SocketStream]
+    ) -> WebSocketConnection:
+        endpoint = self._endpoint
+        # trio-websocket waits for an answer even when the balancer closes without one: the
+        # timeout covers that too.
+        with trio.move_on_after(CONNECT_TIMEOUT):
+            return await wrap_client_stream(
+                connection,
+                stream,
+                endpoint.host_header,
+                endpoint.target,
+                extra_headers=self._extra_headers,
+                max_message_size=MAX_MESSAGE_SIZE,
+            )
+        raise ConnectionTimeout(f"no answer to the upgrade within {CONNECT_TIMEOUT:.0f} s")
+
+    async def _open_stream(self) -> trio.SocketStream | trio.SSLStream[trio.SocketStream]:
         """A connection to the balancer, TLS for wss:// (its handshake done)."""
         with trio.fail_after(CONNECT_TIMEOUT):
             endpoint = self._endpoint
-            stream: trio.abc.Stream = await trio.open_tcp_stream(endpoint.host, endpoint.port)
+            stream = await trio.open_tcp_stream(endpoint.host, endpoint.port)
             if self._ssl_context is None:
                 return stream
             tls = trio.SSLStream(stream, self._ssl_context, server_hostname=endpoint.host, https_compatible=True)
@@ -208,7 +242,7 @@ class ManagementLink:
         with trio.move_on_after(GOODBYE_TIMEOUT + 1):
             await self._left.wait()
 
-    async def _serve(self, socket: DirectWebSocket) -> None:
+    async def _serve(self, socket: WebSocketConnection) -> None:
         _logger.info("connected to the balancer at %s", self.url)
         outbox = LinkOutbox(socket, batching=offers_reply_batching(socket.handshake_headers))
         requests = RequestHandling(self._engines, self._status, outbox.put, outbox.send_now)
@@ -220,8 +254,9 @@ class ManagementLink:
                 nursery.start_soon(self._publish_status, outbox, registration.version)
                 nursery.start_soon(_cancel_when_set, self._leaving, nursery.cancel_scope)
                 await self._receive(socket, nursery, requests, outbox)
+                nursery.cancel_scope.cancel()  # the link ended
         finally:
-            if not socket.ended:  # leaving (or cancelled from outside) while the link is up
+            if socket.closed is None:  # leaving (or cancelled from outside) while the link is up
                 with trio.CancelScope(shield=True) as goodbye:
                     goodbye.deadline = trio.current_time() + GOODBYE_TIMEOUT
                     await outbox.say_goodbye(close=self._leaving.is_set())
@@ -238,14 +273,17 @@ class ManagementLink:
 
     async def _receive(
         self,
-        socket: DirectWebSocket,
+        socket: WebSocketConnection,
         nursery: trio.Nursery,
         requests: RequestHandling,
         outbox: LinkOutbox,
     ) -> None:
-        """Act on the balancer's messages; the socket cancels this when the link ends."""
+        """Act on the balancer's messages until the link ends."""
         while True:
-            text = await socket.receive()
+            try:
+                text = await socket.get_message()
+            except ConnectionClosed:
+                return
             if isinstance(text, bytes):
                 _logger.warning("ignoring a binary frame from the balancer (%d bytes)", len(text))
                 continue
@@ -285,75 +323,61 @@ class ManagementLink:
             )
 
 
-
 class LinkOutbox:
-    """What the agent sends on one connection. Messages wait in a queue for the writer task,
-    except that while that task waits on an empty queue, an engine step's replies are written
-    at once: held until the end of the engine's hand-off (`stream_writer.writes_held_together`),
-    then sent in one write, as one frame when the balancer offers reply batching."""
+    """What the agent sends on one connection. Every message waits in a bounded queue for the
+    writer task, which sends what is queued together as one frame when the balancer offers reply
+    batching, else one message per frame."""
 
-    def __init__(self, socket: DirectWebSocket, *, batching: bool) -> None:
+    def __init__(self, socket: WebSocketConnection, *, batching: bool) -> None:
         self._socket = socket
         self._batching = batching
         self._send, self._pending = trio.open_memory_channel[BalancerBoundMessage](OUTBOUND_QUEUE_SIZE)
+        # Request tasks wait while the queue is full (back-pressure).
         self.put = put_into(self._send)
-        self._send_later = send_now_into(self._send)
-        self._held: list[str] = []
-
-    def send_now(self, message: BalancerBoundMessage) -> bool:
-        """Send `message` without waiting: held for the end of the running hand-off if nothing is
-        queued or being written, else queued; False when the queue is full."""
-        if not self._held and not (
-            drainer_is_idle(self._pending) and self._socket.can_send_now() and hold_until_block_end(self._release)
-        ):
-            return self._send_later(message)
-        self._held.append(to_json(message))
-        return True
-
-    def _release(self) -> None:
-        texts, self._held = self._held, []
-        frames = self._frames(texts) if self._batching else texts
-        # Nothing ran since the texts were held, so the socket still takes them at once; if it
-        # broke meanwhile, the reader ends the link.
-        self._socket.send_texts_now(frames)
-
-    def _frames(self, texts: list[str]) -> list[str]:
-        return [
-            batch_frame(texts[start : start + MAX_MESSAGES_PER_FRAME])
-            for start in range(0, len(texts), MAX_MESSAGES_PER_FRAME)
-        ]
+        # The engine's hand-off never waits: False when the queue is full (the request task then
+        # forwards the result itself, with `put`).
+        self.send_now = send_now_into(self._send)
+        # Messages (as JSON) the writer has taken from the queue and not sent yet: when the writer
+        # is cancelled (the agent leaving), `say_goodbye` sends them first.
+        self._taken: list[str] = []
 
     async def write_queued(self, link_scope: trio.CancelScope) -> None:
-        """Send queued messages; with batching, all that are queued together go as one frame."""
+        """Send queued messages; cancel `link_scope` when the socket no longer takes them."""
         try:
             async for message in self._pending:
-                if not self._batching:
-                    await self._socket.send_texts([to_json(message)])
-                    continue
-                if not self._pending.statistics().current_buffer_used:
-                    # One scheduler round lets the other requests of the same engine step queue theirs.
-                    await trio.lowlevel.checkpoint()
-                texts = queued_texts(message, self._pending, MAX_MESSAGES_PER_FRAME)
-                await self._socket.send_texts([batch_frame(texts)])
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
+                self._taken.append(to_json(message))
+                if self._batching:
+                    if not self._pending.statistics().current_buffer_used:
+                        # One scheduler round lets the other requests of the same engine step queue theirs.
+                        await trio.lowlevel.checkpoint()
+                    self._take_queued(MAX_MESSAGES_PER_FRAME)
+                await self._socket.send_message(batch_frame(self._taken))
+                self._taken.clear()
+        except ConnectionClosed:
             link_scope.cancel()
 
-    async def say_goodbye(self, *, close: bool) -> None:
-        """Send what is queued and `DeregisterAgent`; with `close`, start the closing handshake
-        (not when cancelled from outside: the socket's reader is gone and it would only time out)."""
-        texts = []
-        while True:
+    def _take_queued(self, limit: int | None = None) -> None:
+        """Move what is queued to `_taken`, until `_taken` holds `limit` messages."""
+        while limit is None or len(self._taken) < limit:
             try:
-                texts.append(to_json(self._pending.receive_nowait()))
+                self._taken.append(to_json(self._pending.receive_nowait()))
             except (trio.WouldBlock, trio.EndOfChannel):
-                break
-        texts.append(to_json(DeregisterAgentNotification()))
+                return
+
+    async def say_goodbye(self, *, close: bool) -> None:
+        """Send what is taken or queued and `DeregisterAgent`, one message per frame; with `close`,
+        close the socket with code 1000 and wait for the balancer's answer (not when cancelled from
+        outside: the socket's reader task is gone and the wait would only time out)."""
+        self._take_queued()
+        texts = [*self._taken, to_json(DeregisterAgentNotification())]
+        self._taken.clear()
         try:
-            await self._socket.send_texts(texts)
+            for text in texts:
+                await self._socket.send_message(text)
             _logger.info("deregistered from the balancer")
             if close:
-                await self._socket.close(1000, "")
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
+                await self._socket.aclose(1000)
+        except ConnectionClosed:
             pass
 
 
@@ -376,7 +400,7 @@ def _request_id_of(text: str) -> str | None:
 
 
 def _describe_failure(error: BaseException) -> str:
-    cause = error.__cause__ or error.__context__
+    cause = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
     if isinstance(error, trio.TooSlowError):
         return f"no connection within {CONNECT_TIMEOUT:.0f} s"
     if cause is not None and str(cause):

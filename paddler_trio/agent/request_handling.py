@@ -2,7 +2,7 @@
 
 Each request task counts in the agent's `slots_processing` from receipt to completion and
 forwards every result as a Response envelope until the terminal one. A generation's results
-go onto the link straight from the engine's scheduler while the task waits with nothing
+go into the link's queue straight from the engine's scheduler while the task waits with nothing
 queued (`GenerationStream.hand_results_to`), so one engine step costs no wake-up per request;
 the task forwards only what the link's queue had no room for. Request tasks live in the
 link's nursery: when the link drops they are cancelled, and leaving the engine stream frees
@@ -47,7 +47,7 @@ from paddler_trio.protocol import (
 _logger = logging.getLogger(__name__)
 
 Send = Callable[[BalancerBoundMessage], Awaitable[None]]
-# Puts a message on the link at once if its queue has room; False when it has none.
+# Queues a message on the link without waiting; False when the link's queue is full.
 SendNow = Callable[[BalancerBoundMessage], bool]
 
 # How long a request that arrives while the model is being swapped waits for the new one

@@ -115,7 +115,7 @@ class GenerationStream:
         and one it declines is iterated as usual, as is every result after it until the reader
         waits again, so the two ways never reorder results. The iterator ends after a terminal
         result that `taker` took. Saves the reader a wake-up per result (the agent puts them
-        straight on its link)."""
+        straight into its link's queue)."""
         if self._generation is not None:
             self._generation.taker = taker
 

@@ -49,7 +49,6 @@ from paddler_trio.engine.token_classifier import (
 from paddler_trio.engine.vector_sampling import SlotSampler, VectorSampler, sample_step
 from paddler_trio.protocol import GeneratedTokenResult, SamplerError
 from paddler_trio.queued_messages import drainer_is_idle
-from paddler_trio.transport.stream_writer import writes_held_together
 
 _logger = logging.getLogger(__name__)
 
@@ -168,11 +167,6 @@ class Scheduler:
                 await self._reader_waits.wait()
 
     def _deliver(self) -> None:
-        # The takers' writes leave together at the end: one write per stream (an agent's link).
-        with writes_held_together():
-            self._deliver_outboxes()
-
-    def _deliver_outboxes(self) -> None:
         still_live: list[Generation] = []
         for generation in self._live:
             if generation.cancelled:

@@ -1,103 +1,160 @@
-"""`LinkOutbox`: what the agent sends on its link. An engine step's replies, handed on inside
-`writes_held_together` while the writer task waits with nothing queued, leave at the block's end
-in one frame and one write, with no task switch; a message sent while others wait in the queue
-goes behind them, so nothing is reordered."""
+"""`LinkOutbox`: what the agent sends on its link, as a balancer (a real trio-websocket server on
+a loopback port) sees it. Every message waits in the outbox's queue; the writer task sends the
+replies queued during one engine hand-off as one frame when reply batching is on, one message
+per frame otherwise; leaving sends what is queued, then `DeregisterAgent`, then closes with 1000."""
 
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Callable
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from functools import partial
+from typing import Any
 
+import attrs
 import pytest
 import trio
 import trio.testing
+from trio_websocket import ConnectionClosed, WebSocketRequest, open_websocket, serve_websocket
 
-from paddler_trio.agent.management_link import LinkOutbox
-from paddler_trio.protocol import ResponseEnvelope, to_json
+from paddler_trio.agent.management_link import OUTBOUND_QUEUE_SIZE, LinkOutbox
+from paddler_trio.protocol import BalancerBoundMessage, DeregisterAgentNotification, ResponseEnvelope, to_json
 from paddler_trio.protocol.generated_token_result import ContentToken
-from paddler_trio.transport import stream_writer
-from paddler_trio.transport.direct_websocket import DirectWebSocket, serve
-from paddler_trio.transport.stream_writer import writes_held_together
-from tests.transport.tcp_pair import tcp_pair
-from tests.transport.websocket_peers import connect_client, read_upgrade_request
+
+
+@attrs.define
+class SeenByTheBalancer:
+    frames: list[Any] = attrs.field(factory=list)  # each frame, decoded
+    close_code: int | None = None
+    ended: trio.Event = attrs.field(factory=trio.Event)
+
+    def messages(self) -> list[Any]:
+        return [message for frame in self.frames for message in (frame if isinstance(frame, list) else [frame])]
+
+
+async def record_the_link(seen: SeenByTheBalancer, request: WebSocketRequest) -> None:
+    socket = await request.accept()
+    try:
+        while True:
+            seen.frames.append(json.loads(await socket.get_message()))
+    except ConnectionClosed as closed:
+        seen.close_code = closed.reason.code if closed.reason is not None else None
+    finally:
+        seen.ended.set()
+
+
+@asynccontextmanager
+async def linked_outbox(*, batching: bool) -> AsyncIterator[tuple[LinkOutbox, SeenByTheBalancer]]:
+    """An outbox on a real WebSocket to a balancer that records what arrives."""
+    seen = SeenByTheBalancer()
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(serve_websocket, partial(record_the_link, seen), "127.0.0.1", 0, None)
+        async with open_websocket("127.0.0.1", server.port, "/api/v1/agent_socket/test", use_ssl=False) as socket:
+            yield LinkOutbox(socket, batching=batching), seen
+        nursery.cancel_scope.cancel()
 
 
 def token(request_id: str, text: str) -> ResponseEnvelope:
     return ResponseEnvelope(generated_by=None, request_id=request_id, response=ContentToken(text))
 
 
-async def with_outbox(batching: bool, body: Callable[[LinkOutbox], object]) -> list[object]:
-    """Run `body` with an outbox whose writer task waits, on a real TCP connection to our own
-    WebSocket server; the server's messages, decoded, once both ends have closed."""
-    received: list[object] = []
+def wire(message: BalancerBoundMessage) -> Any:
+    return json.loads(to_json(message))
 
-    async def server_handler(socket: DirectWebSocket) -> None:
-        while True:
-            text = await socket.receive()
-            assert isinstance(text, str)
-            if text == "end":
-                await socket.close(1000, "")
-                return
-            received.append(json.loads(text))
 
-    async def client_handler(socket: DirectWebSocket) -> None:
-        outbox = LinkOutbox(socket, batching=batching)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(outbox.write_queued, nursery.cancel_scope)
-            await trio.testing.wait_all_tasks_blocked()
-            await body(outbox)  # type: ignore[misc]
-            await trio.testing.wait_all_tasks_blocked()
-            nursery.cancel_scope.cancel()
-        await socket.send_texts(["end"])
-
-    async with tcp_pair() as (server_stream, client_stream), trio.open_nursery() as nursery:
-
-        async def run_server() -> None:
-            request = await read_upgrade_request(server_stream)
-            await serve(server_stream, request, server_handler, max_message_bytes=1 << 20, ping_interval=None)
-
-        nursery.start_soon(run_server)
-        with trio.fail_after(10):
-            await connect_client(client_stream, client_handler)
-    return received
+async def leave(outbox: LinkOutbox, seen: SeenByTheBalancer) -> None:
+    with trio.fail_after(5):
+        await outbox.say_goodbye(close=True)
+        await seen.ended.wait()
 
 
 @pytest.mark.parametrize("batching", [True, False], ids=["batching", "one-per-frame"])
-async def test_a_steps_replies_leave_at_the_end_of_the_hand_off_in_one_write(
-    batching: bool, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    writes: list[bytes] = []
-    real_write = os.write
-
-    def counted_write(fd: int, data: bytes) -> int:
-        writes.append(data)
-        return real_write(fd, data)
-
-    monkeypatch.setattr(stream_writer.os, "write", counted_write)
-
-    async def one_step(outbox: LinkOutbox) -> None:
-        with trio.testing.assert_no_checkpoints():
-            with writes_held_together():
+async def test_the_replies_of_one_hand_off_go_as_one_frame_only_with_batching(batching: bool) -> None:
+    async with linked_outbox(batching=batching) as (outbox, seen):
+        async with trio.open_nursery() as link:
+            link.start_soon(outbox.write_queued, link.cancel_scope)
+            await trio.testing.wait_all_tasks_blocked()
+            with trio.testing.assert_no_checkpoints():  # as the scheduler hands a step's results on
                 assert outbox.send_now(token("r-1", "Hello"))
                 assert outbox.send_now(token("r-2", "Once"))
-                assert writes == []
-            assert len(writes) == 1
+                assert outbox.send_now(token("r-3", "upon"))
+            await trio.testing.wait_all_tasks_blocked()  # the writer has sent them and waits again
+            link.cancel_scope.cancel()
+        await leave(outbox, seen)
 
-    received = await with_outbox(batching, one_step)
-    first, second = json.loads(to_json(token("r-1", "Hello"))), json.loads(to_json(token("r-2", "Once")))
-    assert received == ([[first, second]] if batching else [first, second])
+    replies = [wire(token("r-1", "Hello")), wire(token("r-2", "Once")), wire(token("r-3", "upon"))]
+    deregister = wire(DeregisterAgentNotification())
+    assert seen.frames == ([replies, deregister] if batching else [*replies, deregister])
+    assert seen.close_code == 1000
 
 
-async def test_a_reply_sent_while_messages_wait_in_the_queue_goes_behind_them() -> None:
-    queued = token("r-0", "queued")
+async def test_a_request_task_woken_by_the_same_hand_off_shares_the_frame() -> None:
+    """The writer waits one scheduler round before sending a lone message: a request task that the
+    hand-off woke (its result did not fit the engine's fast path) queues its reply in time."""
+    async with linked_outbox(batching=True) as (outbox, seen):
+        woken = trio.Event()
 
-    async def queued_then_step(outbox: LinkOutbox) -> None:
-        await outbox.put(queued)  # wakes the writer: it no longer waits on an empty queue
-        with writes_held_together():
+        async def request_task() -> None:
+            await woken.wait()
+            await outbox.put(token("r-2", "Once"))
+
+        async with trio.open_nursery() as link:
+            link.start_soon(outbox.write_queued, link.cancel_scope)
+            link.start_soon(request_task)
+            await trio.testing.wait_all_tasks_blocked()
             assert outbox.send_now(token("r-1", "Hello"))
+            woken.set()
+            await trio.testing.wait_all_tasks_blocked()
+            link.cancel_scope.cancel()
+        await leave(outbox, seen)
 
-    received = await with_outbox(True, queued_then_step)
-    flat = [message for frame in received for message in (frame if isinstance(frame, list) else [frame])]
-    assert flat == [json.loads(to_json(queued)), json.loads(to_json(token("r-1", "Hello")))]
+    assert seen.frames[0] == [wire(token("r-1", "Hello")), wire(token("r-2", "Once"))]
 
+
+async def test_a_full_queue_refuses_the_hand_off_and_holds_back_request_tasks() -> None:
+    async with linked_outbox(batching=True) as (outbox, seen):
+        queued = [token(f"r-{index}", "x") for index in range(OUTBOUND_QUEUE_SIZE)]
+        for message in queued:
+            assert outbox.send_now(message)
+        assert not outbox.send_now(token("r-refused", "x"))
+
+        async with trio.open_nursery() as link:
+            put_done = trio.Event()
+
+            async def request_task() -> None:
+                await outbox.put(token("r-late", "x"))
+                put_done.set()
+
+            link.start_soon(request_task)
+            await trio.testing.wait_all_tasks_blocked()
+            assert not put_done.is_set()  # back-pressure: the request task waits for room
+            link.start_soon(outbox.write_queued, link.cancel_scope)
+            await put_done.wait()
+            await trio.testing.wait_all_tasks_blocked()
+            link.cancel_scope.cancel()
+        await leave(outbox, seen)
+
+    expected = [wire(message) for message in [*queued, token("r-late", "x"), DeregisterAgentNotification()]]
+    assert seen.messages() == expected
+
+
+async def test_leaving_sends_what_is_queued_then_deregisters_and_closes_with_1000() -> None:
+    async with linked_outbox(batching=True) as (outbox, seen):
+        await outbox.put(token("r-1", "Hello"))
+        assert outbox.send_now(token("r-1", "world"))
+        await leave(outbox, seen)
+
+    assert seen.frames == [wire(token("r-1", "Hello")), wire(token("r-1", "world")), wire(DeregisterAgentNotification())]
+    assert seen.close_code == 1000
+
+
+async def test_replies_the_writer_took_but_had_not_sent_when_the_agent_left_still_go_first() -> None:
+    async with linked_outbox(batching=True) as (outbox, seen):
+        async with trio.open_nursery() as link:
+            link.start_soon(outbox.write_queued, link.cancel_scope)
+            await trio.testing.wait_all_tasks_blocked()
+            assert outbox.send_now(token("r-1", "Done"))  # wakes the writer with it
+            link.cancel_scope.cancel()  # the agent leaves before the writer sends it
+        await leave(outbox, seen)
+
+    assert seen.frames == [wire(token("r-1", "Done")), wire(DeregisterAgentNotification())]
