@@ -4,8 +4,9 @@ The agent's link to the balancer (one frame per engine step) and the balancer's 
 writers (an NDJSON chunk, a run of inference-socket messages) all take their messages
 this way: many at once under load, one at a time when idle, and never waiting for more.
 Producers put messages in with `put_into`, which waits only when the queue is full.
-A message may skip such a writer's queue only while the writer waits on an empty one
-(`drainer_is_idle`): written then, it still comes after everything queued before it.
+`send_now_into` puts one in without ever waiting (the agent socket's reader handing a token on,
+an engine step's hand-off); `drainer_is_idle` tells whether the task that drains a channel waits
+on an empty one.
 """
 
 from __future__ import annotations

@@ -11,8 +11,9 @@ still streaming from it with "Agent controller connection closed".
 
 The upgrade response offers reply batching (`protocol.reply_batching`): our agents then send
 the replies of one engine step as one frame; Paddler's agents ignore the header. The socket is
-usually our own `DirectWebSocket` (the management port's front takes the upgrade over, see
-`proxy/websocket_takeover.py`); the messages queued for an agent go out in one write.
+Quart's (`proxy/message_socket.py`). A frame is acted on whole before the reader waits again,
+so the tokens it carries for one client are all queued for that client's writer before the
+writer wakes: they leave in one write.
 """
 
 from __future__ import annotations
@@ -43,7 +44,6 @@ from paddler_trio.proxy.agent_pool import AgentPool, DuplicateAgent
 from paddler_trio.proxy.message_socket import MessageSocket
 from paddler_trio.proxy.shutdown_signal import ShutdownSignal
 from paddler_trio.queued_messages import queued_texts
-from paddler_trio.transport.stream_writer import writes_held_together
 
 _logger = logging.getLogger(__name__)
 
@@ -121,18 +121,11 @@ class AgentSocket:
         return None
 
     async def _read(self, websocket: MessageSocket, frames: _AgentFrames, agent: AgentController) -> None:
-        """Act on the agent's frames until it deregisters (the socket's reader calls `take` itself)."""
-
-        def take(data: str | bytes) -> bool:
-            # The tokens of one frame reach their clients in one write per client (stream_writer.py).
-            with writes_held_together():
-                return self._handle(frames.decode(data), agent)
+        """Act on the agent's frames until it deregisters."""
 
         leftover, frames.leftover = frames.leftover, []
-        with writes_held_together():
-            if not self._handle(leftover, agent):
-                return
-        await websocket.consume(take)
+        if self._handle(leftover, agent):
+            await websocket.consume(lambda data: self._handle(frames.decode(data), agent))
 
     def _handle(self, messages: list[Any], agent: AgentController) -> bool:
         """Act on one frame's messages; False when the agent deregistered."""

@@ -44,7 +44,6 @@ from paddler_trio.proxy.message_socket import QuartMessageSocket
 from paddler_trio.proxy.request_id import new_request_id
 from paddler_trio.proxy.service_app import create_service_app, plain_text_error
 from paddler_trio.proxy.shutdown_signal import ShutdownSignal
-from paddler_trio.proxy.websocket_takeover import SocketHandler
 
 _logger = logging.getLogger(__name__)
 
@@ -169,15 +168,8 @@ class ManagementService:
         response.headers["Content-Type"] = PROMETHEUS_CONTENT_TYPE
         return response
 
-    def socket_route(self, path: str) -> SocketHandler | None:
-        """The agents' socket handler for an upgrade the port's front takes over (`websocket_takeover.py`)."""
-        agent_id = path.removeprefix(AGENT_SOCKET_PATH_PREFIX)
-        if agent_id == path or not agent_id or "/" in agent_id:
-            return None
-        return lambda socket: self._agent_socket.serve(socket, agent_id)
-
     async def agent_socket(self, agent_id: str) -> None:
-        """The agents' socket when the upgrade reached Quart (see `socket_route`)."""
+        """The agents' socket (`agent_socket.py`)."""
         socket = QuartMessageSocket(websocket._get_current_object(), ACCEPT_HEADERS)  # type: ignore[attr-defined]
         await self._agent_socket.serve(socket, agent_id)
 

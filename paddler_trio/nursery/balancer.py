@@ -3,10 +3,15 @@
     run_balancer                     SIGINT/SIGTERM -> drain, then shutdown (a second signal exits at once)
     └── serve_balancer
         ├── background nursery        reconciliation, request forwarder (item-timeout watch, slot
-        │                             drains), StatsD reporter, NDJSON and OpenAI request tasks
-        └── servers nursery           management service, inference service, OpenAI-compatible service
-                                      (when --compat-openai-addr is given), web admin panel (when
-                                      --web-admin-panel-addr is given); Hypercorn, trio worker
+        │                             drains), StatsD reporter
+        └── servers nursery           inference service (our own HTTP/1.1 server, transport/http_server.py);
+                                      management service, OpenAI-compatible service (when
+                                      --compat-openai-addr is given), web admin panel (when
+                                      --web-admin-panel-addr is given): Hypercorn's trio worker
+
+A request's work (forwarding it, reading its replies) lives in that request's own nursery: the
+inference server's per request, and on Hypercorn's ports the one `proxy/request_nursery.py`
+opens around each ASGI call.
 
 Each service is started with `nursery.start` and counts as started once it listens.
 
@@ -15,8 +20,8 @@ Drain (the first SIGINT/SIGTERM, `run_balancer` only): new inference requests ge
 until they end or `--shutdown-grace-period` is over.
 
 Shutdown, then: the `ShutdownSignal` fires; every buffered or streaming request still there
-answers with the 503 envelope, SSE streams end, WebSockets close with 1001, Hypercorn stops
-accepting and waits (at most `HTTP_GRACEFUL_TIMEOUT`) for its connections to finish; the
+answers with the 503 envelope, SSE streams end, WebSockets close with 1001, the servers stop
+accepting and wait (at most `HTTP_GRACEFUL_TIMEOUT`) for their connections to finish; the
 servers get `SHUTDOWN_GRACE` seconds in all before they are cancelled, then the background
 work is cancelled (slot drains release their claims as they end).
 """
@@ -25,17 +30,16 @@ from __future__ import annotations
 
 import functools
 import logging
+from typing import Any
 
 import attrs
+import hypercorn.trio
 import trio
 from hypercorn.config import Config as HypercornConfig
 from quart_trio import QuartTrio
 
 from paddler_trio.balancer_config import BalancerConfig
 from paddler_trio.cli_values import SocketAddress
-from paddler_trio.management.agent_socket import (
-    ACCEPT_HEADERS as AGENT_SOCKET_ACCEPT_HEADERS,
-)
 from paddler_trio.management.management_routes import ManagementService
 from paddler_trio.management.reconciliation import Reconciliation
 from paddler_trio.management.state_database import (
@@ -54,10 +58,10 @@ from paddler_trio.nursery.idle_memory_release import (
 from paddler_trio.nursery.signals import stop_on_signals
 from paddler_trio.proxy.agent_pool import AgentPool
 from paddler_trio.proxy.buffer import RequestBuffer
-from paddler_trio.proxy.connection_front import Takeover, first_of, serve_with_front
+from paddler_trio.proxy.cors_policy import CorsPolicy
 from paddler_trio.proxy.forwarding import RequestForwarder
 from paddler_trio.proxy.inference_routes import InferenceService
-from paddler_trio.proxy.ndjson_generation_takeover import ndjson_generation_takeover
+from paddler_trio.proxy.keep_alive import keeping_connections_sound
 from paddler_trio.proxy.openai_routes import OpenAIService
 from paddler_trio.proxy.openapi_documents import (
     inference_document,
@@ -66,14 +70,11 @@ from paddler_trio.proxy.openapi_documents import (
     serve_openapi,
 )
 from paddler_trio.proxy.shutdown_signal import ShutdownSignal
-from paddler_trio.proxy.websocket_takeover import websocket_takeover
 from paddler_trio.security.api_keys import ApiKeys
 from paddler_trio.security.error_shapes import openai_error
-from paddler_trio.security.service_protection import (
-    agent_secret_keys,
-    agent_socket_keys,
-    protect_service,
-)
+from paddler_trio.security.service_protection import agent_socket_keys, protect_service
+from paddler_trio.security.tls import server_ssl_context
+from paddler_trio.transport.http_server import ServerSettings, serve_http
 
 _logger = logging.getLogger(__name__)
 
@@ -82,10 +83,16 @@ SHUTDOWN_GRACE = 3.0
 # what this bounds is Hypercorn's WebSocket ping task, which sleeps a whole ping interval
 # before it notices that its connection closed.
 HTTP_GRACEFUL_TIMEOUT = 1.0
-# How long a kept-alive connection may stay idle, and a new one wait for its first request:
-# longer than clients keep idle connections in their pools (httpx 5 s, browsers about 60 s), so
-# that a client never sends a request on a connection the balancer is closing at that moment.
+# How long a kept-alive connection of the inference port may stay idle, and a new one wait for
+# its first request: longer than clients keep idle connections in their pools (httpx 5 s,
+# browsers about 60 s), so that a client never sends a request on a connection the balancer
+# is closing at that moment.
 KEEP_ALIVE_TIMEOUT = 75.0
+# The same on Hypercorn's ports: its default. Hypercorn 0.18 keeps a connection whose client has
+# closed it until this timeout (its trio worker waits for the idle timer), so a long one would
+# hold a socket per closed connection for that long; the OpenAI SDKs' pools (httpx) keep an
+# idle connection for 5 s too, and retry a request that finds its connection closed.
+HYPERCORN_KEEP_ALIVE_TIMEOUT = 5.0
 WEBSOCKET_PING_INTERVAL = 3.0
 # Connections waiting to be accepted: Hypercorn's 100 made a burst of a thousand clients
 # connecting at once (the soak benchmark) see connection resets.
@@ -165,7 +172,9 @@ async def _serve(
                 pool=pool,
                 cluster=reconciliation,
                 shutdown=shutdown,
-                request_nursery=background,
+                keys=ApiKeys.of(config.inference_api_keys),
+                cors=CorsPolicy.of(config.inference_cors_origins),
+                openapi_document=inference_document(config.max_tokens_limit),
                 max_tokens_limit=config.max_tokens_limit,
                 max_requests_per_socket=config.max_requests_per_inference_socket,
                 stream_gather_interval=config.stream_gather_interval,
@@ -184,47 +193,11 @@ async def _serve(
                     config.management_addr,
                     shutdown,
                     config,
-                    websocket_takeover(
-                        management.socket_route,
-                        keys=agent_secret_keys(config),
-                        max_message_bytes=config.websocket_max_message_bytes,
-                        ping_interval=WEBSOCKET_PING_INTERVAL,
-                        accept_headers=AGENT_SOCKET_ACCEPT_HEADERS,
-                    ),
                 )
-                inference_bound = await servers.start(
-                    _serve_http,
-                    "inference",
-                    protect_service(
-                        serve_openapi(
-                            inference.create_app(config.inference_cors_origins), inference_document(config.max_tokens_limit)
-                        ),
-                        config,
-                        service="inference",
-                        keys=config.inference_api_keys,
-                    ),
-                    config.inference_addr,
-                    shutdown,
-                    config,
-                    first_of(
-                        websocket_takeover(
-                            inference.socket_route,
-                            keys=ApiKeys.of(config.inference_api_keys),
-                            max_message_bytes=config.websocket_max_message_bytes,
-                            ping_interval=WEBSOCKET_PING_INTERVAL,
-                        ),
-                        ndjson_generation_takeover(
-                            inference,
-                            keys=ApiKeys.of(config.inference_api_keys),
-                            max_body_bytes=config.max_request_body_bytes,
-                        ),
-                    ),
-                )
+                inference_bound = await servers.start(_serve_inference, inference, config, shutdown)
                 openai_bound = None
                 if config.compat_openai_addr is not None:
-                    openai = OpenAIService(
-                        forwarder=forwarder, pool=pool, cluster=reconciliation, request_nursery=background
-                    )
+                    openai = OpenAIService(forwarder=forwarder, pool=pool, cluster=reconciliation)
                     openai_bound = await servers.start(
                         _serve_http,
                         "openai",
@@ -295,15 +268,14 @@ async def _serve_http(
     address: SocketAddress,
     shutdown: ShutdownSignal,
     balancer_config: BalancerConfig,
-    takeover: Takeover | None = None,
     *,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve `app` with Hypercorn, through the front that lets `takeover` (if any) claim connections."""
+    """Serve `app` with Hypercorn."""
     config = HypercornConfig()
     host = f"[{address.host}]" if ":" in address.host else address.host
     config.bind = [f"{host}:{address.port}"]
-    config.keep_alive_timeout = KEEP_ALIVE_TIMEOUT
+    config.keep_alive_timeout = HYPERCORN_KEEP_ALIVE_TIMEOUT
     config.backlog = LISTEN_BACKLOG
     config.graceful_timeout = HTTP_GRACEFUL_TIMEOUT
     config.websocket_ping_interval = WEBSOCKET_PING_INTERVAL
@@ -314,13 +286,42 @@ async def _serve_http(
     config.accesslog = None
     config.errorlog = logging.getLogger(f"{__name__}.{name}_http")
     async with trio.open_nursery() as nursery:
-        # Through the front even with nothing to take over (`first_of()` declines every request):
-        # it is where Hypercorn's kept-alive connections are made sound (`keep_alive.py`).
-        server = functools.partial(serve_with_front, app, config, takeover or first_of(), shutdown_trigger=shutdown.wait)
-        binds: list[str] = await nursery.start(server)
+        serve = functools.partial(hypercorn.trio.serve, keeping_connections_sound(app), config, shutdown_trigger=shutdown.wait)
+        binds: list[str] = await nursery.start(serve)
         scheme, _, bound = binds[0].partition("://")
         _logger.info("%s service listening on %s://%s", name, scheme, bound)
         task_status.started(bound)
+
+
+async def _serve_inference(
+    inference: InferenceService,
+    config: BalancerConfig,
+    shutdown: ShutdownSignal,
+    *,
+    task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """The inference port, on our own HTTP server (see `transport/http_server.py`)."""
+    address = config.inference_addr
+    listeners: list[trio.abc.Listener[Any]] = list(
+        await trio.open_tcp_listeners(address.port, host=address.host, backlog=LISTEN_BACKLOG)
+    )
+    host, port, *_ = listeners[0].socket.getsockname()  # type: ignore[attr-defined]
+    bound = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    scheme = "http"
+    if config.tls_certfile is not None:
+        context = server_ssl_context(config.tls_certfile, config.tls_keyfile)
+        listeners = [trio.SSLListener(listener, context, https_compatible=True) for listener in listeners]
+        scheme = "https"
+    settings = ServerSettings(
+        max_body_bytes=config.max_request_body_bytes,
+        keep_alive_timeout=KEEP_ALIVE_TIMEOUT,
+        graceful_timeout=HTTP_GRACEFUL_TIMEOUT,
+        websocket_max_message_bytes=config.websocket_max_message_bytes,
+        websocket_ping_interval=WEBSOCKET_PING_INTERVAL,
+    )
+    _logger.info("inference service listening on %s://%s", scheme, bound)
+    task_status.started(bound)
+    await serve_http(inference.handle, listeners, settings, shutdown=shutdown.wait)
 
 
 async def _shut_down_after_draining(shutdown: ShutdownSignal, forwarder: RequestForwarder, grace_period: float) -> None:

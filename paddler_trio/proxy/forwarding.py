@@ -18,14 +18,13 @@ The item timeout costs nothing per reply: instead of a timer around every wait, 
 notes when it starts waiting, and one watch task per forwarder drops a `SILENCE` marker into
 the route of any relay that has waited too long.
 
-Tokens at once: a client whose writer can take a message without waiting (`EmitNow`, e.g. the
-NDJSON front's socket when nothing is being written to it) gets each token straight from the
-agent socket's reader, while its relay waits with nothing queued. That skips the relay's and
-the writer's task switches: per engine step, the balancer then wakes once, not three times, and
-spends about a third less CPU (measured with `benchmarks/balancer_overhead.py`). Everything
-else (the first reply that finds the relay busy, terminal replies, errors, silence, a fast
-stream being gathered) goes through the route as before, and replies taken at once count for
-the item timeout, the token counter and re-dispatch exactly as relayed ones do.
+Tokens at once: a client's writer takes messages from a queue (`EmitNow` puts one there without
+waiting). While a relay waits with nothing queued in its route, the agent socket's reader puts
+each token into that queue itself (`_Relay.take`), so that only the client's writer wakes for
+it, not the relay too. Everything else (the first reply that finds the relay busy, terminal
+replies, errors, silence, a fast stream being gathered) goes through the route as before, and
+replies taken at once count for the item timeout, the token counter and re-dispatch exactly as
+relayed ones do. Both paths end in the same queue, so a token never overtakes another.
 """
 
 from __future__ import annotations
@@ -67,8 +66,8 @@ from paddler_trio.proxy.shutdown_signal import ShutdownSignal
 _logger = logging.getLogger(__name__)
 
 Emit = Callable[[InferenceClientBoundMessage], Awaitable[None]]
-# Hands a message to the client at once, after everything emitted before it; False when it cannot
-# (the client's writer is busy or has messages queued): the message must then go through `Emit`.
+# Hands a message to the client's writer without waiting, after everything emitted before it;
+# False when it cannot (the writer's queue is full or closed): it must then go through `Emit`.
 EmitNow = Callable[[InferenceClientBoundMessage], bool]
 
 # What `emit` raises when the client cannot take more messages (its stream or socket is gone).
@@ -233,7 +232,7 @@ class RequestForwarder:
         emit_now: EmitNow | None = None,
     ) -> None:
         """Relay one request's replies to `emit` until its stream ends; with `emit_now`, tokens go
-        on at once from the agent socket's reader whenever they can (see the module docstring).
+        on from the agent socket's reader whenever they can (see the module docstring).
 
         With `gather` (seconds): once a reply has followed the previous one that closely (the
         stream is fast), the relay waits out the interval after handing it on, and the replies

@@ -15,12 +15,9 @@ multiplexed over one WebSocket, each served by its own task.
 * Limits (`--max-tokens-limit`, `--max-requests-per-inference-socket`): a request asking for
   more tokens gets the 400 envelope; one beyond the in-flight limit gets the 429 envelope.
 * Writes: the messages queued for the client when the writer wakes go out together (each
-  its own WebSocket message), and a request's tokens are gathered as on the NDJSON routes
-  (`--stream-gather-interval`). The socket is usually a `DirectWebSocket` (the inference
-  port's front takes these upgrades over, `connection_front.py`), which writes them with
-  one `send_all`; a socket that reached Quart instead (`QuartMessageSocket`) sends them one
-  by one. While the writer waits with nothing queued, a `DirectWebSocket` also takes a token
-  straight from the agent socket's reader (`send_text_now`, see `forwarding.py`).
+  its own WebSocket message, all in one write), and a request's tokens are gathered as on the
+  NDJSON routes (`--stream-gather-interval`). The agent socket's reader may put a token into
+  the writer's queue itself (`forwarding.py`), so that only the writer wakes for it.
 """
 
 from __future__ import annotations
@@ -44,20 +41,19 @@ from paddler_trio.protocol import (
     TokenGenerationEnabledNotification,
     WireFormatError,
     from_json,
-    to_json,
 )
 from paddler_trio.proxy.forwarding import (
     CLIENT_GONE_ERRORS,
     RequestForwarder,
     error_envelope,
 )
-from paddler_trio.proxy.message_socket import MessageSocket
 from paddler_trio.proxy.request_validation import (
     generation_request_problems,
     invalid_parameters_description,
 )
 from paddler_trio.proxy.shutdown_signal import ShutdownSignal
-from paddler_trio.queued_messages import put_into, queued_texts, drainer_is_idle
+from paddler_trio.queued_messages import put_into, queued_texts, send_now_into
+from paddler_trio.transport.server_websocket import ServerWebSocket
 
 _logger = logging.getLogger(__name__)
 
@@ -84,7 +80,7 @@ class TokenGenerationMode(Protocol):
 class InferenceSocketSession:
     def __init__(
         self,
-        websocket: MessageSocket,
+        websocket: ServerWebSocket,
         *,
         forwarder: RequestForwarder,
         mode: TokenGenerationMode,
@@ -105,21 +101,23 @@ class InferenceSocketSession:
         self._outbox_send, self._outbox = trio.open_memory_channel[InferenceClientBoundMessage](OUTBOX_CAPACITY)
 
     async def serve(self) -> None:
-        await self._websocket.accept()
+        """Serve the socket until the client leaves (its requests are cancelled) or the balancer
+        shuts down (they get the 503 envelope, and the socket closes with 1001)."""
         outbox_send, outbox_receive = self._outbox_send, self._outbox
         async with trio.open_nursery() as socket_nursery:
             socket_nursery.start_soon(self._write, outbox_receive)
             async with outbox_send, trio.open_nursery() as requests:
                 announcer = await requests.start(self._announce_mode, outbox_send)
-                with self._shutdown.cancel_scope():
+                with self._shutdown.cancel_scope() as shutting_down:
                     await self._read(requests, outbox_send)
+                if not shutting_down.cancelled_caught:  # the client left
+                    socket_nursery.cancel_scope.cancel()
                 announcer.cancel()
-        # Reached on shutdown only: a client that leaves cancels this whole handler.
-        await self._websocket.close(CLOSE_GOING_AWAY, "Server shutting down")
+        if shutting_down.cancelled_caught:
+            await self._websocket.close(CLOSE_GOING_AWAY, "Server shutting down")
 
     async def _read(self, requests: trio.Nursery, outbox: trio.MemorySendChannel[InferenceClientBoundMessage]) -> None:
-        while True:
-            data = await self._websocket.receive()
+        while (data := await self._websocket.receive()) is not None:
             if isinstance(data, bytes):
                 continue  # binary frames are ignored, as Paddler does
             try:
@@ -188,7 +186,7 @@ class InferenceSocketSession:
         try:
             with scope:
                 await self._forwarder.serve(
-                    request_id, request, put_into(outbox), gather=self._stream_gather_interval, emit_now=self._emit_now
+                    request_id, request, put_into(outbox), gather=self._stream_gather_interval, emit_now=send_now_into(outbox)
                 )
         except Exception:
             _logger.exception("inference socket request %s failed", request_id)
@@ -218,14 +216,13 @@ class InferenceSocketSession:
                         TokenGenerationEnabledNotification() if enabled else TokenGenerationDisabledNotification()
                     )
 
-    def _emit_now(self, message: InferenceClientBoundMessage) -> bool:
-        """`message` written at once when the socket's writer waits with nothing queued."""
-        return drainer_is_idle(self._outbox) and self._websocket.send_text_now(to_json(message))
-
     async def _write(self, outbox: trio.MemoryReceiveChannel[InferenceClientBoundMessage]) -> None:
         async with outbox:
-            async for message in outbox:
-                await self._websocket.send_texts(queued_texts(message, outbox, MAX_MESSAGES_PER_WRITE))
+            try:
+                async for message in outbox:
+                    await self._websocket.send_texts(queued_texts(message, outbox, MAX_MESSAGES_PER_WRITE))
+            except CLIENT_GONE_ERRORS:
+                pass  # the reader sees the socket's end too, and ends the session
 
 
 def _request_id_in(data: str) -> str | None:

@@ -1,5 +1,5 @@
 """What Hypercorn 0.18 needs from the apps it serves for a kept-alive connection to go on, or
-to end, properly.
+to end, properly (an ASGI middleware: `keeping_connections_sound(app)`).
 
 - Hypercorn does its connection's bookkeeping inside the app's `send`: after the last chunk of
   a response it readies the connection for the next request, restarts its idle timer (which
@@ -12,19 +12,15 @@ to end, properly.
   or 401 answered at once to a PUT whose body is still on its way): it closes the connection
   after the response. Told nothing, a client sends its next request on that connection and
   waits for an answer that never comes, so such a response says `Connection: close`.
-- With its idle timer running again, Hypercorn's connection task waited for it (the keep-alive
-  timeout) after the client had closed the connection, holding the socket that long:
-  `KeptAliveTCPServer` stops the timer when the client's side ends.
 
 Paddler turns keep-alive off altogether (spec 0); we keep it, because a client with a
 connection pool (an OpenAI SDK, a TLS client) saves a connection set-up per request.
-`connection_front.serve_with_front` serves every balancer port with both.
+`nursery/balancer.py` serves every Hypercorn port's app through it.
 """
 
 from __future__ import annotations
 
 import trio
-from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.typing import (
     ASGIFramework,
     ASGIReceiveCallable,
@@ -61,12 +57,6 @@ def keeping_connections_sound(app: ASGIFramework) -> ASGIFramework:
         await app(scope, receive_watching, send_shielded)
 
     return serve
-
-
-class KeptAliveTCPServer(TCPServer):
-    async def _read_data(self) -> None:
-        await super()._read_data()
-        await self.idle_task.stop()
 
 
 def _declares_body(scope: HTTPScope) -> bool:

@@ -1,6 +1,5 @@
-"""An accepted server-side WebSocket as the balancer's sessions use it (the inference socket's
-clients, the agents' link): our own `DirectWebSocket` when a port's front took the upgrade over
-(`connection_front.py`), or Quart's when the upgrade reached the app (`QuartMessageSocket`)."""
+"""An accepted server-side WebSocket as the agents' link uses it (`management/agent_socket.py`):
+Quart's (`QuartMessageSocket`), or a test's double."""
 
 from __future__ import annotations
 
@@ -20,10 +19,6 @@ class MessageSocket(Protocol):
 
     async def send_texts(self, texts: Iterable[str]) -> None:
         """Each text as its own message, in order."""
-
-    def send_text_now(self, text: str) -> bool:
-        """Write `text` as a message at once, with no task switch, if the socket is not being
-        written; False (nothing sent) otherwise, or if this socket cannot."""
 
     async def close(self, code: int, reason: str | None = None) -> None: ...
 
@@ -48,9 +43,6 @@ class QuartMessageSocket:
     async def send_texts(self, texts: Iterable[str]) -> None:
         for text in texts:
             await self._websocket.send(text)
-
-    def send_text_now(self, text: str) -> bool:
-        return False  # every message goes through Quart's ASGI send
 
     async def close(self, code: int, reason: str | None = None) -> None:
         await self._websocket.close(code, reason)

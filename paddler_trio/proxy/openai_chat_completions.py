@@ -122,7 +122,6 @@ async def chat_completions(dispatcher: OpenAIDispatcher, body: RequestObject) ->
         await collect(replies, completion.reply)
         return completion.body()
     first_pieces = await first_pieces_of(replies, completion.reply)
-    replies.hand_over()
     return sse_response(_stream(completion, replies, first_pieces))
 
 

@@ -126,7 +126,6 @@ async def completions(dispatcher: OpenAIDispatcher, body: RequestObject) -> Resp
         await collect(replies, completion.reply)
         return completion.body()
     first_pieces = await first_pieces_of(replies, completion.reply)
-    replies.hand_over()
     return sse_response(_stream(completion, replies, first_pieces))
 
 

@@ -1,15 +1,13 @@
 """The OpenAI routes' way onto the native dispatch path: the same `RequestForwarder` (buffer,
 slot choice, item timeout, agent loss, drain on cancel) serving one request in a task of
-the balancer, its messages read here one by one.
+the HTTP request's own nursery (`request_nursery.py`), its messages read here one by one.
 
 A route reads the first message before it answers, so that a buffer overflow, a timeout or
 an agent's refusal gets its own HTTP status even for a streaming request; the rest is read
 by the response body. Closing the replies cancels the forwarding task: a request still in
 the buffer leaves it at once, one at an agent is stopped and its slot drained (as on the
-native routes). A client that disconnects cancels the handler (Quart-Trio cancels it on
-`http.disconnect`), and with it the replies. Between the handler's return and the body's
-first read nothing could close them, so a body that never starts reading closes them after
-`HAND_OVER_LIMIT`.
+native routes). However the HTTP request ends (the response's last byte, the client gone,
+shutdown), its nursery closes and cancels the forwarding task with it.
 """
 
 from __future__ import annotations
@@ -25,28 +23,21 @@ from paddler_trio.proxy.forwarding import CLIENT_GONE_ERRORS, Emit, RequestForwa
 from paddler_trio.proxy.inference_socket import TokenGenerationMode
 from paddler_trio.proxy.openai_errors import OpenAIError, error_from_envelope
 from paddler_trio.proxy.request_id import new_request_id
+from paddler_trio.proxy.request_nursery import request_nursery
 from paddler_trio.protocol import AgentRequest, ErrorEnvelope, InferenceClientBoundMessage, ResponseEnvelope
 
 _logger = logging.getLogger(__name__)
 
 # Messages a request may run ahead of its client before the forwarder waits for the client.
 STREAM_BUFFER = 64
-HAND_OVER_LIMIT = 10.0
 
 
 class AgentReplies:
     """The response payloads of one dispatched request, in order; an error envelope raises `OpenAIError`."""
 
-    def __init__(
-        self,
-        receive: trio.MemoryReceiveChannel[InferenceClientBoundMessage],
-        scope: trio.CancelScope,
-        nursery: trio.Nursery,
-    ) -> None:
+    def __init__(self, receive: trio.MemoryReceiveChannel[InferenceClientBoundMessage], scope: trio.CancelScope) -> None:
         self._receive = receive
         self._scope = scope
-        self._nursery = nursery
-        self._reading = trio.Event()
 
     def __aiter__(self) -> AgentReplies:
         return self
@@ -63,7 +54,6 @@ class AgentReplies:
             raise
 
     async def __anext__(self) -> Any:
-        self._reading.set()
         try:
             message = await self._receive.receive()
         except (trio.EndOfChannel, trio.ClosedResourceError):
@@ -76,28 +66,12 @@ class AgentReplies:
     def close(self) -> None:
         self._scope.cancel()
         self._receive.close()
-        self._reading.set()
-
-    def hand_over(self) -> None:
-        """The response body reads from here on; close if it never starts."""
-        self._reading = trio.Event()
-        self._nursery.start_soon(self._close_unless_read)
-
-    async def _close_unless_read(self) -> None:
-        with trio.move_on_after(HAND_OVER_LIMIT):
-            await self._reading.wait()
-            return
-        _logger.info("a response body never started reading: its request is cancelled")
-        self.close()
 
 
 class OpenAIDispatcher:
-    def __init__(
-        self, *, forwarder: RequestForwarder, cluster: TokenGenerationMode, request_nursery: trio.Nursery
-    ) -> None:
+    def __init__(self, *, forwarder: RequestForwarder, cluster: TokenGenerationMode) -> None:
         self._forwarder = forwarder
         self._cluster = cluster
-        self._request_nursery = request_nursery
 
     def dispatch(self, request: AgentRequest, *, route_name: str) -> AgentReplies:
         """One token generation request through the buffer to an agent; in embeddings mode a 501
@@ -124,8 +98,8 @@ class OpenAIDispatcher:
     def _run(self, request_id: str, work: Callable[[Emit], Awaitable[None]]) -> AgentReplies:
         send, receive = trio.open_memory_channel[InferenceClientBoundMessage](STREAM_BUFFER)
         scope = trio.CancelScope()
-        self._request_nursery.start_soon(_relay, request_id, work, send, scope)
-        return AgentReplies(receive, scope, self._request_nursery)
+        request_nursery().start_soon(_relay, request_id, work, send, scope)
+        return AgentReplies(receive, scope)
 
 
 async def _relay(

@@ -261,7 +261,6 @@ async def responses(dispatcher: OpenAIDispatcher, body: RequestObject) -> Respon
         _build_output(builder)
         return builder.finish()[-1]["response"]
     first_pieces = await first_pieces_of(replies, builder.reply)
-    replies.hand_over()
     return sse_response(_stream(builder, replies, first_pieces))
 
 

@@ -15,7 +15,6 @@ import logging
 import time
 from typing import Any
 
-import trio
 from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
@@ -31,6 +30,7 @@ from paddler_trio.proxy.openai_errors import OpenAIError
 from paddler_trio.proxy.openai_models import model_entry, model_list
 from paddler_trio.proxy.openai_request_fields import parse_body
 from paddler_trio.proxy.openai_responses import responses
+from paddler_trio.proxy.request_nursery import with_request_nurseries
 from paddler_trio.proxy.service_app import MAX_REQUEST_BODY_BYTES, create_service_app
 
 _logger = logging.getLogger(__name__)
@@ -47,9 +47,8 @@ class OpenAIService:
         forwarder: RequestForwarder,
         pool: AgentPool,
         cluster: ApplicableStateSource,
-        request_nursery: trio.Nursery,
     ) -> None:
-        self._dispatcher = OpenAIDispatcher(forwarder=forwarder, cluster=cluster, request_nursery=request_nursery)
+        self._dispatcher = OpenAIDispatcher(forwarder=forwarder, cluster=cluster)
         self._pool = pool
         self._cluster = cluster
         self._started = int(time.time())
@@ -66,7 +65,7 @@ class OpenAIService:
         app.add_url_rule("/v1/responses", view_func=self.responses, methods=["POST"])
         app.add_url_rule("/v1/completions", view_func=self.completions, methods=["POST"])
         app.add_url_rule("/v1/embeddings", view_func=self.embeddings, methods=["POST"])
-        return app
+        return with_request_nurseries(app)
 
     async def health(self) -> Response:
         return Response("OK", content_type="text/plain")

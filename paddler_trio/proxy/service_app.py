@@ -8,11 +8,7 @@ errors' message, and its tests compare that message whole. Only what Paddler doe
 (API keys, `--max-tokens-limit`, `--max-request-body-bytes`, see `security/`) answers with
 `{"error": "<description>"}`.
 
-CORS: for an allowed `Origin` every response carries `Access-Control-Allow-Origin`; a
-preflight (`OPTIONS` with `Access-Control-Request-Method`) is answered directly with
-methods DELETE/GET/OPTIONS/POST/PUT, headers Accept/Authorization/Content-Type and a
-max-age of 3600 s, or 400 when the origin is not allowed. Requests from other origins
-are served without CORS headers (the browser then refuses them).
+CORS: Paddler's policy (`cors_policy.py`), applied in the app's request hooks.
 """
 
 from __future__ import annotations
@@ -23,11 +19,9 @@ from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-MAX_REQUEST_BODY_BYTES = 50 * 1024 * 1024
+from paddler_trio.proxy.cors_policy import ORIGIN_NOT_ALLOWED, PREFLIGHT_HEADERS, CorsPolicy
 
-_ALLOWED_METHODS = "DELETE, GET, OPTIONS, POST, PUT"
-_ALLOWED_HEADERS = "Accept, Authorization, Content-Type"
-_PREFLIGHT_MAX_AGE = "3600"
+MAX_REQUEST_BODY_BYTES = 50 * 1024 * 1024
 
 
 PLAIN_TEXT = "text/plain; charset=utf-8"
@@ -43,7 +37,7 @@ def create_service_app(name: str, cors_allowed_origins: Iterable[str]) -> QuartT
     # Streams (NDJSON, SSE) last as long as they last; Quart would cut them after 60 s.
     app.config["RESPONSE_TIMEOUT"] = None
     app.config["MAX_CONTENT_LENGTH"] = MAX_REQUEST_BODY_BYTES
-    origins = frozenset(cors_allowed_origins)
+    cors = CorsPolicy.of(cors_allowed_origins)
 
     @app.errorhandler(RequestEntityTooLarge)
     async def body_too_large(_: RequestEntityTooLarge) -> Response:
@@ -55,22 +49,15 @@ def create_service_app(name: str, cors_allowed_origins: Iterable[str]) -> QuartT
 
     @app.before_request
     async def answer_preflight() -> Response | None:
-        if request.method != "OPTIONS" or "Access-Control-Request-Method" not in request.headers:
+        if not cors.is_preflight(request.method, request.headers.get("Access-Control-Request-Method")):
             return None
-        origin = request.headers.get("Origin")
-        if origin not in origins:
-            return plain_text_error(400, "Origin is not allowed to make this request")
-        response = Response("", status=200)
-        response.headers["Access-Control-Allow-Methods"] = _ALLOWED_METHODS
-        response.headers["Access-Control-Allow-Headers"] = _ALLOWED_HEADERS
-        response.headers["Access-Control-Max-Age"] = _PREFLIGHT_MAX_AGE
-        return response
+        if not cors.allows(request.headers.get("Origin")):
+            return plain_text_error(400, ORIGIN_NOT_ALLOWED)
+        return Response("", status=200, headers=dict(PREFLIGHT_HEADERS))
 
     @app.after_request
     async def add_cors_headers(response: Response) -> Response:
-        origin = request.headers.get("Origin")
-        if origin is not None and origin in origins:
-            response.headers["Access-Control-Allow-Origin"] = origin
+        response.headers.update(cors.allow_origin_header(request.headers.get("Origin")))
         response.vary.add("Origin")
         return response
 

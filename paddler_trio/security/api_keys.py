@@ -61,6 +61,60 @@ class ApiKeys:
         return accepted
 
 
+MISSING_KEY = "Missing API key: send 'Authorization: Bearer <key>'"
+MISSING_WEBSOCKET_KEY = (
+    "Missing API key: send 'Authorization: Bearer <key>', a Sec-WebSocket-Protocol value "
+    f"'{WEBSOCKET_SUBPROTOCOL_PREFIX}<key>' or the query parameter '{WEBSOCKET_QUERY_PARAMETER}=<key>'"
+)
+INVALID_KEY = "Invalid API key"
+
+
+@attrs.frozen
+class KeyRefusal:
+    reason: str  # for the log
+    description: str  # for the client
+
+
+def refusal_of_request(keys: ApiKeys, authorization: str | None) -> KeyRefusal | None:
+    """Why an HTTP request with this `Authorization` header is refused, if it is."""
+    if not keys.required:
+        return None
+    presented = bearer_key(authorization)
+    if presented is None:
+        return KeyRefusal("missing key", MISSING_KEY)
+    return None if keys.accepts(presented) else KeyRefusal("wrong key", INVALID_KEY)
+
+
+@attrs.frozen
+class WebSocketKeyCheck:
+    refusal: KeyRefusal | None
+    # The subprotocol to accept the socket with (when the key came as one), else None.
+    subprotocol: str | None = None
+
+
+def check_websocket_key(
+    keys: ApiKeys, authorization: str | None, subprotocols: list[str], query_key: str | None
+) -> WebSocketKeyCheck:
+    """Judge an upgrade's key, wherever it came (see the module docstring)."""
+    if not keys.required:
+        return WebSocketKeyCheck(None)
+    header_key = bearer_key(authorization)
+    subprotocol_key = next(
+        (offered.removeprefix(WEBSOCKET_SUBPROTOCOL_PREFIX) for offered in subprotocols if offered.startswith(WEBSOCKET_SUBPROTOCOL_PREFIX)),
+        None,
+    )
+    presented = header_key or subprotocol_key or query_key
+    if presented is None:
+        return WebSocketKeyCheck(KeyRefusal("missing key", MISSING_WEBSOCKET_KEY))
+    if not keys.accepts(presented):
+        return WebSocketKeyCheck(KeyRefusal("wrong key", INVALID_KEY))
+    if header_key is None and subprotocol_key is not None:
+        # A browser fails a socket whose server selects none of the offered subprotocols:
+        # select the first other one offered, else the bearer one itself.
+        return WebSocketKeyCheck(None, next((p for p in subprotocols if not p.startswith(WEBSOCKET_SUBPROTOCOL_PREFIX)), subprotocols[0]))
+    return WebSocketKeyCheck(None)
+
+
 def require_bearer_key(
     app: QuartTrio,
     keys: ApiKeys,
@@ -83,57 +137,31 @@ def require_bearer_key(
                 return route_keys
         return keys
 
-    def refuse(path: str, client: str, reason: str, description: str) -> Response:
-        refusals.refused(client, reason, "%s service refused %s: %s", service, path, reason)
-        response = error_shape(401, description, code="invalid_api_key")
+    def refuse(path: str, client: str | None, refusal: KeyRefusal) -> Response:
+        refusals.refused(client or "unknown client", refusal.reason, "%s service refused %s: %s", service, path, refusal.reason)
+        response = error_shape(401, refusal.description, code="invalid_api_key")
         response.headers["WWW-Authenticate"] = "Bearer"
         return response
 
     @app.before_request
     async def check_request() -> Response | None:
-        required = keys_for(request.path)
-        if request.method == "OPTIONS" or request.path in OPEN_PATHS or not required.required:
+        if request.method == "OPTIONS" or request.path in OPEN_PATHS:
             return None
-        presented = bearer_key(request.headers.get("Authorization"))
-        client = request.remote_addr or "unknown client"
-        if presented is None:
-            return refuse(request.path, client, "missing key", "Missing API key: send 'Authorization: Bearer <key>'")
-        if not required.accepts(presented):
-            return refuse(request.path, client, "wrong key", "Invalid API key")
-        return None
+        refusal = refusal_of_request(keys_for(request.path), request.headers.get("Authorization"))
+        return None if refusal is None else refuse(request.path, request.remote_addr, refusal)
 
     @app.before_websocket
     async def check_websocket() -> Response | None:
-        required = keys_for(websocket.path)
-        if not required.required:
-            return None
-        client = websocket.remote_addr or "unknown client"
-        header_key = bearer_key(websocket.headers.get("Authorization"))
-        subprotocol_key = next(
-            (
-                offered.removeprefix(WEBSOCKET_SUBPROTOCOL_PREFIX)
-                for offered in websocket.requested_subprotocols
-                if offered.startswith(WEBSOCKET_SUBPROTOCOL_PREFIX)
-            ),
-            None,
+        check = check_websocket_key(
+            keys_for(websocket.path),
+            websocket.headers.get("Authorization"),
+            list(websocket.requested_subprotocols),
+            websocket.args.get(WEBSOCKET_QUERY_PARAMETER),
         )
-        presented = header_key or subprotocol_key or websocket.args.get(WEBSOCKET_QUERY_PARAMETER)
-        if presented is None:
-            return refuse(
-                websocket.path,
-                client,
-                "missing key",
-                "Missing API key: send 'Authorization: Bearer <key>', a Sec-WebSocket-Protocol value "
-                f"'{WEBSOCKET_SUBPROTOCOL_PREFIX}<key>' or the query parameter '{WEBSOCKET_QUERY_PARAMETER}=<key>'",
-            )
-        if not required.accepts(presented):
-            return refuse(websocket.path, client, "wrong key", "Invalid API key")
-        if header_key is None and subprotocol_key is not None:
-            # A browser fails a socket whose server selects none of the offered subprotocols:
-            # select the first other one offered, else the bearer one itself.
-            offered = websocket.requested_subprotocols
-            chosen = next((p for p in offered if not p.startswith(WEBSOCKET_SUBPROTOCOL_PREFIX)), offered[0])
-            await websocket.accept(subprotocol=chosen)
+        if check.refusal is not None:
+            return refuse(websocket.path, websocket.remote_addr, check.refusal)
+        if check.subprotocol is not None:
+            await websocket.accept(subprotocol=check.subprotocol)
         return None
 
 

@@ -15,8 +15,12 @@ class ErrorShape(Protocol):
     def __call__(self, status: int, message: str, *, param: str | None = None, code: str | None = None) -> Response: ...
 
 
+def native_error_body(message: str) -> str:
+    return json.dumps({"error": message})
+
+
 def native_error(status: int, message: str, *, param: str | None = None, code: str | None = None) -> Response:
-    return Response(json.dumps({"error": message}), status=status, content_type="application/json")
+    return Response(native_error_body(message), status=status, content_type="application/json")
 
 
 def openai_error(status: int, message: str, *, param: str | None = None, code: str | None = None) -> Response:

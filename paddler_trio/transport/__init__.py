@@ -1,3 +1,2 @@
-"""Byte streams and WebSockets on Trio, shared by the balancer and the agent: writing a stream at
-once from any task (`stream_writer`), whole WebSocket frames (`websocket_frames`), and our own
-WebSocket on wsproto for both ends of a connection (`direct_websocket`)."""
+"""The inference port's HTTP/1.1 server on Trio, sans-IO h11 and wsproto (`http_server`,
+`server_websocket`): see `http_server`'s docstring for why that port is not on Hypercorn."""

@@ -84,9 +84,6 @@ class _LinkThatBreaksOnWrite:
         if self.broken:
             raise trio.BrokenResourceError("the agent's link broke")
 
-    def send_text_now(self, text: str) -> bool:
-        return False
-
     async def close(self, code: int, reason: str | None = None) -> None:
         pass
 

@@ -1,6 +1,6 @@
-"""The management port's front: agents' socket upgrades are served by our own WebSocket
-(`proxy/websocket_takeover.py`) unless the key check must judge them, and an agent sees the
-same socket whichever side serves it. Real balancer, real trio-websocket clients."""
+"""Upgrades to the agents' socket: an agent gets the same socket (reply batching offered,
+`Version` first) whichever way it sends the agent secret; the agent id in the path is
+percent-decoded. Real balancer, real trio-websocket clients."""
 
 from __future__ import annotations
 
@@ -33,20 +33,19 @@ async def listed_agents(balancer: BalancerUnderTest) -> dict[str, str | None]:
     return {agent["id"]: agent["name"] for agent in await balancer.agents()}
 
 
-async def test_an_agent_gets_the_same_socket_from_the_front_as_from_quart() -> None:
+async def test_an_agent_gets_the_same_socket_with_its_secret_in_a_header_or_in_the_query() -> None:
     async with running_balancer(agent_secret=SECRET) as balancer:
         base = f"ws://{balancer.addresses.management}/api/v1/agent_socket"
-        # A Bearer header is judged by the front; a query-parameter key is judged by Quart.
         async with (
-            open_websocket_url(f"{base}/by-header", extra_headers=[("Authorization", f"Bearer {SECRET}")]) as front,
-            open_websocket_url(f"{base}/by-query?api_key={SECRET}") as quart,
+            open_websocket_url(f"{base}/by-header", extra_headers=[("Authorization", f"Bearer {SECRET}")]) as by_header,
+            open_websocket_url(f"{base}/by-query?api_key={SECRET}") as by_query,
         ):
-            for socket in (front, quart):
+            for socket in (by_header, by_query):
                 assert dict(socket.handshake_headers)[REPLY_BATCHING_HEADER.encode()] == REPLY_BATCHING_VERSION.encode()
-            first_messages = [await register(front, "front"), await register(quart, "quart")]
+            first_messages = [await register(by_header, "header"), await register(by_query, "query")]
             assert first_messages[0] == first_messages[1]
             assert "Version" in first_messages[0]["Notification"]
-            await wait_until(lambda: listed_agents_are(balancer, {"by-header": "front", "by-query": "quart"}))
+            await wait_until(lambda: listed_agents_are(balancer, {"by-header": "header", "by-query": "query"}))
         await wait_until(lambda: listed_agents_are(balancer, {}))
 
 

@@ -1,6 +1,7 @@
-"""Kept-alive connections of the routes Hypercorn serves (`paddler_trio/proxy/keep_alive.py`):
-they go on after a response, time out when idle, end as soon as the client ends them, and end
-with a response sent before the request's body arrived."""
+"""Kept-alive connections, on a port Hypercorn serves (management, with `proxy/keep_alive.py`)
+and on the inference port (our own server, `transport/http_server.py`): they go on after a
+response, time out when idle, end when the client ends them, and end with a response sent
+before the request's body arrived."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 import trio
 
 import paddler_trio.nursery.balancer as balancer_nursery
-from tests.proxy.balancer_harness import running_balancer
+from tests.proxy.balancer_harness import BalancerUnderTest, running_balancer
 
 
 async def read_until_closed(stream: trio.SocketStream) -> bytes:
@@ -19,38 +20,66 @@ async def read_until_closed(stream: trio.SocketStream) -> bytes:
     return received
 
 
-async def test_an_idle_connection_is_closed_after_the_keep_alive_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(balancer_nursery, "KEEP_ALIVE_TIMEOUT", 1.0)
+PORTS = ["management", "inference"]
+# Answered with 200 and a body that ends with `}` on each port.
+JSON_ROUTES = {"management": b"/api/v1/buffered_requests", "inference": b"/openapi.json"}
+TIMEOUTS = {"management": "HYPERCORN_KEEP_ALIVE_TIMEOUT", "inference": "KEEP_ALIVE_TIMEOUT"}
+
+
+async def open_port(balancer: BalancerUnderTest, port_name: str) -> trio.SocketStream:
+    host, port = getattr(balancer.addresses, port_name).rsplit(":", 1)
+    return await trio.open_tcp_stream(host, int(port))
+
+
+async def read_json_answer(stream: trio.SocketStream, port_name: str) -> bytes:
+    await stream.send_all(b"GET %b HTTP/1.1\r\nHost: x\r\n\r\n" % JSON_ROUTES[port_name])
+    answer = b""
+    with trio.fail_after(5):
+        while not answer.endswith(b"}"):
+            answer += await stream.receive_some()
+    return answer
+
+
+@pytest.mark.parametrize("port_name", PORTS)
+async def test_an_idle_connection_is_closed_after_the_keep_alive_timeout(monkeypatch: pytest.MonkeyPatch, port_name: str) -> None:
+    monkeypatch.setattr(balancer_nursery, TIMEOUTS[port_name], 1.0)
     async with running_balancer() as balancer:
-        host, port = balancer.addresses.management.rsplit(":", 1)
-        stream = await trio.open_tcp_stream(host, int(port))
-        await stream.send_all(b"GET /api/v1/buffered_requests HTTP/1.1\r\nHost: x\r\n\r\n")
+        stream = await open_port(balancer, port_name)
+        answer = await read_json_answer(stream, port_name)
         with trio.fail_after(5):
-            answer = await read_until_closed(stream)
+            answer += await read_until_closed(stream)
         assert answer.startswith(b"HTTP/1.1 200")
         assert b"connection: close" not in answer.lower()
 
 
-async def test_a_connection_the_client_ends_is_closed_at_once_not_after_the_keep_alive_timeout() -> None:
+async def test_a_connection_the_client_ends_is_closed_at_once_on_the_inference_port() -> None:
     async with running_balancer() as balancer:
-        host, port = balancer.addresses.management.rsplit(":", 1)
-        stream = await trio.open_tcp_stream(host, int(port))
-        await stream.send_all(b"GET /api/v1/buffered_requests HTTP/1.1\r\nHost: x\r\n\r\n")
-        answer = b""
-        with trio.fail_after(5):
-            while not answer.endswith(b"}"):
-                answer += await stream.receive_some()
-        await trio.sleep(0.3)  # the connection is idle, its idle timer running
+        stream = await open_port(balancer, "inference")
+        await read_json_answer(stream, "inference")
+        await trio.sleep(0.3)  # the connection is idle, waiting for the next request
         await stream.send_eof()
-        with trio.fail_after(5):
+        with trio.fail_after(1):
             assert await read_until_closed(stream) == b""
 
 
-async def test_a_response_sent_before_the_body_arrived_closes_the_connection_and_says_so() -> None:
+async def test_a_connection_the_client_ends_is_closed_by_the_keep_alive_timeout_on_hypercorn_ports(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Hypercorn 0.18 closes it only when its idle timer ends: HYPERCORN_KEEP_ALIVE_TIMEOUT bounds that."""
+    monkeypatch.setattr(balancer_nursery, "HYPERCORN_KEEP_ALIVE_TIMEOUT", 1.0)
     async with running_balancer() as balancer:
-        host, port = balancer.addresses.management.rsplit(":", 1)
+        stream = await open_port(balancer, "management")
+        await read_json_answer(stream, "management")
+        await stream.send_eof()
+        with trio.fail_after(3):
+            assert await read_until_closed(stream) == b""
+
+
+@pytest.mark.parametrize("port_name", PORTS)
+async def test_a_response_sent_before_the_body_arrived_closes_the_connection_and_says_so(port_name: str) -> None:
+    async with running_balancer() as balancer:
         body = b'{"padding": "' + b"x" * 2000 + b'"}'
-        stream = await trio.open_tcp_stream(host, int(port))
+        stream = await open_port(balancer, port_name)
         await stream.send_all(
             f"PUT /not-a-paddler-route HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n".encode()
         )
@@ -64,22 +93,24 @@ async def test_a_response_sent_before_the_body_arrived_closes_the_connection_and
         assert b"\r\nconnection: close\r\n" in answer.lower()
 
 
-async def test_a_client_reusing_its_connections_gets_every_answer() -> None:
+@pytest.mark.parametrize("port_name", PORTS)
+async def test_a_client_reusing_its_connections_gets_every_answer(port_name: str) -> None:
     """httpx keeps connections in a pool; a 404 to a PUT must not leave one that never answers."""
     async with running_balancer() as balancer:
         body = b'{"padding": "' + b"x" * 2000 + b'"}'
+        address = getattr(balancer.addresses, port_name)
         async with httpx.AsyncClient(timeout=5) as http:
             for _ in range(5):
-                missing = await http.put(f"http://{balancer.addresses.management}/not-a-paddler-route", content=body)
+                missing = await http.put(f"http://{address}/not-a-paddler-route", content=body)
                 assert missing.status_code == 404
-                listed = await http.get(f"http://{balancer.addresses.management}/api/v1/buffered_requests")
+                listed = await http.get(f"http://{address}{JSON_ROUTES[port_name].decode()}")
                 assert listed.status_code == 200
 
 
-async def test_a_kept_alive_connection_serves_the_next_request() -> None:
+@pytest.mark.parametrize("port_name", PORTS)
+async def test_a_kept_alive_connection_serves_the_next_request(port_name: str) -> None:
     async with running_balancer() as balancer:
-        host, port = balancer.addresses.management.rsplit(":", 1)
-        stream = await trio.open_tcp_stream(host, int(port))
+        stream = await open_port(balancer, port_name)
         request = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
         answers = b""
         with trio.fail_after(5):
