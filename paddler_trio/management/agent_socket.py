@@ -11,7 +11,7 @@ still streaming from it with "Agent controller connection closed".
 
 The upgrade response offers reply batching (`protocol.reply_batching`): our agents then send
 the replies of one engine step as one frame; Paddler's agents ignore the header. The socket is
-Quart's (`proxy/message_socket.py`). A frame is acted on whole before the reader waits again,
+Hypercorn's, served ahead of Quart (`agent_socket_route.py`). A frame is acted on whole before the reader waits again,
 so the tokens it carries for one client are all queued for that client's writer before the
 writer wakes: they leave in one write.
 """
@@ -19,7 +19,8 @@ writer wakes: they leave in one write.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
 
 import trio
 
@@ -41,7 +42,6 @@ from paddler_trio.protocol.reply_batching import (
 )
 from paddler_trio.proxy.agent_controller import AgentController
 from paddler_trio.proxy.agent_pool import AgentPool, DuplicateAgent
-from paddler_trio.proxy.message_socket import MessageSocket
 from paddler_trio.proxy.shutdown_signal import ShutdownSignal
 from paddler_trio.queued_messages import queued_texts
 
@@ -59,6 +59,23 @@ ACCEPT_HEADERS = {REPLY_BATCHING_HEADER: REPLY_BATCHING_VERSION}
 
 CLOSE_GOING_AWAY = 1001
 CLOSE_POLICY_VIOLATION = 1008
+
+
+class MessageSocket(Protocol):
+    """An accepted agent's WebSocket: Hypercorn's, through ASGI (`agent_socket_route.py`), or a
+    test's double. A socket whose other end left cancels its handler."""
+
+    async def accept(self) -> None: ...
+
+    async def receive(self) -> str | bytes: ...
+
+    async def consume(self, take: Callable[[str | bytes], bool]) -> None:
+        """Hand every further message to `take` until it returns False; `take` must not block."""
+
+    async def send_texts(self, texts: Iterable[str]) -> None:
+        """Each text as its own message, in order."""
+
+    async def close(self, code: int, reason: str | None = None) -> None: ...
 
 
 class AgentSocket:

@@ -13,12 +13,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import trio
-from quart import Response, request, websocket
+from quart import Response, request
 from quart_trio import QuartTrio
 
 from paddler_trio.management.agent_socket import (
-    ACCEPT_HEADERS,
-    AGENT_SOCKET_PATH_PREFIX,
     AgentSocket,
 )
 from paddler_trio.management.balancer_gauges import BalancerGauges
@@ -40,7 +38,6 @@ from paddler_trio.protocol import (
 )
 from paddler_trio.proxy.agent_pool import AgentPool
 from paddler_trio.proxy.buffer import RequestBuffer
-from paddler_trio.proxy.message_socket import QuartMessageSocket
 from paddler_trio.proxy.request_id import new_request_id
 from paddler_trio.proxy.service_app import create_service_app, plain_text_error
 from paddler_trio.proxy.shutdown_signal import ShutdownSignal
@@ -69,7 +66,8 @@ class ManagementService:
         self._reconciliation = reconciliation
         self._shutdown = shutdown
         self._metrics_prefix = metrics_prefix
-        self._agent_socket = AgentSocket(pool, reconciliation, shutdown)
+        # Served ahead of the app, from its ASGI interface (`agent_socket_route.py`).
+        self.agent_socket = AgentSocket(pool, reconciliation, shutdown)
 
     def create_app(self, cors_allowed_origins: list[str]) -> QuartTrio:
         app = create_service_app("paddler-management", cors_allowed_origins)
@@ -88,7 +86,6 @@ class ManagementService:
         ]
         for path, view, methods in routes:
             app.add_url_rule(path, endpoint=view.__name__, view_func=view, methods=methods)
-        app.add_websocket(f"{AGENT_SOCKET_PATH_PREFIX}<agent_id>", view_func=self.agent_socket)
         return app
 
     async def health(self) -> Response:
@@ -167,11 +164,6 @@ class ManagementService:
         response = Response("\n".join(blocks))
         response.headers["Content-Type"] = PROMETHEUS_CONTENT_TYPE
         return response
-
-    async def agent_socket(self, agent_id: str) -> None:
-        """The agents' socket (`agent_socket.py`)."""
-        socket = QuartMessageSocket(websocket._get_current_object(), ACCEPT_HEADERS)  # type: ignore[attr-defined]
-        await self._agent_socket.serve(socket, agent_id)
 
     async def _ask_agent(self, agent_id: str, question: AgentRequest) -> Any:
         """The agent's answer, or the error response: 404 unknown agent, 502 agent gone, 504 after 3 s."""

@@ -40,6 +40,8 @@ from quart_trio import QuartTrio
 
 from paddler_trio.balancer_config import BalancerConfig
 from paddler_trio.cli_values import SocketAddress
+from paddler_trio.management.agent_socket import ACCEPT_HEADERS as AGENT_SOCKET_ACCEPT_HEADERS
+from paddler_trio.management.agent_socket_route import with_agent_sockets
 from paddler_trio.management.management_routes import ManagementService
 from paddler_trio.management.reconciliation import Reconciliation
 from paddler_trio.management.state_database import (
@@ -72,16 +74,16 @@ from paddler_trio.proxy.openapi_documents import (
 from paddler_trio.proxy.shutdown_signal import ShutdownSignal
 from paddler_trio.security.api_keys import ApiKeys
 from paddler_trio.security.error_shapes import openai_error
-from paddler_trio.security.service_protection import agent_socket_keys, protect_service
+from paddler_trio.security.service_protection import agent_secret_keys, agent_socket_keys, protect_service
 from paddler_trio.security.tls import server_ssl_context
 from paddler_trio.transport.http_server import ServerSettings, serve_http
 
 _logger = logging.getLogger(__name__)
 
 SHUTDOWN_GRACE = 3.0
-# Hypercorn's wait for open connections after shutdown. Our handlers end at once on shutdown;
-# what this bounds is Hypercorn's WebSocket ping task, which sleeps a whole ping interval
-# before it notices that its connection closed.
+# The servers' wait for open connections after shutdown. Our handlers end at once on shutdown;
+# what this bounds on Hypercorn's ports is its WebSocket ping task, which sleeps a whole ping
+# interval before it notices that its connection closed.
 HTTP_GRACEFUL_TIMEOUT = 1.0
 # How long a kept-alive connection of the inference port may stay idle, and a new one wait for
 # its first request: longer than clients keep idle connections in their pools (httpx 5 s,
@@ -180,15 +182,18 @@ async def _serve(
                 stream_gather_interval=config.stream_gather_interval,
             )
             async with trio.open_nursery() as servers:
+                management_app = protect_service(
+                    serve_openapi(management.create_app(config.management_cors_origins), management_document()),
+                    config,
+                    service="management",
+                    keys=config.management_api_keys,
+                    keys_by_path_prefix=agent_socket_keys(config),
+                )
                 management_bound = await servers.start(
                     _serve_http,
                     "management",
-                    protect_service(
-                        serve_openapi(management.create_app(config.management_cors_origins), management_document()),
-                        config,
-                        service="management",
-                        keys=config.management_api_keys,
-                        keys_by_path_prefix=agent_socket_keys(config),
+                    with_agent_sockets(
+                        management_app, management.agent_socket, agent_secret_keys(config), AGENT_SOCKET_ACCEPT_HEADERS
                     ),
                     config.management_addr,
                     shutdown,
