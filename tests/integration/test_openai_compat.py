@@ -370,8 +370,10 @@ def test_invalid_requests_are_400_with_the_offending_param(qwen_openai: OpenAICl
         client.chat.completions.create(model="m", messages=[{"role": "wizard", "content": "Hi"}])
     assert (bad_role.value.param, bad_role.value.code) == ("messages[0].role", "invalid_value")
     with pytest.raises(openai.BadRequestError) as bad_tool:
-        client.chat.completions.create(model="m", messages=user("Hi"), tools=[{"type": "web_search"}])
-    assert bad_tool.value.param == "tools[0].type"
+        client.chat.completions.create(
+            model="m", messages=user("Hi"), tools=[{"type": "web_search"}], tool_choice="required"
+        )
+    assert bad_tool.value.param == "tool_choice"
     with pytest.raises(openai.BadRequestError) as negative:
         client.chat.completions.create(model="m", messages=user("Hi"), max_tokens=-1)
     assert (negative.value.param, negative.value.code) == ("max_tokens", "integer_below_min_value")

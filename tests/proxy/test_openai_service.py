@@ -99,7 +99,8 @@ async def configure(balancer: BalancerUnderTest, **parameters: Any) -> None:
         ({**HELLO, "stop": ["a", ""]}, "stop[1]", "invalid_value"),
         ({**HELLO, "n": 2}, "n", "unsupported_parameter"),
         ({**HELLO, "stream_options": {"include_usage": True}}, "stream_options", "invalid_value"),
-        ({**HELLO, "tools": [{"type": "web_search"}]}, "tools[0].type", "invalid_value"),
+        ({**HELLO, "tools": [{"function": {"name": "f"}}]}, "tools[0].type", "missing_required_parameter"),
+        ({**HELLO, "tools": [{"type": "web_search"}], "tool_choice": "required"}, "tool_choice", "invalid_value"),
         ({**HELLO, "tools": [{"type": "function"}]}, "tools[0].function", "missing_required_parameter"),
         (
             {
@@ -146,7 +147,11 @@ async def test_invalid_requests_of_the_other_routes() -> None:
     async with openai_balancer() as balancer:
         cases = [
             ("/v1/responses", {"model": "m", "input": [{"type": "file_search_call"}]}, "input[0].type"),
-            ("/v1/responses", {"model": "m", "input": "Hi", "tools": [{"type": "web_search"}]}, "tools[0].type"),
+            (
+                "/v1/responses",
+                {"model": "m", "input": "Hi", "tools": [{"type": "web_search"}], "tool_choice": {"type": "web_search"}},
+                "tool_choice",
+            ),
             ("/v1/responses", {"model": "m", "input": "Hi", "max_output_tokens": -1}, "max_output_tokens"),
             ("/v1/responses", {"model": "m", "input": "Hi", "previous_response_id": "resp_1"}, "previous_response_id"),
             ("/v1/responses", {"model": "m"}, "input"),
