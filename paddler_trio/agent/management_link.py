@@ -6,7 +6,9 @@ upgrade names the host as the URL gives it. On every connection: `RegisterAgent`
 reconciliation, requests and `StopRespondingTo` to request handling. Everything the agent sends
 waits in one queue for the link's writer task (`LinkOutbox`); the replies of one engine step
 are queued together and go as one frame when the balancer offers it
-(`protocol.reply_batching`; Paddler's balancer does not). When the link drops, the requests it
+(`protocol.reply_batching`; Paddler's balancer does not). The upgrade request offers our request
+extensions in turn (`protocol.request_extensions`): only then does our balancer send this agent
+per-request sampling overrides and tool-call history. When the link drops, the requests it
 carried are cancelled and the agent reconnects every second with the same id. When the agent
 is shut down it flushes what it has queued, sends `DeregisterAgent` and closes the socket
 cleanly (close code 1000).
@@ -60,6 +62,7 @@ from paddler_trio.protocol.reply_batching import (
     batch_frame,
     offers_reply_batching,
 )
+from paddler_trio.protocol.request_extensions import REQUEST_EXTENSIONS_HEADER, REQUEST_EXTENSIONS_VERSION
 from paddler_trio.queued_messages import put_into, send_now_into
 
 _logger = logging.getLogger(__name__)
@@ -105,6 +108,14 @@ class BalancerEndpoint:
         )
 
 
+def upgrade_headers(agent_secret: str | None) -> list[tuple[bytes, bytes]]:
+    """What the link's upgrade request carries beyond the WebSocket handshake's own headers."""
+    headers = [(REQUEST_EXTENSIONS_HEADER.encode(), REQUEST_EXTENSIONS_VERSION.encode())]
+    if agent_secret:
+        headers.append((b"Authorization", f"Bearer {agent_secret}".encode()))
+    return headers
+
+
 class ManagementLink:
     def __init__(
         self,
@@ -118,7 +129,7 @@ class ManagementLink:
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.url = url
-        self._extra_headers = [(b"Authorization", f"Bearer {agent_secret}".encode())] if agent_secret else []
+        self._upgrade_headers = upgrade_headers(agent_secret)
         self._endpoint = BalancerEndpoint.of_url(url)
         self._ssl_context = (ssl_context or ssl.create_default_context()) if self._endpoint.tls else None
         self._name = name
@@ -215,7 +226,7 @@ class ManagementLink:
                 stream,
                 endpoint.host_header,
                 endpoint.target,
-                extra_headers=self._extra_headers,
+                extra_headers=self._upgrade_headers,
                 max_message_size=MAX_MESSAGE_SIZE,
             )
         raise ConnectionTimeout(f"no answer to the upgrade within {CONNECT_TIMEOUT:.0f} s")

@@ -10,8 +10,11 @@ the socket ends, for whatever reason, the agent leaves the pool, which ends ever
 still streaming from it with "Agent controller connection closed".
 
 The upgrade response offers reply batching (`protocol.reply_batching`): our agents then send
-the replies of one engine step as one frame; Paddler's agents ignore the header. The socket is
-Hypercorn's, served ahead of Quart (`agent_socket_route.py`). A frame is acted on whole before the reader waits again,
+the replies of one engine step as one frame; Paddler's agents ignore the header. The other way
+round, our agents' upgrade requests offer our request extensions (`protocol.request_extensions`):
+the agent is registered as accepting them, and a Paddler agent, which does not offer them, gets
+requests in Paddler's own shape (`proxy/forwarding.py`). The socket is Hypercorn's, served
+ahead of Quart (`agent_socket_route.py`). A frame is acted on whole before the reader waits again,
 so the tokens it carries for one client are all queued for that client's writer before the
 writer wakes: they leave in one write.
 """
@@ -84,8 +87,9 @@ class AgentSocket:
         self._reconciliation = reconciliation
         self._shutdown = shutdown
 
-    async def serve(self, websocket: MessageSocket, agent_id: str) -> None:
-        """Serve one agent's connection; `websocket` is accepted with `ACCEPT_HEADERS`."""
+    async def serve(self, websocket: MessageSocket, agent_id: str, *, accepts_request_extensions: bool = False) -> None:
+        """Serve one agent's connection; `websocket` is accepted with `ACCEPT_HEADERS`.
+        `accepts_request_extensions`: whether the agent's upgrade request offered them."""
         await websocket.accept()
         await websocket.send_texts([to_json(VersionNotification(version=PADDLER_COMPATIBLE_VERSION))])
         frames = _AgentFrames(websocket, agent_id)
@@ -99,6 +103,7 @@ class AgentSocket:
                 name=registration.name,
                 status=registration.slot_aggregated_status_snapshot,
                 outbox=outbox_send,
+                accepts_request_extensions=accepts_request_extensions,
             )
             try:
                 self._pool.register(agent)
@@ -106,7 +111,12 @@ class AgentSocket:
                 _logger.warning("refused agent %s: an agent with this id is already connected", agent_id)
                 await websocket.close(CLOSE_POLICY_VIOLATION, f"agent id {agent_id} is already registered")
                 return
-            _logger.info("agent %s (%s) registered", agent_id, agent.name or "unnamed")
+            _logger.info(
+                "agent %s (%s) registered%s",
+                agent_id,
+                agent.name or "unnamed",
+                "" if accepts_request_extensions else ", a Paddler agent: it gets requests in Paddler's shape",
+            )
             try:
                 self._reconciliation.send_state_to(agent)
                 async with trio.open_nursery() as nursery:

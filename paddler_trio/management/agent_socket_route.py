@@ -9,6 +9,7 @@ socket's reader takes Hypercorn's ASGI messages itself (`AsgiMessageSocket`).
 The key is the agent secret, taken as on every WebSocket of the balancer (`security/api_keys.py`):
 an `Authorization: Bearer` header, a `bearer.<key>` subprotocol or an `api_key` query parameter.
 A refused upgrade gets the HTTP 401 with the native error body before the socket is accepted.
+The upgrade request tells whether the agent takes our request extensions (`protocol.request_extensions`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import trio
 from quart_trio import QuartTrio
 
 from paddler_trio.management.agent_socket import AGENT_SOCKET_PATH_PREFIX, AgentSocket
+from paddler_trio.protocol.request_extensions import REQUEST_EXTENSIONS_HEADER, accepts_request_extensions
 from paddler_trio.security.api_keys import WEBSOCKET_QUERY_PARAMETER, ApiKeys, check_websocket_key
 from paddler_trio.security.error_shapes import native_error_body
 from paddler_trio.security.refusal_log import RefusalLog
@@ -52,9 +54,10 @@ def with_agent_sockets(app: QuartTrio, agent_socket: AgentSocket, keys: ApiKeys,
             refusals.refused(client, check.refusal.reason, "management service refused %s: %s", scope["path"], check.refusal.reason)
             await _refuse(send, 401, native_error_body(check.refusal.description))
             return
+        extensions = accepts_request_extensions(headers.get(REQUEST_EXTENSIONS_HEADER))
         with trio.CancelScope() as socket_scope:
             socket = AsgiMessageSocket(receive, send, socket_scope, accept_headers=accept_headers, subprotocol=check.subprotocol)
-            await agent_socket.serve(socket, agent_id)
+            await agent_socket.serve(socket, agent_id, accepts_request_extensions=extensions)
 
     app.asgi_app = serve  # type: ignore[method-assign]
     return app

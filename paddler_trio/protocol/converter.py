@@ -104,6 +104,7 @@ from paddler_trio.protocol.normalization_method import (
     RmsNormNormalization,
 )
 from paddler_trio.protocol.pooling_type import PoolingType
+from paddler_trio.protocol.request_extensions import MESSAGE_EXTENSION_FIELDS, SAMPLING_OVERRIDE_FIELDS
 from paddler_trio.protocol.state_application_status import StateApplicationStatus
 from paddler_trio.protocol.stop_responding_to_notification import StopRespondingToNotification
 from paddler_trio.protocol.tool import FunctionDefinition, FunctionTool, ParametersSchema
@@ -197,15 +198,13 @@ _UNION_NAMES: dict[Any, str] = {
     BalancerBoundMessage: "BalancerBoundMessage",
 }
 
-_SAMPLING_OVERRIDES = ("temperature", "top_p", "top_k", "min_p", "seed", "stop")
-
 # Optional keys left out of the JSON when None.
 _OMITTED_WHEN_NONE: dict[type, tuple[str, ...]] = {
     ParametersSchema: ("properties", "required", "additionalProperties"),
     FunctionDefinition: ("parameters",),
-    ContinueFromConversationHistoryParams: _SAMPLING_OVERRIDES,
-    ContinueFromRawPromptParams: _SAMPLING_OVERRIDES,
-    ConversationMessage: ("tool_calls", "tool_call_id", "name"),
+    ContinueFromConversationHistoryParams: SAMPLING_OVERRIDE_FIELDS,
+    ContinueFromRawPromptParams: SAMPLING_OVERRIDE_FIELDS,
+    ConversationMessage: MESSAGE_EXTENSION_FIELDS,
 }
 
 # Structs whose every field is required on the wire even though the Python class has defaults.

@@ -68,6 +68,9 @@ class AgentController:
     status: SlotAggregatedStatusSnapshot
     # Messages for the agent; the socket writer task drains the receive side.
     outbox: trio.MemorySendChannel[Any]
+    # Whether the agent offered our request extensions when it connected (`protocol.request_extensions`);
+    # a Paddler agent does not, and gets requests in Paddler's own shape.
+    accepts_request_extensions: bool = False
     slots_processing: int = 0
     # Tokens relayed from this agent to clients (for `/metrics` and the dashboard's tokens/s).
     generated_tokens: int = 0

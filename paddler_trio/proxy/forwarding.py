@@ -25,10 +25,16 @@ it, not the relay too. Everything else (the first reply that finds the relay bus
 replies, errors, silence, a fast stream being gathered) goes through the route as before, and
 replies taken at once count for the item timeout, the token counter and re-dispatch exactly as
 relayed ones do. Both paths end in the same queue, so a token never overtakes another.
+
+An agent that did not offer our request extensions (a Paddler agent) gets each request in
+Paddler's own shape (`protocol.request_extensions`); a request that needs an extension it
+cannot take ends with a 400 envelope naming the fields, instead of a request the agent would
+drop without an answer.
 """
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
 import math
@@ -52,6 +58,7 @@ from paddler_trio.protocol import (
     UndeterminableToken,
     is_terminal,
 )
+from paddler_trio.protocol.request_extensions import InexpressibleFields, paddler_shaped
 from paddler_trio.proxy.agent_controller import (
     SILENCE,
     AgentController,
@@ -80,10 +87,34 @@ def error_envelope(request_id: str, code: int, description: str) -> ErrorEnvelop
     return ErrorEnvelope(request_id=request_id, error=ErrorDetails(code=code, description=description))
 
 
+async def emit_all_into(
+    send: trio.MemorySendChannel[InferenceClientBoundMessage], request_id: str, work: Callable[[], Awaitable[None]]
+) -> None:
+    """Run `work`, which emits a request's messages into `send`, then close `send`. A failure of
+    `work` reaches the client as the 500 envelope; a client that is gone ends it quietly."""
+    async with send:
+        try:
+            await work()
+        except CLIENT_GONE_ERRORS:
+            pass
+        except Exception:
+            _logger.exception("request %s failed", request_id)
+            with contextlib.suppress(*CLIENT_GONE_ERRORS):
+                await send.send(error_envelope(request_id, 500, "Internal server error"))
+
+
 def item_timeout_description(item_timeout: float) -> str:
     return (
         f"Inference timed out after {round(item_timeout * 1000)}ms waiting for next token. "
         "Increase --inference-item-timeout if the prompt requires longer processing."
+    )
+
+
+def paddler_agent_refusal_description(agent: AgentController, fields: tuple[str, ...]) -> str:
+    named = f"{agent.name} (id {agent.id})" if agent.name else agent.id
+    return (
+        f"Agent {named} is a Paddler agent, which does not accept these request fields: {', '.join(fields)}. "
+        "Send the request without them."
     )
 
 
@@ -295,6 +326,19 @@ class RequestForwarder:
             # The agent left between handing out this slot and this task running again.
             claim.release()
             return _Outcome.AGENT_LOST_BEFORE_OUTPUT
+        if not agent.accepts_request_extensions:
+            shaped = paddler_shaped(request)
+            if isinstance(shaped, InexpressibleFields):
+                claim.release()
+                _logger.warning(
+                    "request %s sets %s, which Paddler agent %s does not accept: refused",
+                    request_id,
+                    ", ".join(shaped.fields),
+                    agent.id,
+                )
+                await emit(error_envelope(request_id, 400, paddler_agent_refusal_description(agent, shaped.fields)))
+                return _Outcome.FINISHED
+            request = shaped
         route = agent.open_route(agent_request_id, relay.take if relay.emit_now is not None else None)
         self._silence.add(relay)
         settled = False  # the agent owes us nothing more: release at once instead of draining

@@ -20,7 +20,7 @@ slot drained (`forwarding.py`).
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -42,7 +42,7 @@ from paddler_trio.protocol import (
 from paddler_trio.proxy.agent_pool import AgentPool
 from paddler_trio.proxy.cors_policy import ORIGIN_NOT_ALLOWED, PREFLIGHT_HEADERS, CorsPolicy
 from paddler_trio.proxy.embedding_batch_chunks import chunk_evenly_with_cap
-from paddler_trio.proxy.forwarding import CLIENT_GONE_ERRORS, Emit, EmitNow, RequestForwarder, error_envelope
+from paddler_trio.proxy.forwarding import Emit, EmitNow, RequestForwarder, emit_all_into
 from paddler_trio.proxy.inference_socket import (
     TOKEN_GENERATION_DISABLED_DESCRIPTION,
     InferenceSocketSession,
@@ -301,20 +301,8 @@ NDJSON_HEADERS = [("content-type", "application/json"), ("cache-control", "no-ca
 async def _stream_ndjson(exchange: Exchange, cors_headers: list[tuple[str, str]], request_id: str, work: StreamWork) -> None:
     """HTTP 200 streaming one JSON message per line, produced by `work` in a task of this route."""
     send, receive = trio.open_memory_channel[InferenceClientBoundMessage](STREAM_BUFFER)
-
-    async def run() -> None:
-        async with send:
-            try:
-                await work(put_into(send), send_now_into(send))
-            except CLIENT_GONE_ERRORS:
-                pass
-            except Exception:
-                _logger.exception("request %s failed", request_id)
-                with contextlib.suppress(*CLIENT_GONE_ERRORS):
-                    await send.send(error_envelope(request_id, 500, "Internal server error"))
-
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(run)
+        nursery.start_soon(emit_all_into, send, request_id, functools.partial(work, put_into(send), send_now_into(send)))
         await exchange.start_stream(200, [*NDJSON_HEADERS, *cors_headers])
         async with receive:
             async for message in receive:

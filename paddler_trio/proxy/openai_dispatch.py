@@ -12,14 +12,14 @@ shutdown), its nursery closes and cancels the forwarding task with it.
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
 
-from paddler_trio.proxy.forwarding import CLIENT_GONE_ERRORS, Emit, RequestForwarder, error_envelope
+from paddler_trio.proxy.forwarding import Emit, RequestForwarder, emit_all_into
 from paddler_trio.proxy.inference_socket import TokenGenerationMode
 from paddler_trio.proxy.openai_errors import OpenAIError, error_from_envelope
 from paddler_trio.proxy.request_id import new_request_id
@@ -109,12 +109,4 @@ async def _relay(
     scope: trio.CancelScope,
 ) -> None:
     with scope:
-        async with send:
-            try:
-                await work(send.send)
-            except CLIENT_GONE_ERRORS:
-                pass
-            except Exception:
-                _logger.exception("request %s failed", request_id)
-                with contextlib.suppress(*CLIENT_GONE_ERRORS):
-                    await send.send(error_envelope(request_id, 500, "Internal server error"))
+        await emit_all_into(send, request_id, functools.partial(work, send.send))

@@ -27,9 +27,13 @@ Frame = dict[str, Any]
 
 
 class AgentConnection:
-    def __init__(self, agent_id: str, socket: trio_websocket.WebSocketConnection) -> None:
+    def __init__(
+        self, agent_id: str, socket: trio_websocket.WebSocketConnection, upgrade_headers: list[tuple[bytes, bytes]]
+    ) -> None:
         self.agent_id = agent_id
         self.socket = socket
+        # The headers of the agent's upgrade request, names in lower case.
+        self.upgrade_headers = {name.decode().lower(): value.decode() for name, value in upgrade_headers}
         self.frames: list[Frame] = []
         # Messages per WebSocket frame, in arrival order (1 unless the agent batched).
         self.frame_sizes: list[int] = []
@@ -171,7 +175,7 @@ class ScriptedFakeBalancer:
             return
         offer = [(REPLY_BATCHING_HEADER.encode(), REPLY_BATCHING_VERSION.encode())] if self.offer_reply_batching else []
         socket = await request.accept(extra_headers=offer)
-        connection = AgentConnection(request.path[len(AGENT_SOCKET_PREFIX) :], socket)
+        connection = AgentConnection(request.path[len(AGENT_SOCKET_PREFIX) :], socket, request.headers)
         self.connections.append(connection)
         self._connected.set()
         self._connected = trio.Event()

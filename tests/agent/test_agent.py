@@ -22,6 +22,7 @@ from paddler_trio.agent.agent_config import AgentConfig
 from paddler_trio.cli_values import socket_address
 from paddler_trio.nursery.agent import run_agent
 from paddler_trio.protocol import InferenceParameters, unstructure
+from paddler_trio.protocol.request_extensions import REQUEST_EXTENSIONS_HEADER, REQUEST_EXTENSIONS_VERSION
 from tests.agent.scripted_fake_balancer import (
     AgentConnection,
     Frame,
@@ -150,6 +151,14 @@ async def test_registers_with_paddlers_shape_and_answers_without_a_model(
     for _ in range(2):
         start = 1 + await connection.wait_for(lambda f: "UpdateAgentStatus" in f.get("Notification", {}), start=start)
     assert trio.current_time() - started < 3.0
+
+
+async def test_the_upgrade_request_offers_our_request_extensions(
+    nursery: trio.Nursery, balancer: ScriptedFakeBalancer
+) -> None:
+    await start_agent(nursery, balancer.address)
+    connection = await balancer.first_connection()
+    assert connection.upgrade_headers[REQUEST_EXTENSIONS_HEADER] == REQUEST_EXTENSIONS_VERSION
 
 
 async def test_an_agent_without_a_model_reports_the_chat_template_override_it_was_given(

@@ -8,10 +8,17 @@ and a model path, applies `SetState`, answers generation requests with scripted
 one vector per document then `Done`, metadata and chat template questions from its script,
 and honours `StopRespondingTo` (it ends the stream with `Done`, as a real agent does).
 It can freeze (stop answering new requests) and drop its connection abruptly.
+
+Like our agent, it offers our request extensions (`paddler_trio.protocol.request_extensions`) on
+its upgrade request. With `as_paddler` it is exactly as strict as a Paddler 4.x agent instead: it
+does not offer them, and a request with a field Paddler's request structs do not have
+(`deny_unknown_fields`) gets no answer at all, as Paddler's agent drops a message it cannot
+decode; such frames are kept in `dropped`.
 """
 
 from __future__ import annotations
 
+import json
 import secrets
 from typing import Any
 
@@ -50,6 +57,29 @@ from paddler_trio.protocol import (
     from_json,
     to_json,
 )
+from paddler_trio.protocol.request_extensions import REQUEST_EXTENSIONS_HEADER, REQUEST_EXTENSIONS_VERSION
+
+# The keys of Paddler 4.x's request structs (spec 2.2). The nested types Paddler shares with us
+# (content parts, tools, grammars) our own decoder already checks as strictly.
+PADDLER_REQUEST_FIELDS = {
+    "ContinueFromRawPrompt": frozenset({"grammar", "max_tokens", "raw_prompt"}),
+    "ContinueFromConversationHistory": frozenset(
+        {"add_generation_prompt", "conversation_history", "enable_thinking", "grammar", "max_tokens", "parse_tool_calls", "tools"}
+    ),
+    "GenerateEmbeddingBatch": frozenset({"input_batch", "normalization_method"}),
+}
+PADDLER_MESSAGE_FIELDS = frozenset({"role", "content"})
+
+
+def paddler_cannot_decode(frame: str) -> bool:
+    """Whether a Paddler 4.x agent fails to decode this frame: a request with a field it does not have."""
+    request = json.loads(frame).get("Request", {}).get("request")
+    if not isinstance(request, dict):
+        return False
+    ((kind, params),) = request.items()
+    if not params.keys() <= PADDLER_REQUEST_FIELDS.get(kind, params.keys()):
+        return True
+    return any(not message.keys() <= PADDLER_MESSAGE_FIELDS for message in params.get("conversation_history", ()))
 
 
 def status_snapshot(*, slots: int, model_path: str | None, version: int = 1) -> SlotAggregatedStatusSnapshot:
@@ -81,6 +111,7 @@ class ScriptedFakeAgent:
     metadata: dict[str, str] = attrs.field(factory=lambda: {"general.architecture": "scripted-fake"})
     chat_template: ChatTemplate | None = None
     metadata_delay: float = 0.0
+    as_paddler: bool = False  # see the module docstring
     # Observations for the tests.
     version_seen: str | None = None
     set_states: list[AgentDesiredState] = attrs.field(factory=list)
@@ -89,6 +120,7 @@ class ScriptedFakeAgent:
     active: set[str] = attrs.field(factory=set)
     max_active: int = 0
     finished: list[str] = attrs.field(factory=list)
+    dropped: list[str] = attrs.field(factory=list)
     frozen: bool = False
     _ws: WebSocketConnection | None = None
     _stop_events: dict[str, trio.Event] = attrs.field(factory=dict)
@@ -101,7 +133,8 @@ class ScriptedFakeAgent:
     async def run(self, *, task_status: trio.TaskStatus[ScriptedFakeAgent] = trio.TASK_STATUS_IGNORED) -> None:
         """Connect, register, then serve until the balancer or `drop()` ends the connection."""
         try:
-            async with open_websocket_url(self.url) as ws:
+            offer = [] if self.as_paddler else [(REQUEST_EXTENSIONS_HEADER.encode(), REQUEST_EXTENSIONS_VERSION.encode())]
+            async with open_websocket_url(self.url, extra_headers=offer) as ws:
                 self._ws = ws
                 version = from_json(await ws.get_message(), AgentBoundMessage)
                 assert isinstance(version, VersionNotification), version
@@ -115,8 +148,11 @@ class ScriptedFakeAgent:
                 async with trio.open_nursery() as nursery:
                     task_status.started(self)
                     while True:
-                        message = from_json(await ws.get_message(), AgentBoundMessage)
-                        self._handle(nursery, message)
+                        frame = await ws.get_message()
+                        if self.as_paddler and paddler_cannot_decode(frame):
+                            self.dropped.append(frame)
+                            continue
+                        self._handle(nursery, from_json(frame, AgentBoundMessage))
         except* (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # the balancer closed the socket, or the test dropped it
 
