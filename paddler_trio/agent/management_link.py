@@ -21,6 +21,7 @@ refuses it (HTTP 401) is reported as such and retried with a growing interval (u
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 import logging
 import ssl
 from urllib.parse import urlsplit
@@ -255,8 +256,8 @@ class ManagementLink:
 
     async def _serve(self, socket: WebSocketConnection) -> None:
         _logger.info("connected to the balancer at %s", self.url)
-        outbox = LinkOutbox(socket, batching=offers_reply_batching(socket.handshake_headers))
-        requests = RequestHandling(self._engines, self._status, outbox.put, outbox.send_now)
+        outbox = LinkOutbox(socket, batching=offers_reply_batching(socket.handshake_headers), on_sent=self._results_sent)
+        requests = RequestHandling(self._engines, self._status, outbox.put, outbox.send_now, outbox.all_sent)
         try:
             async with trio.open_nursery() as nursery:
                 registration = self._status.snapshot()
@@ -271,6 +272,11 @@ class ManagementLink:
                 with trio.CancelScope(shield=True) as goodbye:
                     goodbye.deadline = trio.current_time() + GOODBYE_TIMEOUT
                     await outbox.say_goodbye(close=self._leaving.is_set())
+
+    def _results_sent(self) -> None:
+        """The link has written everything queued: an engine step's hand-off that waits for it may end."""
+        if self._engines.engine is not None:
+            self._engines.engine.results_sent()
 
     async def _publish_status(self, outbox: LinkOutbox, seen_version: int) -> None:
         while True:
@@ -339,9 +345,11 @@ class LinkOutbox:
     writer task, which sends what is queued together as one frame when the balancer offers reply
     batching, else one message per frame."""
 
-    def __init__(self, socket: WebSocketConnection, *, batching: bool) -> None:
+    def __init__(self, socket: WebSocketConnection, *, batching: bool, on_sent: Callable[[], None]) -> None:
+        """`on_sent` is called whenever the writer has sent everything that was queued."""
         self._socket = socket
         self._batching = batching
+        self._on_sent = on_sent
         self._send, self._pending = trio.open_memory_channel[BalancerBoundMessage](OUTBOUND_QUEUE_SIZE)
         # Request tasks wait while the queue is full (back-pressure).
         self.put = put_into(self._send)
@@ -364,8 +372,14 @@ class LinkOutbox:
                     self._take_queued(MAX_MESSAGES_PER_FRAME)
                 await self._socket.send_message(batch_frame(self._taken))
                 self._taken.clear()
+                if self.all_sent():
+                    self._on_sent()
         except ConnectionClosed:
             link_scope.cancel()
+
+    def all_sent(self) -> bool:
+        """Whether everything queued has been written (nothing waits, nothing is being sent)."""
+        return not self._taken and not self._pending.statistics().current_buffer_used
 
     def _take_queued(self, limit: int | None = None) -> None:
         """Move what is queued to `_taken`, until `_taken` holds `limit` messages."""

@@ -77,13 +77,17 @@ class _InFlightRequest:
 
 
 class RequestHandling:
-    """Serves the requests of one link; `send` and `send_now` put a message on that link."""
+    """Serves the requests of one link; `send` and `send_now` put a message on that link, and
+    `link_sent` tells whether the link has written all it was given."""
 
-    def __init__(self, engines: EngineHolder, status: AgentStatus, send: Send, send_now: SendNow) -> None:
+    def __init__(
+        self, engines: EngineHolder, status: AgentStatus, send: Send, send_now: SendNow, link_sent: Callable[[], bool]
+    ) -> None:
         self._engines = engines
         self._status = status
         self._send = send
         self._send_now = send_now
+        self._link_sent = link_sent
         self._in_flight: dict[str, _InFlightRequest] = {}
 
     async def handle(self, nursery: trio.Nursery, envelope: RequestEnvelope[AgentRequest]) -> None:
@@ -163,7 +167,7 @@ class RequestHandling:
                 in_flight.ended = is_terminal(result)
                 return True
 
-            stream.hand_results_to(take)
+            stream.hand_results_to(take, sent=self._link_sent)
             if await self._forward(request_id, stream) or in_flight.ended:
                 return
         _logger.error("the generation of request %r ended without a final result", request_id)

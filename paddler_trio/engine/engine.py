@@ -109,15 +109,21 @@ class GenerationStream:
         if self._scheduler is not None and self._generation is not None:
             self._scheduler.stop(self._generation)
 
-    def hand_results_to(self, taker: Callable[[GeneratedTokenResult], bool]) -> None:
+    def hand_results_to(self, taker: Callable[[GeneratedTokenResult], bool], *, sent: Callable[[], bool]) -> None:
         """Offer each result to `taker` first, from the scheduler's task, while this stream's
         reader waits with nothing queued: a result it takes (True) never reaches the iterator,
         and one it declines is iterated as usual, as is every result after it until the reader
         waits again, so the two ways never reorder results. The iterator ends after a terminal
         result that `taker` took. Saves the reader a wake-up per result (the agent puts them
-        straight into its link's queue)."""
+        straight into its link's queue).
+
+        `sent()` tells whether what `taker` took has left the process (the link has written it):
+        the hand-off between two steps waits for that as it waits for a reader, and the sender
+        says when it has (`Engine.results_sent`), so that its work is not done beside the next
+        decode."""
         if self._generation is not None:
             self._generation.taker = taker
+            self._generation.taken_sent = sent
 
     def __aiter__(self) -> "GenerationStream":
         return self
@@ -211,6 +217,10 @@ class Engine:
                 self.chat_template = ChatTemplate(source, bos_token=model.bos_text, eos_token=model.eos_text)
             except EngineError as problem:
                 self.chat_template_problem = problem
+
+    def results_sent(self) -> None:
+        """What the streams' takers took has been sent (see `GenerationStream.hand_results_to`)."""
+        self.scheduler.reader_waits()
 
     @property
     def embeddings_mode(self) -> bool:

@@ -10,8 +10,8 @@ Each step, at a step boundary (never inside a decode):
 
 Hand-off: after a step, the next step waits (at most `HANDOFF_LIMIT`) until every reader of the
 step's events has handed them on and waits for the next ones (each `GenerationStream` says so
-as it goes back to waiting, `reader_waits`), i.e. until the tokens are on their way to the
-clients. Only the engine's own readers are waited for, not the rest of the process (a balancer
+as it goes back to waiting, `reader_waits`), and what a stream's taker took has been sent (the
+sender says so, `Engine.results_sent`), i.e. until the tokens are on their way to the clients. Only the engine's own readers are waited for, not the rest of the process (a balancer
 in the same process, in `quickstart`, runs beside the next step as it would in its own). When the decode runs on llama.cpp's CPU threads this happens after every step: work
 beside a running decode takes a core from one of its threads, and the others wait for it at the
 next barrier, so it costs the decode several times its own CPU time. Measured on 2 cores (Gemma
@@ -400,6 +400,8 @@ def _reader_caught_up(generation: Generation) -> bool:
     waits for more (or, once the stream is closed, has taken its last result)."""
     if generation.cancelled:
         return True
+    if generation.taken_sent is not None and not generation.taken_sent():
+        return False
     queue = generation.output.statistics()
     if queue.current_buffer_used:
         return False

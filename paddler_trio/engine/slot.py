@@ -68,6 +68,8 @@ class Generation:
     # Takes results straight from the scheduler while the consumer waits on an empty output
     # (`GenerationStream.hand_results_to`); False sends that result through `output`.
     taker: "Callable[[GeneratedTokenResult], bool] | None" = None
+    # Whether what `taker` took has left the process: the hand-off waits for it as for a reader.
+    taken_sent: "Callable[[], bool] | None" = None
     stop_requested: bool = False
     cancelled: bool = False
     finished: bool = False

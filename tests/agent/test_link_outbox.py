@@ -27,6 +27,11 @@ class SeenByTheBalancer:
     frames: list[Any] = attrs.field(factory=list)  # each frame, decoded
     close_code: int | None = None
     ended: trio.Event = attrs.field(factory=trio.Event)
+    # How many frames had arrived each time the outbox said it had sent everything queued.
+    all_sent_at: list[int] = attrs.field(factory=list)
+
+    def note_all_sent(self) -> None:
+        self.all_sent_at.append(len(self.frames))
 
     def messages(self) -> list[Any]:
         return [message for frame in self.frames for message in (frame if isinstance(frame, list) else [frame])]
@@ -45,12 +50,13 @@ async def record_the_link(seen: SeenByTheBalancer, request: WebSocketRequest) ->
 
 @asynccontextmanager
 async def linked_outbox(*, batching: bool) -> AsyncIterator[tuple[LinkOutbox, SeenByTheBalancer]]:
-    """An outbox on a real WebSocket to a balancer that records what arrives."""
+    """An outbox on a real WebSocket to a balancer that records what arrives (and when the
+    outbox says it has sent everything: `seen.all_sent_at`)."""
     seen = SeenByTheBalancer()
     async with trio.open_nursery() as nursery:
         server = await nursery.start(serve_websocket, partial(record_the_link, seen), "127.0.0.1", 0, None)
         async with open_websocket("127.0.0.1", server.port, "/api/v1/agent_socket/test", use_ssl=False) as socket:
-            yield LinkOutbox(socket, batching=batching), seen
+            yield LinkOutbox(socket, batching=batching, on_sent=seen.note_all_sent), seen
         nursery.cancel_scope.cancel()
 
 
@@ -78,7 +84,10 @@ async def test_the_replies_of_one_hand_off_go_as_one_frame_only_with_batching(ba
                 assert outbox.send_now(token("r-1", "Hello"))
                 assert outbox.send_now(token("r-2", "Once"))
                 assert outbox.send_now(token("r-3", "upon"))
+            assert not outbox.all_sent()
             await trio.testing.wait_all_tasks_blocked()  # the writer has sent them and waits again
+            assert outbox.all_sent()
+            assert len(seen.all_sent_at) == 1  # said once, after the last of them (one frame or three)
             link.cancel_scope.cancel()
         await leave(outbox, seen)
 
