@@ -17,6 +17,7 @@ from paddler_trio.balancer_config import (
 )
 from paddler_trio.cli_values import DEFAULT_SHUTDOWN_GRACE_PERIOD, milliseconds, positive_int, socket_address
 from paddler_trio.environment_variables import AGENT_SECRET, INFERENCE_API_KEY, MANAGEMENT_API_KEY
+from paddler_trio.routing_policy import RoutingPolicy
 
 
 def _non_negative_int(text: str) -> int:
@@ -34,8 +35,8 @@ def add_parser(subcommands: argparse._SubParsersAction) -> None:
         "balancer",
         help="run the load balancer (inference and management services)",
         description=(
-            "Run the balancer: the inference service (NDJSON and WebSocket) dispatches requests to the "
-            "least busy agent, buffering them while no slot is free; the management service is where agents "
+            "Run the balancer: the inference service (NDJSON and WebSocket) dispatches requests to an "
+            "agent with a free slot (--routing-policy), buffering them while no slot is free; the management service is where agents "
             "connect and where the cluster's desired state, agents and metrics are managed. "
             "Durations are integer milliseconds. SIGINT/SIGTERM shut it down gracefully."
         ),
@@ -116,6 +117,15 @@ def add_parser(subcommands: argparse._SubParsersAction) -> None:
         metavar="N",
         help="most requests waiting for a free slot at once, beyond which the 503 error; "
         "0 disables buffering (default: 30)",
+    )
+    parser.add_argument(
+        "--routing-policy",
+        choices=[policy.value for policy in RoutingPolicy],
+        default=RoutingPolicy.CACHE_AWARE.value,
+        help="how a request's agent is chosen among those with a free slot: cache-aware (default) prefers the "
+        "agent most likely to hold the longest prefix of the request in its prompt cache, unless it is more than "
+        "a quarter of its slots busier than the least busy agent; least-busy is Paddler's rule (lowest share of "
+        "busy slots, ties in turn)",
     )
     parser.add_argument(
         "--state-database",
@@ -253,6 +263,7 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         shutdown_grace_period=args.shutdown_grace_period,
         stream_gather_interval=args.stream_gather_interval,
         max_buffered_requests=args.max_buffered_requests,
+        routing_policy=RoutingPolicy(args.routing_policy),
         inference_cors_allowed_hosts=tuple(args.inference_cors_allowed_host),
         management_cors_allowed_hosts=tuple(args.management_cors_allowed_host),
         state_database=args.state_database,

@@ -7,6 +7,7 @@ from pathlib import Path
 import attrs
 
 from paddler_trio.cli_values import DEFAULT_SHUTDOWN_GRACE_PERIOD, SocketAddress
+from paddler_trio.routing_policy import RoutingPolicy
 
 DEFAULT_MAX_REQUEST_BODY_BYTES = 50 * 1024 * 1024
 DEFAULT_WEBSOCKET_MAX_MESSAGE_BYTES = 50 * 1024 * 1024
@@ -31,6 +32,7 @@ class BalancerConfig:
     # After the first SIGINT/SIGTERM: new requests get 503, those in flight this long to finish.
     shutdown_grace_period: float = DEFAULT_SHUTDOWN_GRACE_PERIOD
     max_buffered_requests: int = 30
+    routing_policy: RoutingPolicy = RoutingPolicy.CACHE_AWARE
     inference_cors_allowed_hosts: tuple[str, ...] = ()
     management_cors_allowed_hosts: tuple[str, ...] = ()
     state_database: str = "memory://"

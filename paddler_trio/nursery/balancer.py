@@ -147,7 +147,7 @@ async def _serve(
     shut_down_after_draining: bool,
     task_status: trio.TaskStatus[BalancerAddresses],
 ) -> None:
-    pool = AgentPool()
+    pool = AgentPool(config.routing_policy)
     buffer = RequestBuffer(
         pool,
         max_buffered_requests=config.max_buffered_requests,

@@ -1,6 +1,7 @@
 """The balancer's view of one connected agent: its reported status, the balancer's own
 count of requests dispatched to it, the queue of messages to send it, and the routes
-that carry each in-flight request's replies back to the task serving it.
+that carry each in-flight request's replies back to the task serving it, and the prefixes it
+is assumed to hold in its prompt cache (`prefix_affinity.py`).
 
 A route may have a taker (`open_route(..., taker=...)`): the socket reader offers it each
 reply first, and the reply goes into the route only when the taker declines it. The relay
@@ -23,8 +24,10 @@ from paddler_trio.protocol import (
     ErrorEnvelope,
     ResponseEnvelope,
     SlotAggregatedStatusSnapshot,
+    TokenUsage,
     UnableToFindChatTemplate,
 )
+from paddler_trio.proxy.prefix_affinity import AgentPrefixes
 
 _logger = logging.getLogger(__name__)
 
@@ -74,6 +77,11 @@ class AgentController:
     slots_processing: int = 0
     # Tokens relayed from this agent to clients (for `/metrics` and the dashboard's tokens/s).
     generated_tokens: int = 0
+    # Prompt tokens of finished generations, as the agent's usage reports them (for `/metrics`).
+    cached_prompt_tokens: int = 0
+    prefilled_prompt_tokens: int = 0
+    # What the cache-aware routing policy assumes the agent's prompt cache holds.
+    prefixes: AgentPrefixes = attrs.field(factory=AgentPrefixes)
     # Set when a request on this agent hit the item timeout; cleared by its next status update
     # (agents send one every second), so a frozen agent takes no new work until it answers again.
     unresponsive: bool = False
@@ -110,11 +118,19 @@ class AgentController:
         self.unresponsive = False
         if status.version < self.status.version:
             return revived
+        if (status.model_path, status.slots_total) != (self.status.model_path, self.status.slots_total):
+            # A model (re)load or a new slot count rebuilds the agent's context: its cache is gone.
+            self.prefixes.clear()
         changed = attrs.evolve(status, version=0, slots_processing=0) != attrs.evolve(
             self.status, version=0, slots_processing=0
         )
         self.status = status
         return changed or revived
+
+    def count_prompt_tokens(self, usage: TokenUsage) -> None:
+        cached = min(usage.cached_prompt_tokens, usage.prompt_tokens)
+        self.cached_prompt_tokens += cached
+        self.prefilled_prompt_tokens += usage.prompt_tokens - cached
 
     def snapshot(self) -> AgentControllerSnapshot:
         status = self.status

@@ -1,9 +1,15 @@
 """All connected agents, and the slot claims that dispatch requests to them.
 
-Selection (spec "Where we go beyond Paddler", item 1): among agents that accept work
-and have a free slot, the lowest share of busy slots wins; equals are served in turn
-(a rotating cursor), never by dictionary order. A claim counts against the agent at
-once and is released exactly once.
+Selection, `least-busy` (Paddler's rule; spec "Where we go beyond Paddler", item 1): among
+agents that accept work and have a free slot, the lowest share of busy slots wins; equals
+are served in turn (a rotating cursor), never by dictionary order.
+
+Selection, `cache-aware` (the default; docs/architecture.md, "Cache-aware routing"): among
+those agents, the ones whose share of busy slots is at most `BUSY_SHARE_MARGIN` above the
+lowest compete on how much of the request's prefix they are assumed to hold
+(`prefix_affinity.py`); the longest wins, equals go to the least busy, then in turn. When none
+holds any of it, Paddler's rule decides. A claim counts against the agent at once and is
+released exactly once.
 
 Everything here runs on the Trio thread and never awaits, so a claim is atomic: no two
 requests can take the last slot of an agent.
@@ -17,7 +23,15 @@ import attrs
 import trio
 
 from paddler_trio.proxy.agent_controller import AgentController
+from paddler_trio.proxy.prefix_chain import NO_PREFIX, PrefixChain
 from paddler_trio.protocol import AgentControllerPoolSnapshot
+from paddler_trio.routing_policy import RoutingPolicy
+
+# How much busier (in share of busy slots) than the least busy agent an agent may be and still
+# win a request by its cache. The request starts at once either way (it has a free slot): the
+# cost of the busier agent is one more sequence in its batches, against prefilling the shared
+# prefix again elsewhere. A quarter of the slots keeps that cost small and no agent a hot spot.
+BUSY_SHARE_MARGIN = 0.25
 
 
 class DuplicateAgent(Exception):
@@ -30,7 +44,12 @@ class SlotClaim:
 
     agent: AgentController
     _pool: AgentPool
+    prefix: PrefixChain = NO_PREFIX
     _released: bool = False
+
+    def forget_prefix(self) -> None:
+        """The request did not finish normally: the agent dropped its KV, so its prefix too."""
+        self.agent.prefixes.forget(self.prefix)
 
     def release(self) -> None:
         if self._released:
@@ -41,13 +60,16 @@ class SlotClaim:
 
 
 class AgentPool:
-    def __init__(self) -> None:
+    def __init__(self, routing_policy: RoutingPolicy = RoutingPolicy.CACHE_AWARE) -> None:
+        self.routing_policy = routing_policy
         self._agents: dict[str, AgentController] = {}
         self._cursor = 0
         self._listeners: list[Callable[[], None]] = []
         self._changed = trio.Event()
         self.version = 0
         self._generated_tokens_of_departed_agents = 0
+        self._cached_prompt_tokens_of_departed_agents = 0
+        self._prefilled_prompt_tokens_of_departed_agents = 0
 
     # --- membership --------------------------------------------------------------------
 
@@ -66,6 +88,8 @@ class AgentPool:
         agent.connection_closed.set()
         agent.close_all_routes()
         self._generated_tokens_of_departed_agents += agent.generated_tokens
+        self._cached_prompt_tokens_of_departed_agents += agent.cached_prompt_tokens
+        self._prefilled_prompt_tokens_of_departed_agents += agent.prefilled_prompt_tokens
         self.notify_changed()
 
     def get(self, agent_id: str) -> AgentController | None:
@@ -80,10 +104,29 @@ class AgentPool:
         """Tokens relayed to clients since the balancer started (a counter: departed agents still count)."""
         return self._generated_tokens_of_departed_agents + sum(agent.generated_tokens for agent in self._agents.values())
 
+    @property
+    def cached_prompt_tokens(self) -> int:
+        """Prompt tokens the agents' caches spared, per their usage reports (a counter)."""
+        return self._cached_prompt_tokens_of_departed_agents + sum(
+            agent.cached_prompt_tokens for agent in self._agents.values()
+        )
+
+    @property
+    def prefilled_prompt_tokens(self) -> int:
+        """Prompt tokens the agents prefilled, per their usage reports (a counter)."""
+        return self._prefilled_prompt_tokens_of_departed_agents + sum(
+            agent.prefilled_prompt_tokens for agent in self._agents.values()
+        )
+
     # --- dispatch ----------------------------------------------------------------------
 
-    def try_claim(self, exclude: frozenset[str] = frozenset()) -> SlotClaim | None:
-        """Claim a slot on the least busy agent that can take work now, or None."""
+    @property
+    def routes_by_prefix(self) -> bool:
+        return self.routing_policy is RoutingPolicy.CACHE_AWARE
+
+    def try_claim(self, exclude: frozenset[str] = frozenset(), prefix: PrefixChain = NO_PREFIX) -> SlotClaim | None:
+        """Claim a slot for a request whose prompt has `prefix` on the agent the routing
+        policy picks among those that can take work now, or None."""
         candidates = [
             agent
             for agent in self._agents.values()
@@ -92,12 +135,37 @@ class AgentPool:
         if not candidates:
             return None
         lowest = min(agent.busy_share for agent in candidates)
-        tied = [agent for agent in candidates if agent.busy_share == lowest]
+        chosen = None
+        if self.routes_by_prefix and prefix.links:
+            chosen = self._holding_longest_prefix(candidates, lowest, prefix)
+        if chosen is None:
+            chosen = self._in_turn([agent for agent in candidates if agent.busy_share == lowest])
+        chosen.slots_processing += 1
+        if self.routes_by_prefix:
+            chosen.prefixes.record(prefix, chosen.slots_total)
+        self.notify_changed()
+        return SlotClaim(chosen, self, prefix)
+
+    def _holding_longest_prefix(
+        self, candidates: list[AgentController], lowest: float, prefix: PrefixChain
+    ) -> AgentController | None:
+        """The cache-aware choice, or None when no agent within the load margin holds any of `prefix`."""
+        matched = {
+            agent: agent.prefixes.matched_characters(prefix)
+            for agent in candidates
+            if agent.busy_share <= lowest + BUSY_SHARE_MARGIN
+        }
+        longest = max(matched.values())
+        if longest == 0:
+            return None
+        holders = [agent for agent, characters in matched.items() if characters == longest]
+        least_busy = min(agent.busy_share for agent in holders)
+        return self._in_turn([agent for agent in holders if agent.busy_share == least_busy])
+
+    def _in_turn(self, tied: list[AgentController]) -> AgentController:
         chosen = tied[self._cursor % len(tied)]
         self._cursor += 1
-        chosen.slots_processing += 1
-        self.notify_changed()
-        return SlotClaim(chosen, self)
+        return chosen
 
     @property
     def slots_total(self) -> int:

@@ -5,7 +5,9 @@ directly (only when nobody is waiting, so nobody jumps the queue); otherwise it 
 queue, unless the queue is full (`BufferOverflow`, the 503 envelope). Every pool change
 hands free slots to the oldest waiters, one slot each, so waiters never wake up to race
 for a slot (no thundering herd). A waiter that times out (`BufferTimeout`, the 504
-envelope) or whose task is cancelled (its client left) leaves the queue at once.
+envelope) or whose task is cancelled (its client left) leaves the queue at once. Each waiter
+keeps its request's prefix chain, so that the slot handed to it is chosen for that request
+(under the cache-aware routing policy), in the same FIFO order.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import attrs
 import trio
 
 from paddler_trio.proxy.agent_pool import AgentPool, SlotClaim
+from paddler_trio.proxy.prefix_chain import NO_PREFIX, PrefixChain
 
 _logger = logging.getLogger(__name__)
 
@@ -31,6 +34,7 @@ class BufferTimeout(Exception):
 
 @attrs.define(eq=False)
 class _Waiter:
+    prefix: PrefixChain
     handed: trio.Event = attrs.field(factory=trio.Event)
     claim: SlotClaim | None = None
 
@@ -59,17 +63,22 @@ class RequestBuffer:
         """Whether an agent is registered, waiting up to `timeout` seconds for one to join."""
         return await self._pool.wait_for_an_agent(timeout)
 
-    async def claim(self) -> SlotClaim:
-        """A slot for one request; waits in line when none is free."""
+    @property
+    def routes_by_prefix(self) -> bool:
+        """Whether claims use the request's prefix chain (else it need not be computed)."""
+        return self._pool.routes_by_prefix
+
+    async def claim(self, prefix: PrefixChain = NO_PREFIX) -> SlotClaim:
+        """A slot for one request whose prompt has `prefix`; waits in line when none is free."""
         if not self._waiters:
-            claim = self._pool.try_claim()
+            claim = self._pool.try_claim(prefix=prefix)
             if claim is not None:
                 return claim
         if len(self._waiters) >= self._max:
             raise BufferOverflow
         ticket = self._next_ticket
         self._next_ticket += 1
-        waiter = _Waiter()
+        waiter = _Waiter(prefix)
         self._waiters[ticket] = waiter
         self._count_changed()
         try:
@@ -84,6 +93,7 @@ class RequestBuffer:
                 self._count_changed()
             if waiter.claim is not None:
                 # Handed a slot in the same instant the waiter was cancelled: pass it on.
+                waiter.claim.forget_prefix()
                 waiter.claim.release()
 
     def _hand_out_free_slots(self) -> None:
@@ -93,10 +103,11 @@ class RequestBuffer:
         self._handing_out = True
         try:
             while self._waiters:
-                claim = self._pool.try_claim()
+                ticket, waiter = next(iter(self._waiters.items()))
+                claim = self._pool.try_claim(prefix=waiter.prefix)
                 if claim is None:
                     break
-                _, waiter = self._waiters.popitem(last=False)
+                del self._waiters[ticket]
                 waiter.claim = claim
                 waiter.handed.set()
                 self._count_changed()

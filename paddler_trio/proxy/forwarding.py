@@ -49,6 +49,7 @@ from paddler_trio.protocol import (
     ContentToken,
     ErrorDetails,
     ErrorEnvelope,
+    GenerationDone,
     InferenceClientBoundMessage,
     ReasoningToken,
     RequestEnvelope,
@@ -67,6 +68,7 @@ from paddler_trio.proxy.agent_controller import (
 )
 from paddler_trio.proxy.agent_pool import SlotClaim
 from paddler_trio.proxy.buffer import BufferOverflow, BufferTimeout, RequestBuffer
+from paddler_trio.proxy.prefix_chain import NO_PREFIX, prefix_chain
 from paddler_trio.proxy.request_id import new_request_id
 from paddler_trio.proxy.shutdown_signal import ShutdownSignal
 
@@ -139,6 +141,8 @@ class _Relay:
     gather: float = 0.0
     waiting_since: float | None = None
     produced_output: bool = False
+    # The agent ended the generation normally (its KV, and so the prompt's prefix, stays cached).
+    completed: bool = False
     previous_reply_at: float = -math.inf
 
     def to_client(self, reply: ResponseEnvelope[Any]) -> ResponseEnvelope[Any]:
@@ -149,6 +153,9 @@ class _Relay:
         self.produced_output = True
         if isinstance(reply.response, _GENERATED_TOKENS):
             self.agent.generated_tokens += 1
+        elif isinstance(reply.response, GenerationDone):
+            self.completed = True
+            self.agent.count_prompt_tokens(reply.response.usage)
 
     def take(self, reply: RouteItem) -> bool:
         """The route's taker (called by the agent socket's reader): hand a token on at once when
@@ -299,9 +306,10 @@ class RequestForwarder:
         self, request_id: str, request: AgentRequest, emit: Emit, gather: float, emit_now: EmitNow | None
     ) -> None:
         redispatched = False
+        prefix = prefix_chain(request) if self._buffer.routes_by_prefix else NO_PREFIX
         while True:
             try:
-                claim = await self._buffer.claim()
+                claim = await self._buffer.claim(prefix)
             except BufferOverflow:
                 _logger.warning("too many buffered requests, refusing request %s", request_id)
                 await emit(error_envelope(request_id, 503, "Buffered requests overflow"))
@@ -392,6 +400,8 @@ class RequestForwarder:
         finally:
             relay.stop_taking()
             self._silence.discard(relay)
+            if not relay.completed:
+                claim.forget_prefix()
             if settled:
                 agent.close_route(agent_request_id)
                 claim.release()

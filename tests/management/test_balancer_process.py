@@ -89,6 +89,9 @@ def test_bad_flag_values_are_refused_by_the_parser() -> None:
     assert "whole milliseconds" in result.stderr
     result = run_cli("--max-buffered-requests", "-1")
     assert result.returncode == 2
+    result = run_cli("--routing-policy", "fastest")
+    assert result.returncode == 2
+    assert "'cache-aware', 'least-busy'" in result.stderr
 
 
 def test_help_lists_every_flag_of_paddler() -> None:
@@ -96,7 +99,7 @@ def test_help_lists_every_flag_of_paddler() -> None:
     for flag in (
         "--buffered-request-timeout", "--compat-openai-addr", "--inference-addr", "--inference-item-timeout",
         "--inference-cors-allowed-host", "--management-addr", "--management-cors-allowed-host",
-        "--max-buffered-requests", "--state-database", "--statsd-addr", "--statsd-prefix",
+        "--max-buffered-requests", "--routing-policy", "--state-database", "--statsd-addr", "--statsd-prefix",
         "--statsd-reporting-interval", "--web-admin-panel-addr",
     ):  # fmt: skip
         assert flag in result.stdout

@@ -112,6 +112,9 @@ class ScriptedFakeAgent:
     chat_template: ChatTemplate | None = None
     metadata_delay: float = 0.0
     as_paddler: bool = False  # see the module docstring
+    # The usage its `Done` reports.
+    prompt_tokens: int = 3
+    cached_prompt_tokens: int = 0
     # Observations for the tests.
     version_seen: str | None = None
     set_states: list[AgentDesiredState] = attrs.field(factory=list)
@@ -206,7 +209,10 @@ class ScriptedFakeAgent:
                     break
                 await self._reply(request_id, ContentToken(token))
                 sent += 1
-            await self._reply(request_id, GenerationDone(usage=TokenUsage(prompt_tokens=3, content_tokens=sent)))
+            usage = TokenUsage(
+                prompt_tokens=self.prompt_tokens, cached_prompt_tokens=self.cached_prompt_tokens, content_tokens=sent
+            )
+            await self._reply(request_id, GenerationDone(usage=usage))
         finally:
             self.active.discard(request_id)
             self.finished.append(request_id)

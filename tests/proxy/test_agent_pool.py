@@ -6,8 +6,10 @@ from collections import Counter
 
 import attrs
 
-from paddler_trio.proxy.agent_pool import AgentPool
-from paddler_trio.protocol import ModelFileDoesNotExist
+from paddler_trio.protocol import ConversationMessage, ModelFileDoesNotExist
+from paddler_trio.proxy.agent_pool import BUSY_SHARE_MARGIN, AgentPool
+from paddler_trio.proxy.prefix_chain import PrefixChain, conversation_chain, raw_prompt_chain
+from paddler_trio.routing_policy import RoutingPolicy
 from tests.proxy.pool_fixtures import agent
 
 
@@ -91,3 +93,85 @@ def test_deregistering_a_departed_connection_leaves_the_agent_that_reconnected_u
     assert [listed.id for listed in pool.agents] == ["a"]
     assert pool.agents[0] is reconnected
     assert departed.connection_closed.is_set() and not reconnected.connection_closed.is_set()
+
+
+# --- cache-aware routing -------------------------------------------------------------------
+
+
+def _served_by(pool: AgentPool, prefix: PrefixChain) -> str:
+    claim = pool.try_claim(prefix=prefix)
+    assert claim is not None
+    claim.release()
+    return claim.agent.id
+
+
+def test_cache_aware_sends_a_prefix_back_to_the_agent_that_holds_it() -> None:
+    pool = AgentPool(RoutingPolicy.CACHE_AWARE)
+    pool.register(agent("a", slots=2))
+    pool.register(agent("b", slots=2))
+    first, second = raw_prompt_chain("first" * 100), raw_prompt_chain("second" * 100)
+    home_of_first, home_of_second = _served_by(pool, first), _served_by(pool, second)
+    assert home_of_first != home_of_second  # no match: Paddler's rule, in turn
+    assert [_served_by(pool, first) for _ in range(3)] == [home_of_first] * 3
+    assert _served_by(pool, raw_prompt_chain("second" * 100 + "more")) == home_of_second
+
+
+def test_least_busy_ignores_prefixes() -> None:
+    pool = AgentPool(RoutingPolicy.LEAST_BUSY)
+    pool.register(agent("a"))
+    pool.register(agent("b"))
+    chain = raw_prompt_chain("same")
+    assert Counter(_served_by(pool, chain) for _ in range(4)) == {"a": 2, "b": 2}
+
+
+def test_cache_aware_leaves_a_holder_busier_than_the_margin() -> None:
+    pool = AgentPool(RoutingPolicy.CACHE_AWARE)
+    pool.register(agent("a", slots=4))
+    pool.register(agent("b", slots=4))
+    chain = raw_prompt_chain("shared system prompt " * 20)
+    claims = [pool.try_claim(prefix=chain) for _ in range(2)]
+    # a: 2 of 4 busy against b's 0: beyond BUSY_SHARE_MARGIN, so b takes it (and now holds it too).
+    assert [claim.agent.id for claim in claims if claim] == ["a", "a"]
+    third = pool.try_claim(prefix=chain)
+    assert third is not None and third.agent.id == "b"
+    assert BUSY_SHARE_MARGIN == 0.25
+
+
+def test_cache_aware_prefers_the_longer_match() -> None:
+    pool = AgentPool(RoutingPolicy.CACHE_AWARE)
+    pool.register(agent("a", slots=4))
+    pool.register(agent("b", slots=4))
+    system = ConversationMessage(role="system", content="rules " * 50)
+    short = conversation_chain((system,))
+    long = conversation_chain((system, ConversationMessage(role="user", content="question " * 50)))
+    pool.agents[0].prefixes.record(short, slots=4)
+    pool.agents[1].prefixes.record(long, slots=4)
+    longer = conversation_chain((system, ConversationMessage(role="user", content="question " * 50), system))
+    assert _served_by(pool, longer) == "b"
+
+
+def test_a_claim_that_forgets_its_prefix_leaves_no_affinity() -> None:
+    pool = AgentPool(RoutingPolicy.CACHE_AWARE)
+    pool.register(agent("a"))
+    chain = raw_prompt_chain("prompt")
+    claim = pool.try_claim(prefix=chain)
+    assert claim is not None
+    claim.forget_prefix()
+    claim.release()
+    assert pool.agents[0].prefixes.matched_characters(chain) == 0
+
+
+def test_an_agent_that_leaves_takes_its_affinity_with_it() -> None:
+    pool = AgentPool(RoutingPolicy.CACHE_AWARE)
+    holder, other = agent("holder", slots=4), agent("other", slots=4)
+    pool.register(holder)
+    pool.register(other)
+    chain = raw_prompt_chain("prompt " * 100)
+    holder.prefixes.record(chain, slots=4)
+    holder.slots_processing = 1  # a quarter busier than `other`: still within the margin
+    assert _served_by(pool, chain) == "holder"
+    pool.deregister(holder)
+    returned = agent("holder", slots=4)  # the same id again: a new connection
+    returned.slots_processing = 1
+    pool.register(returned)
+    assert _served_by(pool, chain) == "other"

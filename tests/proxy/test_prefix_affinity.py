@@ -1,0 +1,66 @@
+"""What the balancer assumes an agent's prompt cache holds."""
+
+from __future__ import annotations
+
+from paddler_trio.protocol import ConversationMessage
+from paddler_trio.proxy.prefix_affinity import AgentPrefixes
+from paddler_trio.proxy.prefix_chain import PrefixChain, conversation_chain, raw_prompt_chain
+from tests.proxy.pool_fixtures import agent
+from tests.proxy.scripted_fake_agent import status_snapshot
+
+
+def _conversation(*texts: str) -> PrefixChain:
+    return conversation_chain(tuple(ConversationMessage(role="user", content=text) for text in texts))
+
+
+def test_a_recorded_chain_matches_its_extensions_up_to_the_shared_prefix() -> None:
+    prefixes = AgentPrefixes()
+    prefixes.record(_conversation("system", "question"), slots=1)
+    held = _conversation("system", "question").ends[-1]
+    assert prefixes.matched_characters(_conversation("system", "question", "answer", "next")) == held
+    assert 0 < prefixes.matched_characters(_conversation("system", "other")) < prefixes.matched_characters(
+        _conversation("system", "question")
+    )
+    assert prefixes.matched_characters(_conversation("else")) == 0
+
+
+def test_an_extension_replaces_the_chain_it_extends() -> None:
+    prefixes = AgentPrefixes()
+    prefixes.record(_conversation("a"), slots=2)
+    prefixes.record(_conversation("a", "b"), slots=2)
+    assert len(prefixes) == 1
+
+
+def test_chains_beyond_the_slots_are_forgotten_least_recently_sent_first() -> None:
+    prefixes = AgentPrefixes()
+    first, second, third = raw_prompt_chain("first"), raw_prompt_chain("second"), raw_prompt_chain("third")
+    prefixes.record(first, slots=2)
+    prefixes.record(second, slots=2)
+    prefixes.record(first, slots=2)  # sent again: now the most recent
+    prefixes.record(third, slots=2)
+    assert prefixes.matched_characters(first) and prefixes.matched_characters(third)
+    assert prefixes.matched_characters(second) == 0
+
+
+def test_a_shared_link_stays_while_any_chain_holding_it_stays() -> None:
+    prefixes = AgentPrefixes()
+    left, right = _conversation("system", "left"), _conversation("system", "right")
+    prefixes.record(left, slots=2)
+    prefixes.record(right, slots=2)
+    prefixes.forget(left)
+    assert prefixes.matched_characters(_conversation("system", "third")) > 0
+    prefixes.forget(right)
+    assert prefixes.matched_characters(_conversation("system", "third")) == 0
+
+
+def test_an_agent_forgets_its_prefixes_when_its_model_or_slot_count_changes() -> None:
+    controller = agent("a", slots=2)
+    chain = raw_prompt_chain("prompt")
+    controller.prefixes.record(chain, slots=2)
+    controller.update_status(status_snapshot(slots=2, model_path="/m.gguf", version=2))
+    assert controller.prefixes.matched_characters(chain)  # nothing the cache depends on changed
+    controller.update_status(status_snapshot(slots=3, model_path="/m.gguf", version=3))
+    assert controller.prefixes.matched_characters(chain) == 0
+    controller.prefixes.record(chain, slots=3)
+    controller.update_status(status_snapshot(slots=3, model_path="/other.gguf", version=4))
+    assert controller.prefixes.matched_characters(chain) == 0
