@@ -26,9 +26,13 @@ def add_parser(subcommands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--management-addr",
         required=True,
+        action="append",
         type=socket_address,
         metavar="HOST:PORT",
-        help="address of the balancer's management service (e.g. 127.0.0.1:8060)",
+        help=(
+            "address of the balancer's management service (e.g. 127.0.0.1:8060); repeat it to serve several "
+            "balancers at once: the agent registers with each and tells each how many slots are free for it"
+        ),
     )
     parser.add_argument("--name", default=None, help="display name of this agent in dashboards and responses")
     parser.add_argument(
@@ -96,8 +100,10 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         agent_secret = collect_secret(args.agent_secret, args.agent_secret_file, AGENT_SECRET)
     except SecretSourceError as error:
         parser.error(str(error))
+    if len(set(args.management_addr)) != len(args.management_addr):
+        parser.error("--management-addr names the same balancer twice")
     config = AgentConfig(
-        management_addr=args.management_addr,
+        management_addrs=tuple(args.management_addr),
         slots=args.slots,
         name=args.name,
         threads=args.threads,

@@ -11,7 +11,8 @@ from paddler_trio.cli_values import DEFAULT_SHUTDOWN_GRACE_PERIOD, SocketAddress
 
 @attrs.frozen
 class AgentConfig:
-    management_addr: SocketAddress
+    # One or more balancers: the agent registers with each and serves requests from all of them.
+    management_addrs: tuple[SocketAddress, ...]
     slots: int
     name: str | None = None
     # llama.cpp threads; None: every core this process may use.
@@ -26,11 +27,10 @@ class AgentConfig:
     # Seconds that the requests in flight get to finish after the first SIGINT/SIGTERM.
     shutdown_grace_period: float = DEFAULT_SHUTDOWN_GRACE_PERIOD
 
-    @property
-    def agent_socket_base_url(self) -> str:
+    def agent_socket_base_url(self, management_addr: SocketAddress) -> str:
         """`ws://HOST:PORT/api/v1/agent_socket/` (`wss://` with TLS; the agent id follows)."""
-        host = self.management_addr.host
+        host = management_addr.host
         if ":" in host:
             host = f"[{host}]"
         scheme = "wss" if self.management_tls else "ws"
-        return f"{scheme}://{host}:{self.management_addr.port}/api/v1/agent_socket/"
+        return f"{scheme}://{host}:{management_addr.port}/api/v1/agent_socket/"

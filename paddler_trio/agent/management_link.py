@@ -51,6 +51,7 @@ from paddler_trio.protocol import (
     RegisterAgentNotification,
     RequestEnvelope,
     SetStateNotification,
+    SlotAggregatedStatusSnapshot,
     StopRespondingToNotification,
     UpdateAgentStatusNotification,
     VersionNotification,
@@ -260,10 +261,10 @@ class ManagementLink:
         requests = RequestHandling(self._engines, self._status, outbox.put, outbox.send_now, outbox.all_sent)
         try:
             async with trio.open_nursery() as nursery:
-                registration = self._status.snapshot()
+                registration = self._status_for_this_balancer(requests)
                 await outbox.put(RegisterAgentNotification(name=self._name, slot_aggregated_status_snapshot=registration))
                 nursery.start_soon(outbox.write_queued, nursery.cancel_scope)
-                nursery.start_soon(self._publish_status, outbox, registration.version)
+                nursery.start_soon(self._publish_status, outbox, requests, registration.version)
                 nursery.start_soon(_cancel_when_set, self._leaving, nursery.cancel_scope)
                 await self._receive(socket, nursery, requests, outbox)
                 nursery.cancel_scope.cancel()  # the link ended
@@ -278,13 +279,17 @@ class ManagementLink:
         if self._engines.engine is not None:
             self._engines.engine.results_sent()
 
-    async def _publish_status(self, outbox: LinkOutbox, seen_version: int) -> None:
+    def _status_for_this_balancer(self, requests: RequestHandling) -> SlotAggregatedStatusSnapshot:
+        """The agent's status, less the slots that other balancers' requests hold (when it serves several)."""
+        return self._status.snapshot(held_elsewhere=self._status.slots_processing - requests.in_flight)
+
+    async def _publish_status(self, outbox: LinkOutbox, requests: RequestHandling, seen_version: int) -> None:
         while True:
             with trio.move_on_after(STATUS_INTERVAL) as interval:
                 await self._status.wait_for_change(seen_version)
             if not interval.cancelled_caught:
                 await trio.sleep(STATUS_CHANGE_SETTLE)
-            snapshot = self._status.snapshot()
+            snapshot = self._status_for_this_balancer(requests)
             seen_version = snapshot.version
             await outbox.put(UpdateAgentStatusNotification(slot_aggregated_status_snapshot=snapshot))
 

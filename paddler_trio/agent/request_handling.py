@@ -43,6 +43,7 @@ from paddler_trio.protocol import (
     ResponseEnvelope,
     is_terminal,
 )
+from paddler_trio.protocol.slot_race import slots_taken_error
 
 _logger = logging.getLogger(__name__)
 
@@ -104,6 +105,11 @@ class RequestHandling:
             _logger.warning("request id %r is already in flight; refusing the duplicate", request_id)
             await self._error(request_id, 400, f"Request id {request_id!r} is already in flight on this agent")
             return
+        if self._status.every_slot_taken:
+            # Another balancer's request took the last slot first (protocol/slot_race.py).
+            _logger.info("request %r came when every slot was taken: refused, its balancer dispatches it again", request_id)
+            await self._send(ErrorEnvelope(request_id=request_id, error=slots_taken_error()))
+            return
         in_flight = _InFlightRequest()
         self._in_flight[request_id] = in_flight
         # Counted from receipt, before the task starts, so a drain never misses it.
@@ -114,6 +120,11 @@ class RequestHandling:
             del self._in_flight[request_id]
             self._status.release_slot()
             raise
+
+    @property
+    def in_flight(self) -> int:
+        """Requests of this link being served."""
+        return len(self._in_flight)
 
     def stop_responding_to(self, request_id: str) -> None:
         in_flight = self._in_flight.get(request_id)

@@ -37,7 +37,10 @@ class AgentStatus:
         self.version = 0
         self._changed = trio.Event()
 
-    def snapshot(self) -> SlotAggregatedStatusSnapshot:
+    def snapshot(self, *, held_elsewhere: int = 0) -> SlotAggregatedStatusSnapshot:
+        """What one balancer is told. `held_elsewhere`: the requests in flight for other balancers
+        (an agent serving several); they count as slots this balancer cannot have, so that its own
+        count of its requests against `slots_total` stays true."""
         return SlotAggregatedStatusSnapshot(
             desired_slots_total=self.desired_slots_total,
             download_current=self.download_current,
@@ -47,8 +50,8 @@ class AgentStatus:
             download_total=self.download_total,
             issues=self.issues,
             model_path=self.model_path,
-            slots_processing=self.slots_processing,
-            slots_total=0 if self.draining else self.slots_total,
+            slots_processing=self.slots_processing - held_elsewhere,
+            slots_total=0 if self.draining else max(0, self.slots_total - held_elsewhere),
             state_application_status=self.state_application_status,
             uses_chat_template_override=self.chat_template_override is not None,
             version=self.version,
@@ -90,6 +93,11 @@ class AgentStatus:
         if not self.draining:
             self.draining = True
             self._bump()
+
+    @property
+    def every_slot_taken(self) -> bool:
+        """A model is loaded and each of its slots serves a request (from any balancer)."""
+        return 0 < self.slots_total <= self.slots_processing
 
     def take_slot(self) -> None:
         """A request arrived: it counts in `slots_processing` until `release_slot()`."""

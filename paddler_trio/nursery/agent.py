@@ -1,5 +1,5 @@
-"""The agent's supervision tree: signals, reconciliation (owns the engine) and the management
-link (owns the requests it carries).
+"""The agent's supervision tree: signals, reconciliation (owns the engine) and one management
+link per balancer (each owns the requests it carries).
 
 On SIGINT/SIGTERM the agent drains: it reports no slots, so the balancer sends it nothing new
 (and buffers or routes elsewhere), and lets the requests in flight finish within
@@ -44,30 +44,38 @@ async def serve_agent(
     reconciliation = Reconciliation(
         status, engines, slots=config.slots, threads=config.threads, allow_amx=config.allow_amx, agent_name=config.name
     )
-    link = ManagementLink(
-        config.agent_socket_base_url + agent_id,
-        name=config.name,
-        status=status,
-        engines=engines,
-        reconciliation=reconciliation,
-        agent_secret=config.agent_secret,
-        ssl_context=client_ssl_context(config.management_ca_file) if config.management_tls else None,
-    )
+    ssl_context = client_ssl_context(config.management_ca_file) if config.management_tls else None
+    links = [
+        ManagementLink(
+            config.agent_socket_base_url(address) + agent_id,
+            name=config.name,
+            status=status,
+            engines=engines,
+            reconciliation=reconciliation,
+            agent_secret=config.agent_secret,
+            ssl_context=ssl_context,
+        )
+        for address in config.management_addrs
+    ]
     _logger.info(
-        "agent %s%s with %d slots joining the balancer at %s",
+        "agent %s%s with %d slots joining the balancer%s at %s",
         agent_id,
         f" ({config.name})" if config.name else "",
         config.slots,
-        config.management_addr,
+        "s" if len(links) > 1 else "",
+        ", ".join(str(address) for address in config.management_addrs),
     )
     async with trio.open_nursery() as root:
         await root.start(reconciliation.run)
-        await root.start(link.run)
+        for link in links:
+            await root.start(link.run)
         task_status.started(agent_id)
         await stop.wait()
         await _drain(status, config.shutdown_grace_period)
-        # Deregister while the socket is still served, then stop everything else.
-        await link.leave()
+        # Deregister while the sockets are still served, then stop everything else.
+        async with trio.open_nursery() as goodbyes:
+            for link in links:
+                goodbyes.start_soon(link.leave)
         root.cancel_scope.cancel()
     _logger.info("agent %s stopped", agent_id)
 

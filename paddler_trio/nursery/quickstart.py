@@ -112,7 +112,7 @@ async def run_quickstart(config: QuickstartConfig, announce: Callable[[str], Non
             addresses: BalancerAddresses = await services.start(serve_balancer, config.balancer, shutdown)
             await _put_desired_state(addresses.management, config.model_path)
             agent_config = AgentConfig(
-                management_addr=socket_address(addresses.management),
+                management_addrs=(socket_address(addresses.management),),
                 slots=config.slots,
                 name=AGENT_NAME,
                 threads=config.threads,

@@ -85,6 +85,9 @@ class AgentController:
     # Set when a request on this agent hit the item timeout; cleared by its next status update
     # (agents send one every second), so a frozen agent takes no new work until it answers again.
     unresponsive: bool = False
+    # Set when the agent refused a request because another balancer's took its last slot
+    # (protocol/slot_race.py); cleared by its next status update, which counts the others' requests.
+    every_slot_taken_elsewhere: bool = False
     connection_closed: trio.Event = attrs.field(factory=trio.Event)
     _routes: dict[str, trio.MemorySendChannel[RouteItem]] = attrs.field(factory=dict)
     _takers: dict[str, RouteTaker] = attrs.field(factory=dict)
@@ -95,7 +98,7 @@ class AgentController:
 
     @property
     def free_slots(self) -> int:
-        return self.slots_total - self.slots_processing
+        return 0 if self.every_slot_taken_elsewhere else self.slots_total - self.slots_processing
 
     @property
     def accepts_work(self) -> bool:
@@ -118,9 +121,14 @@ class AgentController:
         self.unresponsive = False
         if status.version < self.status.version:
             return revived
-        if (status.model_path, status.slots_total) != (self.status.model_path, self.status.slots_total):
-            # A model (re)load or a new slot count rebuilds the agent's context: its cache is gone.
+        if (status.model_path, status.state_application_status) != (self.status.model_path, self.status.state_application_status):
+            # A model (re)load rebuilds the agent's context (the agent reports the state it applies
+            # as not yet applied meanwhile): its cache is gone. Not `slots_total`: an agent serving
+            # several balancers reports fewer slots while the others' requests hold some.
             self.prefixes.clear()
+        if self.every_slot_taken_elsewhere:
+            self.every_slot_taken_elsewhere = False
+            revived = True  # its slots count for the pool again
         changed = attrs.evolve(status, version=0, slots_processing=0) != attrs.evolve(
             self.status, version=0, slots_processing=0
         )

@@ -60,6 +60,7 @@ from paddler_trio.protocol import (
     is_terminal,
 )
 from paddler_trio.protocol.request_extensions import InexpressibleFields, paddler_shaped
+from paddler_trio.protocol.slot_race import is_slots_taken
 from paddler_trio.proxy.agent_controller import (
     SILENCE,
     AgentController,
@@ -127,6 +128,8 @@ def ends_stream(reply: AgentReply) -> bool:
 class _Outcome(enum.Enum):
     FINISHED = enum.auto()
     AGENT_LOST_BEFORE_OUTPUT = enum.auto()
+    # The agent serves several balancers and another's request took the slot (protocol/slot_race.py).
+    SLOT_TAKEN_ELSEWHERE = enum.auto()
 
 
 @attrs.define(eq=False)
@@ -322,6 +325,13 @@ class RequestForwarder:
             outcome = await self._forward(claim, relay, request, emit)
             if outcome is _Outcome.FINISHED:
                 return
+            if outcome is _Outcome.SLOT_TAKEN_ELSEWHERE:
+                _logger.info(
+                    "agent %s had no free slot for request %s (another balancer took it): dispatching it again",
+                    claim.agent.id,
+                    request_id,
+                )
+                continue
             if redispatched or not await self._buffer.wait_for_an_agent(AGENT_REJOIN_GRACE):
                 await emit(error_envelope(request_id, 502, "Agent controller connection closed"))
                 return
@@ -382,6 +392,9 @@ class RequestForwarder:
                     return _Outcome.FINISHED
                 if isinstance(reply, ErrorEnvelope):
                     settled = True
+                    if is_slots_taken(reply.error) and not relay.produced_output:
+                        agent.every_slot_taken_elsewhere = True
+                        return _Outcome.SLOT_TAKEN_ELSEWHERE
                     await emit(error_envelope(request_id, reply.error.code, reply.error.description))
                     return _Outcome.FINISHED
                 if ends_stream(reply):

@@ -78,7 +78,7 @@ async def balancer(nursery: trio.Nursery) -> ScriptedFakeBalancer:
 
 
 async def start_agent(nursery: trio.Nursery, address: str, *, slots: int = 2, name: str | None = None) -> str:
-    config = AgentConfig(management_addr=socket_address(address), slots=slots, name=name, threads=THREADS)
+    config = AgentConfig(management_addrs=(socket_address(address),), slots=slots, name=name, threads=THREADS)
     return await nursery.start(run_agent, config)
 
 

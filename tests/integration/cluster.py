@@ -13,7 +13,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -140,8 +140,11 @@ class Cluster:
         except httpx.HTTPError:
             return False
 
-    def start_agent(self, name: str, slots: int, threads: int = 1, management_addr: str | None = None) -> PaddlerProcess:
-        """An agent of this cluster; `management_addr` points it elsewhere (a proxy in front of the balancer)."""
+    def start_agent(
+        self, name: str, slots: int, threads: int = 1, management_addr: str | None = None, flags: Sequence[str] = ()
+    ) -> PaddlerProcess:
+        """An agent of this cluster; `management_addr` points it elsewhere (a proxy in front of the balancer),
+        `flags` are more of `paddler agent`'s flags."""
         agent = self._spawn(
             f"agent-{name}",
             [
@@ -154,6 +157,7 @@ class Cluster:
                 str(slots),
                 "--threads",
                 str(threads),
+                *flags,
             ],
         )
         self.agents[name] = agent

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from paddler_trio.protocol import ConversationMessage
+import attrs
+
+from paddler_trio.protocol import ConversationMessage, StateApplicationStatus
 from paddler_trio.proxy.prefix_affinity import AgentPrefixes
 from paddler_trio.proxy.prefix_chain import PrefixChain, conversation_chain, raw_prompt_chain
 from tests.proxy.pool_fixtures import agent
@@ -53,14 +55,19 @@ def test_a_shared_link_stays_while_any_chain_holding_it_stays() -> None:
     assert prefixes.matched_characters(_conversation("system", "third")) == 0
 
 
-def test_an_agent_forgets_its_prefixes_when_its_model_or_slot_count_changes() -> None:
+def test_an_agent_forgets_its_prefixes_when_it_reloads_or_changes_model() -> None:
     controller = agent("a", slots=2)
     chain = raw_prompt_chain("prompt")
     controller.prefixes.record(chain, slots=2)
     controller.update_status(status_snapshot(slots=2, model_path="/m.gguf", version=2))
     assert controller.prefixes.matched_characters(chain)  # nothing the cache depends on changed
-    controller.update_status(status_snapshot(slots=3, model_path="/m.gguf", version=3))
+    # Fewer slots reported while another balancer's requests hold some: the cache is still there.
+    controller.update_status(status_snapshot(slots=1, model_path="/m.gguf", version=3))
+    assert controller.prefixes.matched_characters(chain)
+    reloading = attrs.evolve(status_snapshot(slots=0, model_path="/m.gguf", version=4), state_application_status=StateApplicationStatus.FRESH)
+    controller.update_status(reloading)
     assert controller.prefixes.matched_characters(chain) == 0
+    controller.update_status(status_snapshot(slots=3, model_path="/m.gguf", version=5))
     controller.prefixes.record(chain, slots=3)
-    controller.update_status(status_snapshot(slots=3, model_path="/other.gguf", version=4))
+    controller.update_status(status_snapshot(slots=3, model_path="/other.gguf", version=6))
     assert controller.prefixes.matched_characters(chain) == 0
