@@ -12,6 +12,7 @@ import secrets
 from typing import Any
 
 import jsonschema
+import referencing.exceptions
 
 from paddler_trio.protocol import (
     FunctionTool,
@@ -139,7 +140,11 @@ class ToolCallParser:
         validator = self._validators[name]
         if validator is None:
             return None
-        error = jsonschema.exceptions.best_match(validator.iter_errors(arguments))
+        try:
+            error = jsonschema.exceptions.best_match(validator.iter_errors(arguments))
+        except referencing.exceptions.Unresolvable as unresolvable:
+            # check_schema does not follow references; a dangling one shows only now.
+            return f"the arguments of {name!r} cannot be checked: its schema refers to {unresolvable.ref!r}, which it does not define"
         if error is None:
             return None
         return f"arguments of {name!r} do not match its schema: {error.message}"

@@ -77,3 +77,17 @@ def test_invalid_tool_schema_is_refused_up_front():
     with pytest.raises(RequestRejected) as caught:
         ToolCallParser((broken,))
     assert isinstance(caught.value.result, ToolSchemaInvalid)
+
+
+def test_a_reference_the_schema_cannot_resolve_is_a_validation_failure_not_a_crash():
+    dangling = FunctionTool(
+        function=FunctionDefinition(
+            name="lookup",
+            description="x",
+            parameters=ParametersSchema(type="object", properties={"key": {"$ref": "#/$defs/missing"}}),
+        )
+    )
+    parsed, failed = ToolCallParser((dangling,)).parse_section('{"name": "lookup", "arguments": {"key": 1}}')
+    assert isinstance(parsed, ToolCallParsed)
+    assert isinstance(failed, ToolCallValidationFailed)
+    assert "/$defs/missing" in failed.messages[0]
