@@ -36,6 +36,8 @@ $(error LLAMA_CPU must be 'native' or 'portable', not '$(LLAMA_CPU)')
 endif
 # The one-file binary's own virtualenv, with the portable build.
 BINARY_VENV ?= .venv-binary
+# More llama.cpp flags for the binary only, after the portable ones (the CUDA image: Dockerfile).
+LLAMA_EXTRA_CMAKE_ARGS ?=
 
 .PHONY: install install-test models run test bench binary clean
 
@@ -54,6 +56,17 @@ $(VENV)/.test-installed: $(VENV)/.installed
 		apt-get update && apt-get install -y chromium chromium-driver; \
 	elif [ ! -x /usr/bin/chromium ]; then \
 		echo "warning: /usr/bin/chromium is missing; run 'apt-get install chromium chromium-driver' as root"; \
+	fi
+	@# The --state-database etcd:// tests run Debian's etcd; the Kubernetes manifests' tests its kubectl.
+	@if ! command -v etcd >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		apt-get update && apt-get install -y etcd-server; \
+	elif ! command -v etcd >/dev/null; then \
+		echo "warning: etcd is missing; run 'apt-get install etcd-server' as root"; \
+	fi
+	@if ! command -v kubectl >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		apt-get update && apt-get install -y kubernetes-client; \
+	elif ! command -v kubectl >/dev/null; then \
+		echo "warning: kubectl is missing; run 'apt-get install kubernetes-client' as root"; \
 	fi
 	touch $@
 
@@ -84,7 +97,7 @@ binary: dist/paddler
 $(BINARY_VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(BINARY_VENV)
 	$(BINARY_VENV)/bin/python -m pip install --quiet --upgrade pip
-	CMAKE_ARGS="$(PORTABLE_CMAKE_ARGS)" $(BINARY_VENV)/bin/python -m pip install --no-cache-dir -e '.[build]'
+	CMAKE_ARGS="$(PORTABLE_CMAKE_ARGS) $(LLAMA_EXTRA_CMAKE_ARGS)" $(BINARY_VENV)/bin/python -m pip install --no-cache-dir -e '.[build]'
 	touch $@
 
 dist/paddler: paddler.spec pyproject.toml $(shell find paddler_trio -type f -not -name '*.pyc' -not -path '*/__pycache__/*') | $(BINARY_VENV)/.installed

@@ -131,8 +131,10 @@ def add_parser(subcommands: argparse._SubParsersAction) -> None:
         "--state-database",
         default="memory://",
         metavar="URL",
-        help="where the desired state is kept: memory:// (default, lost on exit) or file:///absolute/path.json "
-        "(kept across restarts; created with the default state when missing)",
+        help="where the desired state is kept: memory:// (default, lost on exit), file:///absolute/path.json "
+        "(kept across restarts; created with the default state when missing) or "
+        "etcd://HOST:PORT[,HOST:PORT...]/PREFIX (in etcd, shared by every balancer naming the same etcd and prefix; "
+        "the balancer waits for etcd at start-up and keeps serving its last state while etcd is away; docs/deployment.md)",
     )
     parser.add_argument(
         "--statsd-addr",
@@ -287,6 +289,9 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         return 2
     except BaseExceptionGroup as group:
         leaves = _leaves(group)
+        if all(isinstance(leaf, StateDatabaseError) for leaf in leaves):
+            print(f"paddler balancer: error: {leaves[0]}", file=sys.stderr)  # e.g. an etcd key holding no valid state
+            return 2
         if all(isinstance(leaf, OSError) for leaf in leaves):
             print(f"paddler balancer: error: {leaves[0]}", file=sys.stderr)  # e.g. address already in use
             return 1

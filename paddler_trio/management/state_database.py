@@ -5,6 +5,8 @@
 (`{"balancer_desired_state": {...}, "version": "1"}`, pretty-printed): read once at start-up
 (created with the default state when missing or empty), rewritten atomically on every store.
 A file that does not parse is refused at start-up, never replaced.
+`etcd://HOST:PORT[,HOST:PORT...]/PREFIX` keeps it in etcd, shared by every balancer that names
+the same etcd and prefix (`etcd_state_database.py`).
 """
 
 from __future__ import annotations
@@ -34,6 +36,10 @@ class StateDatabaseError(Exception):
     """A `--state-database` value this balancer cannot use; the message says why."""
 
 
+class StateDatabaseUnavailable(Exception):
+    """The state database cannot be written now (a remote store is unreachable); nothing was changed."""
+
+
 class MemoryStateDatabase:
     """The desired state, kept until the process ends; every store wakes `wait_stored`."""
 
@@ -55,6 +61,16 @@ class MemoryStateDatabase:
         while self.version == seen_version:
             await self._stored.wait()
         return self.version
+
+    @property
+    def reachable(self) -> bool | None:
+        """Whether the remote store is reachable now; None when there is none (this process holds the state)."""
+        return None
+
+    async def keep_current(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run by the balancer's nursery before anything reads the state. Here, nothing to do: only this
+        process changes the state. A shared store reads it first and follows the others' changes."""
+        task_status.started()
 
 
 class FileStateDatabase(MemoryStateDatabase):
@@ -104,36 +120,50 @@ class FileStateDatabase(MemoryStateDatabase):
 
 def parse_state_file(text: str, path: Path) -> BalancerDesiredState:
     """The desired state in a state database file's text; `StateDatabaseError` names the line/column or field."""
+    return parse_state_document(text, f"state database {path}", "fix or remove the file (it is never replaced automatically)")
+
+
+def parse_state_document(text: str, source: str, remedy: str) -> BalancerDesiredState:
+    """The desired state in Paddler's state document (`{"balancer_desired_state": ..., "version": "1"}`);
+    `StateDatabaseError` names `source`, the line/column or field, and what to do about it (`remedy`)."""
     try:
         document: Any = json.loads(text)
     except json.JSONDecodeError as error:
         raise StateDatabaseError(
-            f"state database {path} is not valid JSON (line {error.lineno}, column {error.colno}: {error.msg}); "
-            "fix or remove the file (it is never replaced automatically)"
+            f"{source} is not valid JSON (line {error.lineno}, column {error.colno}: {error.msg}); {remedy}"
         ) from None
+
+    def corrupt(what: str) -> StateDatabaseError:
+        return StateDatabaseError(f"{source} does not hold a valid desired state: {what}; {remedy}")
+
     if not isinstance(document, dict):
-        raise _corrupt(path, "expected a JSON object with balancer_desired_state and version")
+        raise corrupt("expected a JSON object with balancer_desired_state and version")
     unknown = sorted(set(document) - {"balancer_desired_state", "version"})
     if unknown:
-        raise _corrupt(path, f"unknown field(s) {', '.join(repr(name) for name in unknown)}")
+        raise corrupt(f"unknown field(s) {', '.join(repr(name) for name in unknown)}")
     if "balancer_desired_state" not in document:
-        raise _corrupt(path, "missing field 'balancer_desired_state'")
+        raise corrupt("missing field 'balancer_desired_state'")
     if document.get("version") != FILE_FORMAT_VERSION:
-        raise _corrupt(path, f"field 'version' must be {FILE_FORMAT_VERSION!r}, got {document.get('version')!r}")
+        raise corrupt(f"field 'version' must be {FILE_FORMAT_VERSION!r}, got {document.get('version')!r}")
     try:
         state = structure(document["balancer_desired_state"], BalancerDesiredState)
     except WireFormatError as error:
-        raise _corrupt(path, f"in balancer_desired_state: {error}") from None
+        raise corrupt(f"in balancer_desired_state: {error}") from None
     problems = state.inference_parameters.validate()
     if problems:
-        raise _corrupt(path, "invalid inference parameters: " + "; ".join(problems))
+        raise corrupt("invalid inference parameters: " + "; ".join(problems))
     return state
+
+
+def state_document(state: BalancerDesiredState) -> str:
+    """`state` as Paddler's state document, pretty-printed (what a file, or an etcd key, holds)."""
+    document = {"balancer_desired_state": unstructure(state), "version": FILE_FORMAT_VERSION}
+    return json.dumps(document, indent=2, ensure_ascii=False)
 
 
 def write_state_file(path: Path, state: BalancerDesiredState) -> None:
     """Replace `path` atomically: write a temporary file beside it, fsync, rename, fsync the directory."""
-    document = {"balancer_desired_state": unstructure(state), "version": FILE_FORMAT_VERSION}
-    text = json.dumps(document, indent=2, ensure_ascii=False)
+    text = state_document(state)
     descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(descriptor, "w", encoding="utf-8") as file:
@@ -157,13 +187,6 @@ def _probe_writable(directory: Path) -> None:
     os.unlink(probe)
 
 
-def _corrupt(path: Path, what: str) -> StateDatabaseError:
-    return StateDatabaseError(
-        f"state database {path} does not hold a valid desired state: {what}; "
-        "fix or remove the file (it is never replaced automatically)"
-    )
-
-
 def open_state_database(url: str) -> MemoryStateDatabase:
     scheme, _, rest = url.partition(":")
     if scheme == "memory":
@@ -178,6 +201,11 @@ def open_state_database(url: str) -> MemoryStateDatabase:
                 f"did you mean file://{os.path.abspath(path)} ?"
             )
         return FileStateDatabase.open(Path(path))
+    if scheme == "etcd":
+        from paddler_trio.management.etcd_state_database import EtcdStateDatabase  # it builds on this module
+
+        return EtcdStateDatabase.open(url)
     raise StateDatabaseError(
-        f"unsupported state database {url!r}: expected memory:// or file:///absolute/path.json"
+        f"unsupported state database {url!r}: expected memory://, file:///absolute/path.json "
+        "or etcd://HOST:PORT[,HOST:PORT...]/PREFIX"
     )

@@ -2,8 +2,9 @@
 
     run_balancer                     SIGINT/SIGTERM -> drain, then shutdown (a second signal exits at once)
     └── serve_balancer
-        ├── background nursery        reconciliation, request forwarder (item-timeout watch, slot
-        │                             drains), StatsD reporter
+        ├── background nursery        state database (`keep_current`: with etcd, the first read, then
+        │                             the watch), reconciliation, request forwarder (item-timeout
+        │                             watch, slot drains), StatsD reporter
         └── servers nursery           inference service (our own HTTP/1.1 server, transport/http_server.py);
                                       management service, OpenAI-compatible service (when
                                       --compat-openai-addr is given), web admin panel (when
@@ -13,7 +14,9 @@ A request's work (forwarding it, reading its replies) lives in that request's ow
 inference server's per request, and on Hypercorn's ports the one `proxy/request_nursery.py`
 opens around each ASGI call.
 
-Each service is started with `nursery.start` and counts as started once it listens.
+Each service is started with `nursery.start` and counts as started once it listens. Nothing
+starts before the state database has been read: with etcd unreachable at start-up the balancer
+waits (and logs each try); a stop signal meanwhile ends it.
 
 Drain (the first SIGINT/SIGTERM, `run_balancer` only): new inference requests get the 503
 "balancer is shutting down" envelope at once; those in flight (buffered or streaming) go on
@@ -156,6 +159,8 @@ async def _serve(
     reconciliation = Reconciliation(state_database, pool)
     try:
         async with trio.open_nursery() as background:
+            if not await _start_state_database(background, state_database, shutdown):
+                return
             await background.start(reconciliation.run)
             forwarder = RequestForwarder(buffer=buffer, shutdown=shutdown, item_timeout=config.inference_item_timeout)
             await background.start(forwarder.run)
@@ -265,6 +270,27 @@ async def _serve(
     finally:
         buffer.close()
     _logger.info("balancer stopped")
+
+
+async def _start_state_database(
+    background: trio.Nursery, state_database: MemoryStateDatabase, shutdown: ShutdownSignal
+) -> bool:
+    """Start `state_database.keep_current` in `background`. It reads the state first, which waits while
+    a shared store (etcd) cannot be reached: False when a stop signal came first."""
+    started = False
+    async with trio.open_nursery() as reading:
+        reading.start_soon(_cancel_when_draining, shutdown, reading.cancel_scope)
+        await background.start(state_database.keep_current)
+        started = True
+        reading.cancel_scope.cancel()
+    if not started:
+        _logger.info("stopped before the state database could be read")
+    return started
+
+
+async def _cancel_when_draining(shutdown: ShutdownSignal, scope: trio.CancelScope) -> None:
+    await shutdown.wait_for_drain()
+    scope.cancel()
 
 
 async def _serve_http(

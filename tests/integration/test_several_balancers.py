@@ -12,7 +12,9 @@ import httpx
 import pytest
 import trio
 
+from tests.etcd_server import EtcdServer
 from tests.integration.cluster import Cluster, ndjson_lines, wait_until
+from tests.integration.desired_states import applied_with, desired_state, is_done, put_state, raw_prompt, wait_for_agent
 
 pytestmark = pytest.mark.slow
 
@@ -146,3 +148,19 @@ def test_a_balancer_killed_under_load_loses_only_its_own_requests(cluster_factor
     assert load.completed["first"] > 0, figures
     # A's requests in flight were lost with it; the agents cancelled them and every slot is B's again.
     wait_until(lambda: slots_seen(second) == [("g1", 2, 0), ("g2", 2, 0)], 15, "every slot to be free again on B")
+
+
+def test_balancers_sharing_etcd_hand_a_put_to_agents_registered_with_both(cluster_factory, etcd_server: EtcdServer, gemma_model_path):
+    """The deployment of docs/deployment.md: two balancers on one etcd, two agents serving both.
+    A state PUT on A is served by B, both agents apply it, and both balancers generate with them."""
+    sharing = ("--state-database", f"etcd://{etcd_server.address}/paddler-several")
+    first, second = cluster_factory(*sharing), cluster_factory(*sharing)
+    for name in ("g1", "g2"):
+        first.start_agent(name, slots=1, flags=("--management-addr", second.management_addr))
+    state = desired_state(gemma_model_path, context_size=1024)
+    assert put_state(first, state).status_code == 204
+    for cluster in (first, second):
+        for name in ("g1", "g2"):
+            wait_for_agent(cluster, name, applied_with(gemma_model_path), f"{name} to apply the state PUT on A")
+    assert is_done(raw_prompt(first, "Once upon a time", 4))
+    assert is_done(raw_prompt(second, "Once upon a time", 4))

@@ -135,6 +135,8 @@ def test_invalid_inference_parameters_in_the_file_are_refused(tmp_path: Path) ->
         ("file:///sys/paddler-state.json", "directory /sys is not writable"),
         ("file://state.json", "must be absolute"),
         ("ftp://host/state.json", "unsupported state database"),
+        ("etcd://127.0.0.1:2379", "--state-database 'etcd://127.0.0.1:2379': names no key prefix"),
+        ("etcd://etcd/paddler", "--state-database 'etcd://etcd/paddler': 'etcd' is not HOST:PORT"),
     ],
 )
 def test_unusable_locations_are_a_one_line_start_up_error(url: str, expected: str) -> None:
