@@ -8,7 +8,16 @@ import functools
 from pathlib import Path
 
 from paddler_trio.agent.agent_config import AgentConfig
-from paddler_trio.cli_values import ALLOW_AMX_HELP, DEFAULT_SHUTDOWN_GRACE_PERIOD, milliseconds, positive_int, socket_address
+from paddler_trio.cli_values import (
+    ALLOW_AMX_HELP,
+    CACHE_RAM_MIB_HELP,
+    DEFAULT_CACHE_RAM_MIB,
+    DEFAULT_SHUTDOWN_GRACE_PERIOD,
+    milliseconds,
+    non_negative_int,
+    positive_int,
+    socket_address,
+)
 from paddler_trio.environment_variables import AGENT_SECRET
 
 
@@ -48,6 +57,9 @@ def add_parser(subcommands: argparse._SubParsersAction) -> None:
         default=None,
         metavar="N",
         help="llama.cpp CPU threads (default: every core this process may use)",
+    )
+    parser.add_argument(
+        "--cache-ram-mib", type=non_negative_int, default=DEFAULT_CACHE_RAM_MIB, metavar="N", help=CACHE_RAM_MIB_HELP
     )
     parser.add_argument("--allow-amx", action="store_true", help=ALLOW_AMX_HELP)
     parser.add_argument(
@@ -108,6 +120,7 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         name=args.name,
         threads=args.threads,
         allow_amx=args.allow_amx,
+        cache_ram_mib=args.cache_ram_mib,
         shutdown_grace_period=args.shutdown_grace_period,
         agent_secret=agent_secret,
         management_tls=args.management_tls,

@@ -20,6 +20,17 @@ ALLOW_AMX_HELP = (
 )
 
 
+# `paddler agent` and `paddler quickstart`: host memory for the conversations an agent keeps beyond
+# its slots (paddler_trio/engine/state_cache.py). Sized for a small machine; llama-server's
+# --cache-ram defaults to 8192.
+DEFAULT_CACHE_RAM_MIB = 1024
+CACHE_RAM_MIB_HELP = (
+    "host memory, in MiB, for the prompt state cache: when a slot is reused, the conversation it held is "
+    "saved there, and a later request that continues it is restored instead of prefilled; the least "
+    f"recently used states go first (default: {DEFAULT_CACHE_RAM_MIB}; 0 turns the cache off)"
+)
+
+
 @attrs.frozen
 class SocketAddress:
     """`host:port` as the user wrote it (what dashboards display) plus its parts."""
@@ -49,6 +60,16 @@ def milliseconds(text: str) -> float:
     if not text.isdigit():
         raise argparse.ArgumentTypeError(f"expected a duration in whole milliseconds (e.g. 1500), got {text!r}")
     return int(text) / 1000.0
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected 0 or more, got {value}")
+    return value
 
 
 def positive_int(text: str) -> int:

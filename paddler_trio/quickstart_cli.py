@@ -8,7 +8,16 @@ import functools
 from pathlib import Path
 
 from paddler_trio.balancer_config import BalancerConfig
-from paddler_trio.cli_values import ALLOW_AMX_HELP, DEFAULT_SHUTDOWN_GRACE_PERIOD, milliseconds, positive_int, socket_address
+from paddler_trio.cli_values import (
+    ALLOW_AMX_HELP,
+    CACHE_RAM_MIB_HELP,
+    DEFAULT_CACHE_RAM_MIB,
+    DEFAULT_SHUTDOWN_GRACE_PERIOD,
+    milliseconds,
+    non_negative_int,
+    positive_int,
+    socket_address,
+)
 
 
 def add_parser(subcommands: argparse._SubParsersAction) -> None:
@@ -25,6 +34,9 @@ def add_parser(subcommands: argparse._SubParsersAction) -> None:
     parser.add_argument("--model", type=Path, default=None, metavar="PATH", help="GGUF model file (default: the bundled Qwen model)")
     parser.add_argument("--slots", type=positive_int, default=4, metavar="N", help="requests served at once (default: 4)")
     parser.add_argument("--threads", type=positive_int, default=None, metavar="N", help="llama.cpp threads (default: every core)")
+    parser.add_argument(
+        "--cache-ram-mib", type=non_negative_int, default=DEFAULT_CACHE_RAM_MIB, metavar="N", help=CACHE_RAM_MIB_HELP
+    )
     parser.add_argument("--allow-amx", action="store_true", help=ALLOW_AMX_HELP)
     parser.add_argument(
         "--shutdown-grace-period", type=milliseconds, default=DEFAULT_SHUTDOWN_GRACE_PERIOD, metavar="MS",
@@ -63,6 +75,7 @@ def _run(args: argparse.Namespace) -> int:
         slots=args.slots,
         threads=args.threads,
         allow_amx=args.allow_amx,
+        cache_ram_mib=args.cache_ram_mib,
         shutdown_grace_period=args.shutdown_grace_period,
         balancer=BalancerConfig(
             inference_addr=args.inference_addr,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import attrs
 
-from paddler_trio.cli_values import DEFAULT_SHUTDOWN_GRACE_PERIOD, SocketAddress
+from paddler_trio.cli_values import DEFAULT_CACHE_RAM_MIB, DEFAULT_SHUTDOWN_GRACE_PERIOD, SocketAddress
 
 
 @attrs.frozen
@@ -19,6 +19,8 @@ class AgentConfig:
     threads: int | None = None
     # Let a llama.cpp built with AMX use its AMX weight buffers (engine/amx_guard.py).
     allow_amx: bool = False
+    # Host memory for the prompt state cache (engine/state_cache.py); 0: off.
+    cache_ram_mib: int = DEFAULT_CACHE_RAM_MIB
     # Sent as `Authorization: Bearer` when joining (balancer --agent-secret).
     agent_secret: str | None = attrs.field(default=None, repr=False)
     # wss:// instead of ws://, trusting the system's CAs plus `management_ca_file`.

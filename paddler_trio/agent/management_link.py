@@ -6,9 +6,11 @@ upgrade names the host as the URL gives it. On every connection: `RegisterAgent`
 reconciliation, requests and `StopRespondingTo` to request handling. Everything the agent sends
 waits in one queue for the link's writer task (`LinkOutbox`); the replies of one engine step
 are queued together and go as one frame when the balancer offers it
-(`protocol.reply_batching`; Paddler's balancer does not). The upgrade request offers our request
-extensions in turn (`protocol.request_extensions`): only then does our balancer send this agent
-per-request sampling overrides and tool-call history. When the link drops, the requests it
+(`protocol.reply_batching`; Paddler's balancer does not). Likewise the status snapshots carry
+the prompt state cache's figures only when the balancer offers our status extensions
+(`protocol.status_extensions`). The upgrade request offers our request extensions in turn
+(`protocol.request_extensions`): only then does our balancer send this agent per-request sampling
+overrides and tool-call history. When the link drops, the requests it
 carried are cancelled and the agent reconnects every second with the same id. When the agent
 is shut down it flushes what it has queued, sends `DeregisterAgent` and closes the socket
 cleanly (close code 1000).
@@ -65,6 +67,7 @@ from paddler_trio.protocol.reply_batching import (
     offers_reply_batching,
 )
 from paddler_trio.protocol.request_extensions import REQUEST_EXTENSIONS_HEADER, REQUEST_EXTENSIONS_VERSION
+from paddler_trio.protocol.status_extensions import offers_status_extensions
 from paddler_trio.queued_messages import put_into, send_now_into
 
 _logger = logging.getLogger(__name__)
@@ -259,12 +262,13 @@ class ManagementLink:
         _logger.info("connected to the balancer at %s", self.url)
         outbox = LinkOutbox(socket, batching=offers_reply_batching(socket.handshake_headers), on_sent=self._results_sent)
         requests = RequestHandling(self._engines, self._status, outbox.put, outbox.send_now, outbox.all_sent)
+        extended = offers_status_extensions(socket.handshake_headers)
         try:
             async with trio.open_nursery() as nursery:
-                registration = self._status_for_this_balancer(requests)
+                registration = self._snapshot(requests, extended)
                 await outbox.put(RegisterAgentNotification(name=self._name, slot_aggregated_status_snapshot=registration))
                 nursery.start_soon(outbox.write_queued, nursery.cancel_scope)
-                nursery.start_soon(self._publish_status, outbox, requests, registration.version)
+                nursery.start_soon(self._publish_status, outbox, requests, registration.version, extended)
                 nursery.start_soon(_cancel_when_set, self._leaving, nursery.cancel_scope)
                 await self._receive(socket, nursery, requests, outbox)
                 nursery.cancel_scope.cancel()  # the link ended
@@ -279,19 +283,32 @@ class ManagementLink:
         if self._engines.engine is not None:
             self._engines.engine.results_sent()
 
-    def _status_for_this_balancer(self, requests: RequestHandling) -> SlotAggregatedStatusSnapshot:
-        """The agent's status, less the slots that other balancers' requests hold (when it serves several)."""
-        return self._status.snapshot(held_elsewhere=self._status.slots_processing - requests.in_flight)
-
-    async def _publish_status(self, outbox: LinkOutbox, requests: RequestHandling, seen_version: int) -> None:
+    async def _publish_status(self, outbox: LinkOutbox, requests: RequestHandling, seen_version: int, extended: bool) -> None:
         while True:
             with trio.move_on_after(STATUS_INTERVAL) as interval:
                 await self._status.wait_for_change(seen_version)
             if not interval.cancelled_caught:
                 await trio.sleep(STATUS_CHANGE_SETTLE)
-            snapshot = self._status_for_this_balancer(requests)
+            snapshot = self._snapshot(requests, extended)
             seen_version = snapshot.version
             await outbox.put(UpdateAgentStatusNotification(slot_aggregated_status_snapshot=snapshot))
+
+    def _snapshot(self, requests: RequestHandling, extended: bool) -> SlotAggregatedStatusSnapshot:
+        """The status to send this balancer: less the slots that other balancers' requests hold
+        (when the agent serves several); `extended`: with the prompt state cache's figures (none
+        while no model is loaded). They change without a version bump, so every snapshot, the one
+        sent every second included, carries the current ones."""
+        snapshot = self._status.snapshot(held_elsewhere=self._status.slots_processing - requests.in_flight)
+        engine = self._engines.engine
+        if not extended or engine is None:
+            return snapshot
+        figures = engine.state_cache_figures
+        return attrs.evolve(
+            snapshot,
+            cache_states=figures.states,
+            cache_used_bytes=figures.used_bytes,
+            cache_limit_bytes=figures.limit_bytes,
+        )
 
     async def _receive(
         self,

@@ -106,6 +106,7 @@ class Reconciliation:
         slots: int,
         threads: int | None = None,
         allow_amx: bool = False,
+        cache_ram_mib: int = 0,
         agent_name: str | None = None,
     ) -> None:
         self._status = status
@@ -114,6 +115,7 @@ class Reconciliation:
         self._slots = slots
         self._threads = threads
         self._allow_amx = allow_amx
+        self._cache_ram_mib = cache_ram_mib
         self._progress = DownloadProgress()
         self._desired: AgentDesiredState | None = None
         self._desired_version = 0
@@ -260,6 +262,7 @@ class Reconciliation:
                 chat_template_override=override.content if override is not None else None,
                 n_threads=self._threads,
                 allow_amx=self._allow_amx,
+                cache_ram_mib=self._cache_ram_mib,
                 agent_name=self._agent_name,
             )
         return _Plan(

@@ -11,7 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from paddler_trio.dashboard.dashboard_state import AgentRow, DashboardState
-from paddler_trio.protocol import unstructure
+from paddler_trio.protocol import AgentControllerSnapshot, unstructure
 
 SLOT_BAR_WIDTH = 12
 # Metadata keys worth a glance; the rest (vocabularies, templates) is long.
@@ -30,6 +30,16 @@ def slot_bar(busy: int, total: int) -> Text:
 
 def issue_name(issue: object) -> str:
     return type(issue).__name__
+
+
+def prompt_cache(agent: AgentControllerSnapshot) -> Text:
+    """The agent's prompt state cache: states held and MiB used (of its limit)."""
+    if agent.cache_states is None or agent.cache_used_bytes is None or agent.cache_limit_bytes is None:
+        return Text("—", style="dim")  # an agent that does not report it (Paddler's), or no model loaded
+    if agent.cache_limit_bytes == 0:
+        return Text("off", style="dim")
+    states = f"{agent.cache_states} state" + ("" if agent.cache_states == 1 else "s")
+    return Text(f"{states}, {agent.cache_used_bytes / 1048576:.0f}/{agent.cache_limit_bytes / 1048576:.0f} MiB")
 
 
 def render(state: DashboardState) -> RenderableType:
@@ -59,7 +69,7 @@ def _header(state: DashboardState) -> RenderableType:
 
 def _agents_table(state: DashboardState) -> RenderableType:
     table = Table(expand=True, header_style="bold")
-    for column in ("", "Name", "Model", "Slots busy/total", "Status", "Issues", "Last update"):
+    for column in ("", "Name", "Model", "Slots busy/total", "Prompt cache", "Status", "Issues", "Last update"):
         table.add_column(column, no_wrap=column != "Issues")
     for row in state.agents:
         agent = row.snapshot
@@ -74,6 +84,7 @@ def _agents_table(state: DashboardState) -> RenderableType:
             agent.name or Text(agent.id, style="dim"),
             PurePath(agent.model_path).name if agent.model_path else Text("No model loaded", style="dim"),
             slot_bar(agent.slots_processing, agent.slots_total),
+            prompt_cache(agent),
             str(agent.state_application_status.value),
             issues,
             time.strftime("%Y/%m/%d, %H:%M:%S", time.localtime(row.last_update)),
@@ -100,6 +111,7 @@ def _details_body(state: DashboardState, row: AgentRow) -> RenderableType:
     lines.add_row("id", agent.id)
     lines.add_row("model", agent.model_path or "none")
     lines.add_row("slots", f"{agent.slots_total} running, {agent.desired_slots_total} wanted")
+    lines.add_row("prompt cache", prompt_cache(agent))
     if agent.uses_chat_template_override:
         lines.add_row("chat template", "override from the desired state")
     if agent.download_filename or agent.download_total:

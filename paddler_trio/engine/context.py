@@ -7,6 +7,7 @@ default, as in Paddler and llama-server `--parallel N`): each slot owns
 
 from __future__ import annotations
 
+import ctypes
 import os
 
 import llama_cpp
@@ -153,6 +154,20 @@ class DecodingContext:
 
     def first_position(self, sequence: int) -> int:
         return llama_cpp.llama_memory_seq_pos_min(self.memory, sequence)
+
+    def state_size(self, sequence: int) -> int:
+        """Bytes that `save_state(sequence)` writes (the sequence's KV cells)."""
+        return llama_cpp.llama_state_seq_get_size(self.pointer, sequence)
+
+    def save_state(self, sequence: int, size: int) -> ctypes.Array[ctypes.c_uint8] | None:
+        """A host copy of the sequence's KV state (`size` from `state_size`); None if llama.cpp wrote nothing."""
+        data = (ctypes.c_uint8 * size)()
+        written = llama_cpp.llama_state_seq_get_data(self.pointer, data, size, sequence)
+        return data if written == size else None
+
+    def restore_state(self, data: ctypes.Array[ctypes.c_uint8], sequence: int) -> bool:
+        """Load a state from `save_state` (of any sequence) into `sequence`, replacing its KV."""
+        return llama_cpp.llama_state_seq_set_data(self.pointer, data, len(data), sequence) > 0
 
     def clear_all(self) -> None:
         llama_cpp.llama_memory_clear(self.memory, True)

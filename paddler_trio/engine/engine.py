@@ -37,6 +37,7 @@ from paddler_trio.engine.request_rejection import RequestRejected
 from paddler_trio.engine.sampling import SamplingSettings, gbnf_for_constraint
 from paddler_trio.engine.scheduler import OUTPUT_CHANNEL_SIZE, Scheduler
 from paddler_trio.engine.slot import Generation, TextGenerationRequest
+from paddler_trio.engine.state_cache import MIB, StateCache, StateCacheFigures
 from paddler_trio.engine.token_classifier import SectionMarkers
 from paddler_trio.engine.tool_calls import ToolCallParser
 from paddler_trio.protocol import (
@@ -78,10 +79,14 @@ class EngineSettings:
     # Let a llama.cpp built with AMX use its AMX weight buffers (engine/amx_guard.py).
     allow_amx: bool = False
     agent_name: str | None = None  # named in the messages of refused requests, as Paddler's agent does
+    # Host memory for sequence states saved when their slot is reused (engine/state_cache.py); 0: none.
+    cache_ram_mib: int = 0
 
     def check(self) -> None:
         if self.slots < 1:
             raise InvalidEngineSettings(f"slots must be at least 1 (got {self.slots})")
+        if self.cache_ram_mib < 0:
+            raise InvalidEngineSettings(f"cache_ram_mib must be 0 (no prompt state cache) or more (got {self.cache_ram_mib})")
         problems = self.inference_parameters.validate()
         if self.inference_parameters.context_size < self.slots:
             problems.append(
@@ -223,6 +228,11 @@ class Engine:
         self.scheduler.reader_waits()
 
     @property
+    def state_cache_figures(self) -> StateCacheFigures:
+        """What the prompt state cache holds now (read from any thread)."""
+        return self.scheduler.state_cache.figures
+
+    @property
     def embeddings_mode(self) -> bool:
         return self.settings.inference_parameters.enable_embeddings
 
@@ -257,7 +267,11 @@ class Engine:
                 resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             )
             scheduler = Scheduler(
-                model, context, hand_off_every_step=LoadedModel.decodes_on_cpu(parameters.n_gpu_layers)
+                model,
+                context,
+                hand_off_every_step=LoadedModel.decodes_on_cpu(parameters.n_gpu_layers),
+                # Embeddings keep no sequences between requests.
+                state_cache=StateCache(0 if parameters.enable_embeddings else settings.cache_ram_mib * MIB),
             )
             engine = cls(settings, model, context, scheduler)
             async with trio.open_nursery() as nursery:

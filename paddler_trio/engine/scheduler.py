@@ -2,7 +2,9 @@
 
 Each step, at a step boundary (never inside a decode):
 1. apply cancellations (slot freed, its KV dropped) and explicit stops (Done with usage so far);
-2. admit every waiting request into a free slot, reusing the longest cached token prefix;
+2. admit every waiting request into a free slot, reusing the longest cached token prefix: a free
+   slot's, or one restored from the prompt state cache (`state_cache.py`), into which a slot's
+   conversation is saved before a request with another prefix overwrites it;
 3. assemble one batch: one token per generating slot first, then prompt chunks of
    prefilling slots up to `n_batch` (chunked prefill, several slots per batch);
 4. one `llama_decode`; then per slot with logits: sample, detokenise, check stops;
@@ -34,6 +36,7 @@ import logging
 from collections.abc import Iterable
 
 import attrs
+import numpy as np
 import trio
 
 from paddler_trio.engine.context import DecodingContext
@@ -41,6 +44,7 @@ from paddler_trio.engine.model import LoadedModel
 from paddler_trio.engine.request_rejection import RequestRejected
 from paddler_trio.engine.sampling import SamplerChain
 from paddler_trio.engine.slot import Generation, Slot
+from paddler_trio.engine.state_cache import USEFUL_PREFIX_TOKENS, SavedState, StateCache
 from paddler_trio.engine.token_classifier import (
     Section,
     SectionMarkers,
@@ -71,12 +75,22 @@ class _StepInput:
 
 
 class Scheduler:
-    def __init__(self, model: LoadedModel, context: DecodingContext, *, hand_off_every_step: bool) -> None:
+    def __init__(
+        self,
+        model: LoadedModel,
+        context: DecodingContext,
+        *,
+        hand_off_every_step: bool,
+        state_cache: StateCache | None = None,
+    ) -> None:
         self._model = model
         self._hand_off_every_step = hand_off_every_step
         self._context = context
         self._markers = SectionMarkers.of_model(model)
         self._slots = [Slot(index) for index in range(context.slots)]
+        self.state_cache = state_cache or StateCache(0)
+        # Counts slot releases: a slot's `last_used`.
+        self._release_clock = 0
         self._limiter = trio.CapacityLimiter(1)
         self._admissions: list[Generation] = []
         self._cancellations: list[Generation] = []
@@ -232,7 +246,7 @@ class Scheduler:
                 ),
             )
             return
-        slot, reused = self._best_slot(free_slots, prompt_tokens)
+        slot, common, saved_state = self._choose_slot(free_slots, prompt_tokens)
         sampler: SlotSampler
         if request.grammar is None:
             sampler = VectorSampler(request.sampling, n_vocab=self._model.n_vocab, context_tokens=room)
@@ -243,7 +257,7 @@ class Scheduler:
             except RequestRejected as rejection:
                 self._reject(generation, rejection.result)
                 return
-        reused = self._trim_cache(slot, reused)
+        reused = self._fill_slot(slot, common, saved_state, prompt_tokens)
         generation.slot = slot
         slot.generation = generation
         generation.sampler = sampler
@@ -256,15 +270,48 @@ class Scheduler:
             generation.outbox.extend(generation.stop_now())
             self._release(generation)
 
-    def _best_slot(self, free_slots: list[Slot], prompt_tokens: list[int]) -> tuple[Slot, int]:
-        """The free slot sharing the longest token prefix with the prompt (ties: least cache lost)."""
-        best, best_common = free_slots[0], -1
+    def _choose_slot(
+        self, free_slots: list[Slot], prompt_tokens: list[int]
+    ) -> tuple[Slot, int, SavedState | None]:
+        """The free slot sharing the longest useful token prefix with the prompt (ties, and none:
+        the least recently used one) and the length it shares; or, when a saved state shares
+        `USEFUL_PREFIX_TOKENS` more, the least recently used free slot, that state's shared length
+        and the state, to be restored into the slot."""
+        best, best_common, best_key = free_slots[0], 0, (-1, 0)
         for slot in free_slots:
             common = _common_prefix_length(slot.cached_tokens, prompt_tokens)
-            if common > best_common or (common == best_common and len(slot.cached_tokens) < len(best.cached_tokens)):
-                best, best_common = slot, common
+            useful = common if common >= USEFUL_PREFIX_TOKENS or common == len(slot.cached_tokens) else 0
+            key = (useful, -_recency(slot))
+            if key > best_key:
+                best, best_common, best_key = slot, common, key
+        if self.state_cache.enabled:
+            state, state_common = self.state_cache.best_match(np.asarray(prompt_tokens, dtype=np.int32))
+            if state is not None and state_common >= best_common + USEFUL_PREFIX_TOKENS:
+                return min(free_slots, key=_recency), state_common, state
+        return best, best_common, None
+
+    def _fill_slot(self, slot: Slot, common: int, saved_state: SavedState | None, prompt_tokens: list[int]) -> int:
+        """Make `slot` hold the first `common` prompt tokens (restoring `saved_state` first, if
+        given), saving what it held before when that is lost; returns the prompt tokens reused."""
+        if len(slot.cached_tokens) > (0 if saved_state is not None else common):
+            self._save(slot)
+        if saved_state is not None:
+            if self.state_cache.restore(self._context, saved_state, slot.index):
+                slot.cached_tokens[:] = saved_state.tokens.tolist()
+            else:
+                slot.cached_tokens.clear()
+                common = 0
         # At least one prompt token must be decoded to get logits for the first sample.
-        return best, min(best_common, len(prompt_tokens) - 1)
+        return self._trim_cache(slot, min(common, len(prompt_tokens) - 1))
+
+    def _save(self, slot: Slot) -> None:
+        """Save the slot's conversation into the state cache before it is overwritten."""
+        context = self._context
+        if not self.state_cache.enabled:
+            return
+        if context.is_sliding_window and context.first_position(slot.index) > 0:
+            return  # the window already dropped the start of this sequence: no prompt can reuse it
+        self.state_cache.save(context, slot.index, slot.cached_tokens)
 
     def _trim_cache(self, slot: Slot, reused: int) -> int:
         """Cut the slot's KV back to the reused prefix; returns how many tokens are really kept."""
@@ -287,6 +334,8 @@ class Scheduler:
         slot = generation.slot
         if slot is not None and slot.generation is generation:
             slot.generation = None
+            self._release_clock += 1
+            slot.last_used = self._release_clock
         if generation.sampler is not None:
             generation.sampler.close()
             generation.sampler = None
@@ -385,6 +434,11 @@ class Scheduler:
             generation.outbox.extend(generation.accept_token(token, model))
             if generation.finished:
                 self._release(generation)
+
+
+def _recency(slot: Slot) -> int:
+    """Orders free slots from the least to the most worth keeping (an empty one first)."""
+    return slot.last_used if slot.cached_tokens else -1
 
 
 def _common_prefix_length(left: list[int], right: list[int]) -> int:

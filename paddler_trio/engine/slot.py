@@ -56,6 +56,8 @@ class Slot:
     index: int
     cached_tokens: list[int] = attrs.field(factory=list)
     generation: "Generation | None" = None
+    # When its last request ended, on the scheduler's clock (0: never used).
+    last_used: int = 0
 
 
 @attrs.define(eq=False)

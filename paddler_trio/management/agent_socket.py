@@ -10,7 +10,9 @@ the socket ends, for whatever reason, the agent leaves the pool, which ends ever
 still streaming from it with "Agent controller connection closed".
 
 The upgrade response offers reply batching (`protocol.reply_batching`): our agents then send
-the replies of one engine step as one frame; Paddler's agents ignore the header. The other way
+the replies of one engine step as one frame; and our status extensions
+(`protocol.status_extensions`): our agents then report their prompt state cache in their
+status. Paddler's agents ignore both headers. The other way
 round, our agents' upgrade requests offer our request extensions (`protocol.request_extensions`):
 the agent is registered as accepting them, and a Paddler agent, which does not offer them, gets
 requests in Paddler's own shape (`proxy/forwarding.py`). The socket is Hypercorn's, served
@@ -43,6 +45,7 @@ from paddler_trio.protocol.reply_batching import (
     REPLY_BATCHING_HEADER,
     REPLY_BATCHING_VERSION,
 )
+from paddler_trio.protocol.status_extensions import STATUS_EXTENSIONS_HEADER, STATUS_EXTENSIONS_VERSION
 from paddler_trio.proxy.agent_controller import AgentController
 from paddler_trio.proxy.agent_pool import AgentPool, DuplicateAgent
 from paddler_trio.proxy.shutdown_signal import ShutdownSignal
@@ -58,7 +61,7 @@ REGISTRATION_TIMEOUT = 10.0
 # Messages written to an agent together at most.
 MAX_MESSAGES_PER_WRITE = 64
 # What the upgrade's answer carries (see the module docstring).
-ACCEPT_HEADERS = {REPLY_BATCHING_HEADER: REPLY_BATCHING_VERSION}
+ACCEPT_HEADERS = {REPLY_BATCHING_HEADER: REPLY_BATCHING_VERSION, STATUS_EXTENSIONS_HEADER: STATUS_EXTENSIONS_VERSION}
 
 CLOSE_GOING_AWAY = 1001
 CLOSE_POLICY_VIOLATION = 1008

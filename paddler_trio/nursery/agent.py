@@ -42,7 +42,13 @@ async def serve_agent(
     status = AgentStatus(desired_slots_total=config.slots)
     engines = EngineHolder()
     reconciliation = Reconciliation(
-        status, engines, slots=config.slots, threads=config.threads, allow_amx=config.allow_amx, agent_name=config.name
+        status,
+        engines,
+        slots=config.slots,
+        threads=config.threads,
+        allow_amx=config.allow_amx,
+        cache_ram_mib=config.cache_ram_mib,
+        agent_name=config.name,
     )
     ssl_context = client_ssl_context(config.management_ca_file) if config.management_tls else None
     links = [
@@ -58,10 +64,11 @@ async def serve_agent(
         for address in config.management_addrs
     ]
     _logger.info(
-        "agent %s%s with %d slots joining the balancer%s at %s",
+        "agent %s%s with %d slots and %s joining the balancer%s at %s",
         agent_id,
         f" ({config.name})" if config.name else "",
         config.slots,
+        f"a prompt state cache of up to {config.cache_ram_mib} MiB" if config.cache_ram_mib else "no prompt state cache",
         "s" if len(links) > 1 else "",
         ", ".join(str(address) for address in config.management_addrs),
     )

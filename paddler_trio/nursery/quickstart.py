@@ -18,7 +18,7 @@ import trio
 
 from paddler_trio.agent.agent_config import AgentConfig
 from paddler_trio.balancer_config import BalancerConfig
-from paddler_trio.cli_values import DEFAULT_SHUTDOWN_GRACE_PERIOD, socket_address
+from paddler_trio.cli_values import DEFAULT_CACHE_RAM_MIB, DEFAULT_SHUTDOWN_GRACE_PERIOD, socket_address
 from paddler_trio.nursery.agent import serve_agent
 from paddler_trio.nursery.balancer import BalancerAddresses, serve_balancer
 from paddler_trio.nursery.signals import stop_on_signals
@@ -37,6 +37,7 @@ class QuickstartConfig:
     balancer: BalancerConfig
     threads: int | None = None
     allow_amx: bool = False
+    cache_ram_mib: int = DEFAULT_CACHE_RAM_MIB
     shutdown_grace_period: float = DEFAULT_SHUTDOWN_GRACE_PERIOD
 
 
@@ -117,6 +118,7 @@ async def run_quickstart(config: QuickstartConfig, announce: Callable[[str], Non
                 name=AGENT_NAME,
                 threads=config.threads,
                 allow_amx=config.allow_amx,
+                cache_ram_mib=config.cache_ram_mib,
                 shutdown_grace_period=config.shutdown_grace_period,
             )
             async with trio.open_nursery() as agent_nursery:

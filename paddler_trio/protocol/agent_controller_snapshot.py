@@ -25,6 +25,11 @@ class AgentControllerSnapshot:
     slots_total: int
     state_application_status: StateApplicationStatus
     uses_chat_template_override: bool
+    # As the agent reports them (`status_extensions.py`); None (left out of the JSON) for agents
+    # that do not, such as Paddler's.
+    cache_states: int | None = None
+    cache_used_bytes: int | None = None
+    cache_limit_bytes: int | None = None
 
 
 @attrs.frozen

@@ -15,8 +15,8 @@ Conventions it implements (serde's, as Paddler uses them):
   ``InferenceParameters`` requires every field, as Paddler does. Types are strict: a string is never
   an integer, a boolean is never a number; an integer is accepted where a float is expected.
 * Output includes every field (None as null) except the optional keys Paddler omits: a tool's absent
-  ``parameters`` and schema keywords, and our additive per-request sampling overrides and message
-  tool-call keys.
+  ``parameters`` and schema keywords, and our additive per-request sampling overrides, message
+  tool-call keys and status fields.
 
 Every decoding failure raises ``WireFormatError`` with a sentence naming the field and its JSON path.
 """
@@ -34,6 +34,7 @@ from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, Iterabl
 from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
 from cattrs.preconf.json import make_converter
 
+from paddler_trio.protocol.agent_controller_snapshot import AgentControllerSnapshot
 from paddler_trio.protocol.agent_issue import AgentIssue, ChatTemplateDoesNotCompile, HuggingFaceCannotAcquireLock
 from paddler_trio.protocol.agent_socket_messages import (
     AgentBoundMessage,
@@ -105,7 +106,9 @@ from paddler_trio.protocol.normalization_method import (
 )
 from paddler_trio.protocol.pooling_type import PoolingType
 from paddler_trio.protocol.request_extensions import MESSAGE_EXTENSION_FIELDS, SAMPLING_OVERRIDE_FIELDS
+from paddler_trio.protocol.slot_aggregated_status_snapshot import SlotAggregatedStatusSnapshot
 from paddler_trio.protocol.state_application_status import StateApplicationStatus
+from paddler_trio.protocol.status_extensions import STATUS_EXTENSION_FIELDS
 from paddler_trio.protocol.stop_responding_to_notification import StopRespondingToNotification
 from paddler_trio.protocol.tool import FunctionDefinition, FunctionTool, ParametersSchema
 from paddler_trio.protocol.wire_format_error import WireFormatError
@@ -205,6 +208,8 @@ _OMITTED_WHEN_NONE: dict[type, tuple[str, ...]] = {
     ContinueFromConversationHistoryParams: SAMPLING_OVERRIDE_FIELDS,
     ContinueFromRawPromptParams: SAMPLING_OVERRIDE_FIELDS,
     ConversationMessage: MESSAGE_EXTENSION_FIELDS,
+    SlotAggregatedStatusSnapshot: STATUS_EXTENSION_FIELDS,
+    AgentControllerSnapshot: STATUS_EXTENSION_FIELDS,
 }
 
 # Structs whose every field is required on the wire even though the Python class has defaults.

@@ -27,3 +27,8 @@ class SlotAggregatedStatusSnapshot:
     state_application_status: StateApplicationStatus
     uses_chat_template_override: bool
     version: int
+    # Our extension (`status_extensions.py`): the prompt state cache; None (left out of the JSON)
+    # from Paddler's agents and toward Paddler's balancer.
+    cache_states: int | None = None
+    cache_used_bytes: int | None = None
+    cache_limit_bytes: int | None = None

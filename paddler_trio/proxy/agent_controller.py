@@ -101,6 +101,14 @@ class AgentController:
         return 0 if self.every_slot_taken_elsewhere else self.slots_total - self.slots_processing
 
     @property
+    def prefix_capacity(self) -> int:
+        """How many prompts the agent is assumed to keep cached: one per slot (its own slot count:
+        `slots_total` is less while other balancers hold some), plus the states its prompt state
+        cache holds, as its last status update reports them (our agents; 0 for others)."""
+        slots = max(self.slots_total, self.status.desired_slots_total)
+        return slots + (self.status.cache_states or 0)
+
+    @property
     def accepts_work(self) -> bool:
         """Loaded, answering, not draining (a draining agent reports slots_total 0), no blocking issue."""
         if self.unresponsive or self.connection_closed.is_set() or self.slots_total <= 0 or self.status.model_path is None:
@@ -156,6 +164,9 @@ class AgentController:
             slots_total=status.slots_total,
             state_application_status=status.state_application_status,
             uses_chat_template_override=status.uses_chat_template_override,
+            cache_states=status.cache_states,
+            cache_used_bytes=status.cache_used_bytes,
+            cache_limit_bytes=status.cache_limit_bytes,
         )
 
     # --- per-request reply routes ------------------------------------------------------

@@ -142,8 +142,7 @@ class AgentPool:
             chosen = self._in_turn([agent for agent in candidates if agent.busy_share == lowest])
         chosen.slots_processing += 1
         if self.routes_by_prefix:
-            # The agent's own slot count: `slots_total` is less while other balancers hold some.
-            chosen.prefixes.record(prefix, max(chosen.slots_total, chosen.status.desired_slots_total))
+            chosen.prefixes.record(prefix, chosen.prefix_capacity)
         self.notify_changed()
         return SlotClaim(chosen, self, prefix)
 

@@ -1,10 +1,12 @@
 """What the balancer assumes one agent's prompt cache holds: the prefix chains it last sent
 there (the approximate design of docs/architecture.md, "Cache-aware routing").
 
-The model follows the agents' slots: a slot keeps the KV of its last request, and a new
-request takes the free slot sharing its longest prefix. So an agent holds about
-`CHAINS_PER_SLOT` chains per slot, the most recently sent ones; a chain that extends one
-already held replaces it (the agent reuses that slot), and older chains are forgotten first.
+The model follows the agents' caches: a slot keeps the KV of its last request, a new request
+takes the free slot sharing its longest prefix, and our agents keep the states their slots
+give up in a prompt state cache, least recently used out first. So an agent holds its most
+recently sent chains, as many as it has slots plus the states it reports holding
+(`AgentController.prefix_capacity`); a chain that extends one already held replaces it (the
+agent reuses that slot or state), and older chains are forgotten first.
 A request that did not finish normally (cancelled, failed) dropped its KV on our agents, so
 its chain is forgotten at once.
 """
@@ -14,10 +16,6 @@ from __future__ import annotations
 from collections import Counter, OrderedDict
 
 from paddler_trio.proxy.prefix_chain import PrefixChain
-
-# One sequence's KV per slot (our agents and llama.cpp's server keep exactly that).
-CHAINS_PER_SLOT = 1
-
 
 class AgentPrefixes:
     """The chains one agent is assumed to hold, least recently sent first."""
@@ -38,8 +36,8 @@ class AgentPrefixes:
                 return chain.ends[index]
         return 0
 
-    def record(self, chain: PrefixChain, slots: int) -> None:
-        """`chain` was just sent to the agent, which has `slots` slots."""
+    def record(self, chain: PrefixChain, capacity: int) -> None:
+        """`chain` was just sent to the agent, which keeps `capacity` prompts cached."""
         if not chain.links:
             return
         for link in chain.links[:-1]:
@@ -50,7 +48,7 @@ class AgentPrefixes:
         else:
             self._chains[last] = chain
             self._links.update(chain.links)
-        while len(self._chains) > slots * CHAINS_PER_SLOT:
+        while len(self._chains) > capacity:
             self._drop(next(iter(self._chains)))
 
     def forget(self, chain: PrefixChain) -> None:

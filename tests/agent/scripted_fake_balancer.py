@@ -4,7 +4,8 @@ It accepts `/api/v1/agent_socket/{agent_id}` on a loopback port, sends the Versi
 notification, records every message an agent sends (as parsed JSON), and lets a test send
 SetState, requests and StopRespondingTo, and drop connections. Like Paddler's balancer it
 offers no reply batching unless `offer_reply_batching` is set; then it unpacks batched
-frames into their messages and counts the messages of each frame in `frame_sizes`.
+frames into their messages and counts the messages of each frame in `frame_sizes`. Nor does it
+offer our status extensions unless `offer_status_extensions` is set.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import trio_websocket
 
 from paddler_trio import PADDLER_COMPATIBLE_VERSION
 from paddler_trio.protocol.reply_batching import REPLY_BATCHING_HEADER, REPLY_BATCHING_VERSION
+from paddler_trio.protocol.status_extensions import STATUS_EXTENSIONS_HEADER, STATUS_EXTENSIONS_VERSION
 
 AGENT_SOCKET_PREFIX = "/api/v1/agent_socket/"
 WAIT_TIMEOUT = 30.0
@@ -142,8 +144,9 @@ def is_terminal_for(frame: Frame, request_id: str) -> bool:
 
 
 class ScriptedFakeBalancer:
-    def __init__(self, *, offer_reply_batching: bool = False) -> None:
+    def __init__(self, *, offer_reply_batching: bool = False, offer_status_extensions: bool = False) -> None:
         self.offer_reply_batching = offer_reply_batching
+        self.offer_status_extensions = offer_status_extensions
         self.port = 0
         self.connections: list[AgentConnection] = []
         self._connected = trio.Event()
@@ -174,6 +177,8 @@ class ScriptedFakeBalancer:
             await request.reject(404)
             return
         offer = [(REPLY_BATCHING_HEADER.encode(), REPLY_BATCHING_VERSION.encode())] if self.offer_reply_batching else []
+        if self.offer_status_extensions:
+            offer.append((STATUS_EXTENSIONS_HEADER.encode(), STATUS_EXTENSIONS_VERSION.encode()))
         socket = await request.accept(extra_headers=offer)
         connection = AgentConnection(request.path[len(AGENT_SOCKET_PREFIX) :], socket, request.headers)
         self.connections.append(connection)

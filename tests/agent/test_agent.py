@@ -77,8 +77,12 @@ async def balancer(nursery: trio.Nursery) -> ScriptedFakeBalancer:
     return fake
 
 
-async def start_agent(nursery: trio.Nursery, address: str, *, slots: int = 2, name: str | None = None) -> str:
-    config = AgentConfig(management_addrs=(socket_address(address),), slots=slots, name=name, threads=THREADS)
+async def start_agent(
+    nursery: trio.Nursery, address: str, *, slots: int = 2, name: str | None = None, cache_ram_mib: int = 64
+) -> str:
+    config = AgentConfig(
+        management_addrs=(socket_address(address),), slots=slots, name=name, threads=THREADS, cache_ram_mib=cache_ram_mib
+    )
     return await nursery.start(run_agent, config)
 
 
@@ -290,6 +294,48 @@ async def test_batches_the_replies_of_one_engine_step_only_when_the_balancer_off
             assert max(sizes) >= 2, f"the two slots' tokens of one step should share a frame: {sizes}"
         else:
             assert set(sizes) == {1}, "a balancer that does not offer batching gets one message per frame"
+
+
+async def test_reports_its_prompt_state_cache_only_to_a_balancer_that_offers_status_extensions(
+    nursery: trio.Nursery, gemma_model_path: Path
+) -> None:
+    conversation = ", ".join(str(number) for number in range(100, 130)) + ","
+    continued = ", ".join(str(number) for number in range(100, 140)) + ","
+    for offered, cache_ram_mib in ((False, 64), (True, 64), (True, 0)):
+        fake = ScriptedFakeBalancer(offer_status_extensions=offered)
+        await nursery.start(fake.serve)
+        await start_agent(nursery, fake.address, slots=1, cache_ram_mib=cache_ram_mib)
+        connection = await fake.first_connection()
+        await loaded(connection, gemma_model_path, slots=1)
+        for request_id, prompt in (("c-1", conversation), ("c-2", ", ".join(str(number) for number in range(5000, 5030)) + ",")):
+            await connection.request(request_id, raw_prompt(6, prompt))
+            await connection.results_of(request_id)
+        # The only slot was taken by c-2: the conversation of c-1 comes back from the cache.
+        await connection.request("c-3", raw_prompt(6, continued))
+        cached = done_usage((await connection.results_of("c-3"))[-1])["cached_prompt_tokens"]
+        start = len(connection.frames)
+        status = await connection.wait_for_status(lambda s: True, start=start)
+        if not offered:
+            assert cached > 100
+            assert not any("cache_states" in s for f in connection.frames if (s := snapshot_of(f)) is not None)
+        elif cache_ram_mib:
+            assert cached > 100
+            assert status["cache_states"] == 2 and 0 < status["cache_used_bytes"] <= status["cache_limit_bytes"]
+            assert status["cache_limit_bytes"] == 64 * 2**20
+        else:
+            assert cached <= 1  # at most the BOS token, which every prompt shares with the slot
+            assert (status["cache_states"], status["cache_used_bytes"], status["cache_limit_bytes"]) == (0, 0, 0)
+
+
+def test_a_bad_cache_ram_mib_is_refused_with_the_reason() -> None:
+    for value, reason in (("-1", "expected 0 or more, got -1"), ("lots", "expected a whole number, got 'lots'")):
+        result = subprocess.run(
+            [sys.executable, "-m", "paddler_trio", "agent", "--management-addr", "127.0.0.1:8060", "--slots", "1",
+             "--cache-ram-mib", value],
+            capture_output=True, text=True, timeout=60,
+        )
+        assert result.returncode == 2
+        assert f"argument --cache-ram-mib: {reason}" in result.stderr
 
 
 async def test_reports_load_failures_with_paddlers_progression_and_recovers(

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import attrs
 from rich.console import Console
 
 from paddler_trio.dashboard.dashboard_state import DashboardState
-from paddler_trio.dashboard.dashboard_view import render, slot_bar
+from paddler_trio.dashboard.dashboard_view import prompt_cache, render, slot_bar
 from paddler_trio.dashboard.terminal_keys import Key, decode_keys
 from paddler_trio.protocol import AgentControllerSnapshot, ModelFileDoesNotExist, StateApplicationStatus
 
@@ -85,3 +86,12 @@ def test_the_screen_shows_agents_issues_buffer_and_connection() -> None:
     assert "buffered requests 3 / 30" in screen
     assert "lost the balancer (ConnectError), reconnecting" in screen
     assert slot_bar(4, 4).plain.startswith("█" * 12)
+
+
+def test_the_prompt_cache_shows_states_and_mib_or_why_there_is_none() -> None:
+    mib = 1024 * 1024
+    assert prompt_cache(_agent("a", "a")).plain == "—"  # not reported (a Paddler agent, or no model)
+    assert prompt_cache(_agent("a", "a", cache_states=0, cache_used_bytes=0, cache_limit_bytes=0)).plain == "off"
+    reported = _agent("a", "a", cache_states=1, cache_used_bytes=300 * mib, cache_limit_bytes=1024 * mib)
+    assert prompt_cache(reported).plain == "1 state, 300/1024 MiB"
+    assert prompt_cache(attrs.evolve(reported, cache_states=12)).plain == "12 states, 300/1024 MiB"

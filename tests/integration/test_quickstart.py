@@ -34,13 +34,14 @@ class Quickstart:
 
 @contextmanager
 def quickstart(tmp_path: Path, model: Path) -> Iterator[Quickstart]:
-    """`python -m paddler_trio quickstart` on `model` with 2 slots, once it has printed its banner."""
+    """`python -m paddler_trio quickstart` on `model` with 2 slots and a 32 MiB prompt state cache,
+    once it has printed its banner."""
     inference, management, panel = free_port(), free_port(), free_port()
     log = tmp_path / "quickstart.log"
     process = subprocess.Popen(
         [
             sys.executable, "-m", "paddler_trio", "quickstart",
-            "--model", str(model), "--slots", "2", "--threads", "1",
+            "--model", str(model), "--slots", "2", "--threads", "1", "--cache-ram-mib", "32",
             "--inference-addr", f"127.0.0.1:{inference}", "--management-addr", f"127.0.0.1:{management}",
             "--web-admin-panel-addr", f"127.0.0.1:{panel}",
         ],
@@ -79,6 +80,7 @@ def test_quickstart_serves_a_request_and_stops_on_ctrl_c(tmp_path: Path, gemma_m
         assert lines[-1]["Response"]["response"]["GeneratedToken"]["Done"]["usage"]["content_tokens"] == 8
         agents = httpx.get(f"http://127.0.0.1:{running.management}/api/v1/agents", timeout=5).json()["agents"]
         assert [agent["slots_total"] for agent in agents] == [2]
+        assert [agent["cache_limit_bytes"] for agent in agents] == [32 * 2**20]
         running.process.send_signal(signal.SIGINT)
         assert running.process.wait(10) == 0
         assert "deregistered from the balancer" in running.log.read_text()

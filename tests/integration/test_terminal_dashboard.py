@@ -38,6 +38,7 @@ def test_dashboard_shows_the_agent_reconnects_after_a_balancer_restart_and_quits
         )
         dashboard.expect(AGENT)
         dashboard.expect("gemma-3-270m")
+        dashboard.expect("0 states, 0/1024 MiB")  # the prompt state cache, at the agent's default size
         dashboard.expect("general.architecture")  # the selected agent's metadata
         dashboard.expect(rf"buffered requests {_STYLES}0 / 30")
 

@@ -144,8 +144,8 @@ def test_cache_aware_prefers_the_longer_match() -> None:
     system = ConversationMessage(role="system", content="rules " * 50)
     short = conversation_chain((system,))
     long = conversation_chain((system, ConversationMessage(role="user", content="question " * 50)))
-    pool.agents[0].prefixes.record(short, slots=4)
-    pool.agents[1].prefixes.record(long, slots=4)
+    pool.agents[0].prefixes.record(short, capacity=4)
+    pool.agents[1].prefixes.record(long, capacity=4)
     longer = conversation_chain((system, ConversationMessage(role="user", content="question " * 50), system))
     assert _served_by(pool, longer) == "b"
 
@@ -167,7 +167,7 @@ def test_an_agent_that_leaves_takes_its_affinity_with_it() -> None:
     pool.register(holder)
     pool.register(other)
     chain = raw_prompt_chain("prompt " * 100)
-    holder.prefixes.record(chain, slots=4)
+    holder.prefixes.record(chain, capacity=4)
     holder.slots_processing = 1  # a quarter busier than `other`: still within the margin
     assert _served_by(pool, chain) == "holder"
     pool.deregister(holder)
