@@ -1,10 +1,11 @@
 """Desired state -> loaded engine: resolve the model, (re)load llama.cpp, report how it went.
 
-One task owns the engine. For every new desired state it first resolves the model source
-to a local file (downloading it if needed) while the current engine keeps serving; a newer
-desired state cancels a resolution under way (a partial URL download is resumed later).
-If the resolved plan (model file, engine-relevant inference parameters, chat template
-override) equals the loaded one, nothing is reloaded. Otherwise it reports
+One task owns the engine. For every new desired state it first resolves the model source and
+the multimodal projection's (mmproj) to local files (downloading them if needed) while the
+current engine keeps serving; a newer desired state cancels a resolution under way (a partial
+URL download is resumed later).
+If the resolved plan (model file, mmproj file, engine-relevant inference parameters, chat
+template override) equals the loaded one, nothing is reloaded. Otherwise it reports
 `slots_total = 0` (so the balancer stops dispatching here before the drain: Paddler
 drains while still advertising its slots, and races new requests), waits until in-flight
 requests finish, closes the old engine and opens the new one; a request that slipped in
@@ -12,8 +13,9 @@ after the drain waits for the new engine (`EngineHolder`).
 
 Failures (resolution or load) are retried every second with Paddler's status progression
 (Fresh -> AttemptedAndRetrying -> Stuck; Applied on success); those retrying cannot fix
-end as AttemptedAndNotAppliable until the next desired state. Each attempt's AgentIssues
-replace the previous ones, so a success clears them.
+end as AttemptedAndNotAppliable until the next desired state (an mmproj that llama.cpp
+refuses, e.g. one made for a model of another width, is one of those). Each attempt's
+AgentIssues replace the previous ones, so a success clears them.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from paddler_trio.protocol import (
     InferenceParameters,
     ModelCannotBeLoaded,
     ModelFileDoesNotExist,
+    ModelSource,
     MultimodalProjectionCannotBeLoaded,
     NoModel,
     SlotCannotStart,
@@ -68,7 +71,8 @@ class _Plan:
 
     settings: EngineSettings | None  # None: no model configured
     chat_template_override: ChatTemplate | None
-    projection_issue: AgentIssue | None
+    # Applied to a running engine without a reload (`Engine.image_resize_to_fit`).
+    image_resize_to_fit: int = attrs.field(eq=False)
 
 
 @attrs.define(eq=False)
@@ -76,6 +80,7 @@ class _Loaded:
     """An engine being served, owned by its own task (`_own_engine`)."""
 
     plan: _Plan
+    engine: Engine
     issues: tuple[AgentIssue, ...]
     unload: trio.Event = attrs.field(factory=trio.Event)  # set: close the engine
     closed: trio.Event = attrs.field(factory=trio.Event)
@@ -86,9 +91,9 @@ class _Superseded(Exception):
 
 
 def _engine_relevant(parameters: InferenceParameters) -> InferenceParameters:
-    """The parameters with the ones the engine does not use reset, so changing them never reloads:
-    `embedding_batch_size` is the balancer's fan-out cap, `image_resize_to_fit` is for images,
-    which this engine does not take."""
+    """The parameters with the ones a loaded engine does not depend on reset, so changing them
+    never reloads: `embedding_batch_size` is the balancer's fan-out cap, `image_resize_to_fit` is
+    set on the running engine (`_Plan.image_resize_to_fit`)."""
     defaults = InferenceParameters()
     return attrs.evolve(
         parameters,
@@ -159,15 +164,11 @@ class Reconciliation:
                 state_application_status=StateApplicationStatus.FRESH,
                 chat_template_override=desired.chat_template_override,
             )
-            if not isinstance(desired.multimodal_projection, NoModel):
-                _logger.error(
-                    "multimodal projections are not supported by this agent yet; ignoring %s",
-                    describe_model_source(desired.multimodal_projection),
-                )
             try:
                 plan = await self._retrying(handled, functools.partial(self._plan, desired))
                 if loaded is not None and loaded.plan == plan:
                     _logger.info("desired state changed, but nothing this agent loads did: no reload")
+                    loaded.engine.image_resize_to_fit = plan.image_resize_to_fit
                     self._report_serving(loaded)
                     continue
                 if loaded is not None:
@@ -177,7 +178,7 @@ class Reconciliation:
                     _logger.warning("no model configured in the desired state; waiting for one")
                     self._engines.end_swap()
                     self._status.update(
-                        issues=_optional(plan.projection_issue),
+                        issues=(),
                         model_path=None,
                         slots_total=0,
                         state_application_status=StateApplicationStatus.APPLIED,
@@ -209,6 +210,8 @@ class Reconciliation:
                 issues, failure, retry = (problem.issue,), str(problem), problem.retry
             except engine_errors.EngineError as error:
                 issues, failure = _issues_for_load_failure(error, self._slots), str(error)
+                # llama.cpp refuses the same mmproj file for the same model every time.
+                retry = not isinstance(error, engine_errors.MultimodalProjectionCannotBeLoaded)
             except Exception as error:  # a llama.cpp failure we have no issue for: log it, retry
                 _logger.exception("applying the desired state failed")
                 issues, failure = (), repr(error)
@@ -220,8 +223,7 @@ class Reconciliation:
                     f" (retrying every {RETRY_INTERVAL:g} s)" if retry else " (not retried)",
                 )
                 last_failure = failure
-            projection = self._projection_issue()
-            self._status.update(issues=issues + projection)
+            self._status.update(issues=issues)
             if not retry:
                 self._status.update(state_application_status=StateApplicationStatus.ATTEMPTED_AND_NOT_APPLIABLE)
                 await self._wait_for_desired_state_after(handled)
@@ -243,18 +245,27 @@ class Reconciliation:
                 self._superseding = None
         raise _Superseded()
 
-    def _projection_issue(self) -> tuple[AgentIssue, ...]:
-        desired = self._desired
-        if desired is None or isinstance(desired.multimodal_projection, NoModel):
-            return ()
-        return (MultimodalProjectionCannotBeLoaded(model_path=describe_model_source(desired.multimodal_projection)),)
+    async def _resolve_projection(self, source: ModelSource) -> str | None:
+        """The mmproj's local path (None for "None"); a missing local file is reported as Paddler
+        does for a projection, `MultimodalProjectionCannotBeLoaded`."""
+        try:
+            return await resolve_model_source(source, self._progress)
+        except ModelSourceUnavailable as problem:
+            if isinstance(problem.issue, ModelFileDoesNotExist):
+                path = describe_model_source(source)
+                raise ModelSourceUnavailable(
+                    MultimodalProjectionCannotBeLoaded(model_path=path), f"multimodal projection file {path} does not exist"
+                ) from problem
+            raise
 
     async def _plan(self, desired: AgentDesiredState) -> _Plan:
-        projection = self._projection_issue()
         model_path = await resolve_model_source(desired.model, self._progress)
         override = desired.chat_template_override
         settings = None
+        if model_path is None and not isinstance(desired.multimodal_projection, NoModel):
+            _logger.warning("a multimodal projection but no model in the desired state: the projection waits for a model")
         if model_path is not None:
+            projection_path = await self._resolve_projection(desired.multimodal_projection)
             settings = EngineSettings(
                 model_path=model_path,
                 slots=self._slots,
@@ -264,11 +275,12 @@ class Reconciliation:
                 allow_amx=self._allow_amx,
                 cache_ram_mib=self._cache_ram_mib,
                 agent_name=self._agent_name,
+                multimodal_projection_path=projection_path,
             )
         return _Plan(
             settings=settings,
             chat_template_override=override,
-            projection_issue=projection[0] if projection else None,
+            image_resize_to_fit=desired.inference_parameters.image_resize_to_fit,
         )
 
     async def _own_engine(self, plan: _Plan, *, task_status: trio.TaskStatus[_Loaded]) -> None:
@@ -281,7 +293,8 @@ class Reconciliation:
         try:
             async with Engine.open(settings) as engine:
                 _logger.info("model %s loaded with %d slots", settings.model_path, settings.slots)
-                loaded = _Loaded(plan=plan, issues=_chat_template_issues(engine) + _optional(plan.projection_issue))
+                engine.image_resize_to_fit = plan.image_resize_to_fit
+                loaded = _Loaded(plan=plan, engine=engine, issues=_chat_template_issues(engine))
                 self._engines.publish(engine)
                 task_status.started(loaded)
                 await loaded.unload.wait()
@@ -323,15 +336,13 @@ class Reconciliation:
         await loaded.closed.wait()
 
 
-def _optional(issue: AgentIssue | None) -> tuple[AgentIssue, ...]:
-    return (issue,) if issue is not None else ()
-
-
 def _issues_for_load_failure(error: engine_errors.EngineError, slots: int) -> tuple[AgentIssue, ...]:
     if isinstance(error, engine_errors.ModelFileDoesNotExist):
         return (ModelFileDoesNotExist(model_path=error.model_path),)
     if isinstance(error, engine_errors.ModelCannotBeLoaded):
         return (ModelCannotBeLoaded(model_path=error.model_path),)
+    if isinstance(error, engine_errors.MultimodalProjectionCannotBeLoaded):
+        return (MultimodalProjectionCannotBeLoaded(model_path=error.model_path),)
     if isinstance(error, (engine_errors.ContextCannotBeCreated, engine_errors.InvalidEngineSettings)):
         return tuple(SlotCannotStart(error=str(error), slot_index=index) for index in range(slots))
     return ()

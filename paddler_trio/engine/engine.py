@@ -32,7 +32,9 @@ from paddler_trio.engine.engine_errors import (
     InvalidRequest,
     UnableToFindChatTemplate,
 )
+from paddler_trio.engine.image_input import ImageRejected, load_images
 from paddler_trio.engine.model import LoadedModel
+from paddler_trio.engine.multimodal import Projector
 from paddler_trio.engine.request_rejection import RequestRejected
 from paddler_trio.engine.sampling import SamplingSettings, gbnf_for_constraint
 from paddler_trio.engine.scheduler import OUTPUT_CHANNEL_SIZE, Scheduler
@@ -53,6 +55,7 @@ from paddler_trio.protocol import (
     GeneratedTokenResult,
     GenerateEmbeddingBatchParams,
     GrammarIncompatibleWithThinking,
+    ImageDecodingFailed,
     ImageUrlPart,
     InferenceParameters,
     MultimodalNotSupported,
@@ -81,6 +84,7 @@ class EngineSettings:
     agent_name: str | None = None  # named in the messages of refused requests, as Paddler's agent does
     # Host memory for sequence states saved when their slot is reused (engine/state_cache.py); 0: none.
     cache_ram_mib: int = 0
+    multimodal_projection_path: str | None = None  # an mmproj GGUF for this model: images in conversations
 
     def check(self) -> None:
         if self.slots < 1:
@@ -163,13 +167,20 @@ def _tokenizable(prompt: str) -> str:
     return prompt
 
 
-def _message_text(content: object) -> tuple[str, bool]:
-    """Flatten message content to text; report whether it carried an image."""
+def _message_text(content: object, image_marker: str) -> tuple[str, list[str]]:
+    """Flatten message content to text, with `image_marker` where each image part is; and the
+    URLs of those images, in order."""
     if isinstance(content, str):
-        return content, False
-    parts = tuple(content)  # type: ignore[arg-type]
-    text = "".join(part.text for part in parts if isinstance(part, TextPart))
-    return text, any(isinstance(part, ImageUrlPart) for part in parts)
+        return content, []
+    pieces: list[str] = []
+    image_urls: list[str] = []
+    for part in content:  # type: ignore[attr-defined]
+        if isinstance(part, TextPart):
+            pieces.append(part.text)
+        elif isinstance(part, ImageUrlPart):
+            pieces.append(image_marker)
+            image_urls.append(part.image_url.url)
+    return "".join(pieces), image_urls
 
 
 def _template_message(message: ConversationMessage, text: str) -> dict[str, Any]:
@@ -206,11 +217,15 @@ class Engine:
         model: LoadedModel,
         context: DecodingContext,
         scheduler: Scheduler,
+        projector: Projector | None = None,
     ) -> None:
         self.settings = settings
         self.model = model
         self.context = context
         self.scheduler = scheduler
+        self.projector = projector
+        # Longest side of an image before the projector takes it; the agent changes it without a reload.
+        self.image_resize_to_fit = settings.inference_parameters.image_resize_to_fit
         self._markers = SectionMarkers.of_model(model)
         self.chat_template: ChatTemplate | None = None
         self.chat_template_problem: EngineError | None = None
@@ -252,11 +267,23 @@ class Engine:
             )
         )
         context: DecodingContext | None = None
+        projector: Projector | None = None
         try:
             context = await trio.to_thread.run_sync(
                 functools.partial(DecodingContext, model, parameters, slots=settings.slots, n_threads=settings.n_threads)
             )
             await trio.to_thread.run_sync(context.warm_up)
+            if settings.multimodal_projection_path is not None:
+                projector = await trio.to_thread.run_sync(
+                    functools.partial(
+                        Projector.load,
+                        settings.multimodal_projection_path,
+                        model,
+                        threads=context.threads,
+                        use_gpu=not LoadedModel.decodes_on_cpu(parameters.n_gpu_layers),
+                        embeddings=parameters.enable_embeddings,
+                    )
+                )
             _logger.info(
                 "engine ready: %d slots x %d tokens, n_batch %d, %d threads, %s mode, peak RSS %.0f MiB",
                 settings.slots,
@@ -272,8 +299,9 @@ class Engine:
                 hand_off_every_step=LoadedModel.decodes_on_cpu(parameters.n_gpu_layers),
                 # Embeddings keep no sequences between requests.
                 state_cache=StateCache(0 if parameters.enable_embeddings else settings.cache_ram_mib * MIB),
+                projector=projector,
             )
-            engine = cls(settings, model, context, scheduler)
+            engine = cls(settings, model, context, scheduler, projector)
             async with trio.open_nursery() as nursery:
                 await nursery.start(scheduler.run)
                 try:
@@ -281,6 +309,8 @@ class Engine:
                 finally:
                     nursery.cancel_scope.cancel()
         finally:
+            if projector is not None:
+                await trio.to_thread.run_sync(projector.close)
             if context is not None:
                 await trio.to_thread.run_sync(context.close)
             await trio.to_thread.run_sync(model.close)
@@ -305,9 +335,15 @@ class Engine:
         self, params: ContinueFromConversationHistoryParams
     ) -> AsyncIterator[GenerationStream]:
         try:
-            request = self._conversation_request(params)
+            request, image_urls = self._conversation_request(params)
+            if image_urls:
+                images = await load_images(image_urls, self.image_resize_to_fit)
+                request = attrs.evolve(request, images=images)
         except RequestRejected as rejection:
             yield _single_result_stream(rejection.result)
+            return
+        except ImageRejected as rejection:
+            yield _single_result_stream(ImageDecodingFailed(str(rejection)))
             return
         async with self._run(request) as stream:
             yield stream
@@ -353,21 +389,29 @@ class Engine:
         )
 
     def render_conversation(self, params: ContinueFromConversationHistoryParams) -> str:
-        """The prompt text the model sees for a conversation (raises RequestRejected)."""
+        """The prompt text the model sees for a conversation (raises RequestRejected); an image
+        part stands as the projector's marker."""
+        return self._render_conversation(params)[0]
+
+    def _render_conversation(self, params: ContinueFromConversationHistoryParams) -> tuple[str, tuple[str, ...]]:
+        """The prompt text and the URLs of the images its markers stand for, in order."""
         if self.chat_template is None:
             problem = self.chat_template_problem
             raise RequestRejected(ChatTemplateError(str(problem) if problem else "no chat template"))
+        marker = self.projector.marker if self.projector is not None else ""
         messages = []
+        image_urls: list[str] = []
         for message in params.conversation_history:
-            text, has_image = _message_text(message.content)
-            if has_image:
+            text, message_image_urls = _message_text(message.content, marker)
+            if message_image_urls and self.projector is None:
                 raise RequestRejected(
                     MultimodalNotSupported("this agent's model has no multimodal projection; send text only")
                 )
+            image_urls.extend(message_image_urls)
             messages.append(_template_message(message, text))
         tools = [unstructure(tool) for tool in params.tools] if params.tools else None
         try:
-            return self.chat_template.render(
+            prompt = self.chat_template.render(
                 messages,
                 add_generation_prompt=params.add_generation_prompt,
                 enable_thinking=params.enable_thinking,
@@ -375,8 +419,12 @@ class Engine:
             )
         except ChatTemplateRenderError as error:
             raise RequestRejected(ChatTemplateError(str(error))) from error
+        return prompt, tuple(image_urls)
 
-    def _conversation_request(self, params: ContinueFromConversationHistoryParams) -> TextGenerationRequest:
+    def _conversation_request(
+        self, params: ContinueFromConversationHistoryParams
+    ) -> tuple[TextGenerationRequest, tuple[str, ...]]:
+        """The request (its images still to load) and the URLs of its images."""
         self._check_generation_allowed(params.max_tokens)
         if params.grammar is not None and params.enable_thinking:
             raise RequestRejected(
@@ -384,9 +432,9 @@ class Engine:
             )
         grammar = gbnf_for_constraint(params.grammar) if params.grammar is not None else None
         parser = ToolCallParser(tuple(params.tools)) if params.parse_tool_calls and params.tools else None
-        prompt = _tokenizable(self.render_conversation(params))
-        return TextGenerationRequest(
-            prompt=prompt,
+        prompt, image_urls = self._render_conversation(params)
+        request = TextGenerationRequest(
+            prompt=_tokenizable(prompt),
             max_tokens=params.max_tokens,
             sampling=self._sampling(params),
             grammar=grammar,
@@ -394,6 +442,7 @@ class Engine:
             tool_call_parser=parser,
             starts_in_reasoning=params.enable_thinking and self._markers.prompt_opens_reasoning(prompt),
         )
+        return request, image_urls
 
     # --- embeddings ------------------------------------------------------------------
 

@@ -20,6 +20,15 @@ class ModelCannotBeLoaded(EngineError):
         self.reason = reason
 
 
+class MultimodalProjectionCannotBeLoaded(EngineError):
+    """llama.cpp refused the mmproj file (or this engine cannot use one); retrying cannot fix it."""
+
+    def __init__(self, model_path: str, reason: str) -> None:
+        super().__init__(f"multimodal projection cannot be loaded from {model_path}: {reason}")
+        self.model_path = model_path
+        self.reason = reason
+
+
 class ContextCannotBeCreated(EngineError):
     """llama.cpp refused the context (too many slots, too large a context, bad cache type)."""
 

@@ -16,6 +16,7 @@ import llama_cpp
 _logger = logging.getLogger("paddler_trio.llama_cpp")
 _init_lock = threading.Lock()
 _initialised = False
+_multimodal_logs_routed = False
 
 # ggml_log_level: NONE 0, DEBUG 1, INFO 2, WARN 3, ERROR 4, CONT 5 (continues the last line).
 # llama.cpp's INFO is chatter for us (tensor dumps, timings): it goes to debug.
@@ -50,6 +51,21 @@ def ensure_backend_initialised() -> None:
         llama_cpp.llama_log_set(_LOG_CALLBACK, ctypes.c_void_p(0))
         llama_cpp.llama_backend_init()
         _initialised = True
+
+
+def ensure_multimodal_logs_routed() -> None:
+    """Route the logs of llama.cpp's multimodal library (mtmd) like llama.cpp's own: it prints
+    its chatter (prompts included) to stderr otherwise. Loads that library: call it only when a
+    projector is wanted."""
+    global _multimodal_logs_routed
+    import llama_cpp.mtmd_cpp as mtmd
+
+    with _init_lock:
+        if _multimodal_logs_routed:
+            return
+        mtmd.mtmd_log_set(_LOG_CALLBACK, ctypes.c_void_p(0))
+        mtmd.mtmd_helper_log_set(_LOG_CALLBACK, ctypes.c_void_p(0))
+        _multimodal_logs_routed = True
 
 
 def system_info() -> str:

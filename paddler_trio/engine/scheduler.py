@@ -4,7 +4,8 @@ Each step, at a step boundary (never inside a decode):
 1. apply cancellations (slot freed, its KV dropped) and explicit stops (Done with usage so far);
 2. admit every waiting request into a free slot, reusing the longest cached token prefix: a free
    slot's, or one restored from the prompt state cache (`state_cache.py`), into which a slot's
-   conversation is saved before a request with another prefix overwrites it;
+   conversation is saved before a request with another prefix overwrites it; then encode and
+   decode at most one prompt image into its slot (engine/multimodal.py);
 3. assemble one batch: one token per generating slot first, then prompt chunks of
    prefilling slots up to `n_batch` (chunked prefill, several slots per batch);
 4. one `llama_decode`; then per slot with logits: sample, detokenise, check stops;
@@ -41,9 +42,10 @@ import trio
 
 from paddler_trio.engine.context import DecodingContext
 from paddler_trio.engine.model import LoadedModel
+from paddler_trio.engine.multimodal import MultimodalPrompt, Projector
 from paddler_trio.engine.request_rejection import RequestRejected
 from paddler_trio.engine.sampling import SamplerChain
-from paddler_trio.engine.slot import Generation, Slot
+from paddler_trio.engine.slot import Generation, Slot, TextGenerationRequest
 from paddler_trio.engine.state_cache import USEFUL_PREFIX_TOKENS, SavedState, StateCache
 from paddler_trio.engine.token_classifier import (
     Section,
@@ -51,7 +53,7 @@ from paddler_trio.engine.token_classifier import (
     TokenClassifier,
 )
 from paddler_trio.engine.vector_sampling import SlotSampler, VectorSampler, sample_step
-from paddler_trio.protocol import GeneratedTokenResult, SamplerError
+from paddler_trio.protocol import GeneratedTokenResult, MultimodalNotSupported, SamplerError
 from paddler_trio.queued_messages import drainer_is_idle
 
 _logger = logging.getLogger(__name__)
@@ -82,8 +84,10 @@ class Scheduler:
         *,
         hand_off_every_step: bool,
         state_cache: StateCache | None = None,
+        projector: Projector | None = None,
     ) -> None:
         self._model = model
+        self._projector = projector
         self._hand_off_every_step = hand_off_every_step
         self._context = context
         self._markers = SectionMarkers.of_model(model)
@@ -224,6 +228,7 @@ class Scheduler:
             if generation in cancelled or generation.finished:
                 continue
             self._admit(generation)
+        self._evaluate_next_image()
         self._decode_and_sample()
 
     def _admit(self, generation: Generation) -> None:
@@ -232,7 +237,15 @@ class Scheduler:
         if not free_slots:
             self._reject(generation, SamplerError("no available sequence slots, all slots are busy"))
             return
-        prompt_tokens = self._model.tokenize(request.prompt, add_special=True)
+        if request.images:
+            try:
+                generation.multimodal = self._tokenize_with_images(request)
+            except RequestRejected as rejection:
+                self._reject(generation, rejection.result)
+                return
+            prompt_tokens = generation.multimodal.tokens
+        else:
+            prompt_tokens = self._model.tokenize(request.prompt, add_special=True)
         if not prompt_tokens:
             self._reject(generation, SamplerError("the prompt is empty: there is nothing to continue from"))
             return
@@ -247,6 +260,8 @@ class Scheduler:
             )
             return
         slot, common, saved_state = self._choose_slot(free_slots, prompt_tokens)
+        if generation.multimodal is not None:
+            common = generation.multimodal.image_start_before(common)  # an image is evaluated whole
         sampler: SlotSampler
         if request.grammar is None:
             sampler = VectorSampler(request.sampling, n_vocab=self._model.n_vocab, context_tokens=room)
@@ -263,7 +278,13 @@ class Scheduler:
         generation.sampler = sampler
         generation.prompt_tokens = prompt_tokens
         generation.prefilled = reused
-        generation.usage = attrs.evolve(generation.usage, prompt_tokens=len(prompt_tokens), cached_prompt_tokens=reused)
+        multimodal = generation.multimodal
+        generation.usage = attrs.evolve(
+            generation.usage,
+            prompt_tokens=len(prompt_tokens) if multimodal is None else multimodal.prompt_tokens,
+            cached_prompt_tokens=reused,
+            input_image_tokens=0 if multimodal is None else multimodal.image_tokens,
+        )
         start = Section.REASONING if request.starts_in_reasoning else Section.CONTENT
         generation.classifier = TokenClassifier(self._markers, start)
         if request.max_tokens == 0:
@@ -285,7 +306,7 @@ class Scheduler:
             if key > best_key:
                 best, best_common, best_key = slot, common, key
         if self.state_cache.enabled:
-            state, state_common = self.state_cache.best_match(np.asarray(prompt_tokens, dtype=np.int32))
+            state, state_common = self.state_cache.best_match(np.asarray(prompt_tokens, dtype=np.int64))
             if state is not None and state_common >= best_common + USEFUL_PREFIX_TOKENS:
                 return min(free_slots, key=_recency), state_common, state
         return best, best_common, None
@@ -328,6 +349,7 @@ class Scheduler:
     def _reject(self, generation: Generation, result: GeneratedTokenResult) -> None:
         generation.outbox.append(result)
         generation.finished = True
+        self._close_images(generation)
 
     def _release(self, generation: Generation) -> None:
         """Free the slot; its KV stays as a prompt cache for the next request."""
@@ -339,6 +361,7 @@ class Scheduler:
         if generation.sampler is not None:
             generation.sampler.close()
             generation.sampler = None
+        self._close_images(generation)
 
     def _drop(self, generation: Generation) -> None:
         """Cancellation: free the slot and forget its KV."""
@@ -399,13 +422,56 @@ class Scheduler:
         ):
             if batch.free_space == 0:
                 break
-            remaining = generation.prompt_tokens[generation.prefilled :]
+            remaining = generation.prompt_tokens[generation.prefilled : generation.text_prefill_end]
+            if not remaining:
+                continue  # an image comes next: `_evaluate_next_image` decodes it in a later step
             chunk = remaining[: batch.free_space]
-            last = len(chunk) == len(remaining)
+            last = generation.prefilled + len(chunk) == len(generation.prompt_tokens)
             index = batch.add(chunk, generation.position, generation.slot.index, last)
             generation.logits_index = index if last else None
             planned.append((generation, chunk))
         return planned
+
+    # --- images (engine/multimodal.py) ------------------------------------------------
+
+    def _tokenize_with_images(self, request: TextGenerationRequest) -> MultimodalPrompt:
+        if self._projector is None:
+            raise RequestRejected(MultimodalNotSupported("this agent's model has no multimodal projection; send text only"))
+        return self._projector.tokenize(request.prompt, request.images, n_batch=self._context.n_batch)
+
+    def _evaluate_next_image(self) -> None:
+        """Encode one image and decode it into its slot's sequence: at most one per step, as a work
+        item of its own beside the step's batch, so the other slots keep being served."""
+        if self._projector is None:
+            return
+        for slot in self._slots:
+            generation = slot.generation
+            if generation is None or generation.multimodal is None or generation.finished:
+                continue
+            if len(generation.outbox) >= OUTBOX_PAUSE_THRESHOLD:
+                continue
+            image = generation.multimodal.image_at(generation.prefilled)
+            if image is None:
+                continue
+            if generation.position + len(image.pseudo_tokens) >= self._context.tokens_per_slot:
+                self._evict(generation)
+                return
+            status = self._projector.evaluate(image, self._context, slot.index, generation.position)
+            if status != 0:
+                _logger.error("llama.cpp failed to evaluate an image in slot %d (status %d)", slot.index, status)
+                generation.outbox.append(SamplerError(f"llama.cpp failed to evaluate the image (status {status})"))
+                self._drop(generation)
+                return
+            slot.cached_tokens.extend(image.pseudo_tokens)
+            generation.prefilled += len(image.pseudo_tokens)
+            return
+
+    def _close_images(self, generation: Generation) -> None:
+        if generation.multimodal is not None:
+            generation.multimodal.close()
+            generation.multimodal = None
+
+    # ----------------------------------------------------------------------------------
 
     def _live_order(self, generation: Generation) -> int:
         try:

@@ -29,6 +29,8 @@ from paddler_trio.protocol import (
 if TYPE_CHECKING:
     import trio
 
+    from paddler_trio.engine.image_input import DecodedImage
+    from paddler_trio.engine.multimodal import MultimodalPrompt
     from paddler_trio.engine.vector_sampling import SlotSampler
 
     from paddler_trio.engine.model import LoadedModel
@@ -47,6 +49,8 @@ class TextGenerationRequest:
     starts_in_reasoning: bool = False
     # Benchmarks only: keep generating through end-of-generation tokens up to max_tokens.
     ignore_eos: bool = False
+    # The images the prompt's mtmd markers stand for, in order (engine/multimodal.py).
+    images: "tuple[DecodedImage, ...]" = ()
 
 
 @attrs.define(eq=False)
@@ -78,6 +82,8 @@ class Generation:
     # Set at admission, in the worker thread.
     slot: Slot | None = None
     prompt_tokens: list[int] = attrs.field(factory=list)
+    # The prompt's images, when it has some: `prompt_tokens` holds their stand-ins.
+    multimodal: "MultimodalPrompt | None" = None
     prefilled: int = 0
     sampler: "SlotSampler | None" = None
     pending_token: int | None = None
@@ -98,6 +104,13 @@ class Generation:
     @property
     def is_prefilling(self) -> bool:
         return self.prefilled < len(self.prompt_tokens)
+
+    @property
+    def text_prefill_end(self) -> int:
+        """Where the prompt's next run of text tokens ends (the next image is evaluated on its own)."""
+        if self.multimodal is None:
+            return len(self.prompt_tokens)
+        return self.multimodal.text_end(self.prefilled)
 
     @property
     def position(self) -> int:

@@ -49,7 +49,7 @@ class StateCacheFigures:
 
 @attrs.define(eq=False)
 class SavedState:
-    tokens: np.ndarray  # int32, the tokens whose KV `data` holds
+    tokens: np.ndarray  # int64 (image stand-ins are beyond int32: engine/multimodal.py), the tokens whose KV `data` holds
     data: ctypes.Array[ctypes.c_uint8]
 
 
@@ -79,7 +79,7 @@ class StateCache:
         """Keep a copy of `sequence`'s state, whose KV holds `tokens`."""
         if not self.enabled or len(tokens) < USEFUL_PREFIX_TOKENS:
             return
-        saved = np.asarray(tokens, dtype=np.int32)
+        saved = np.asarray(tokens, dtype=np.int64)
         for state in self._states:
             if _extends(state.tokens, saved):
                 self._touch(state)

@@ -11,7 +11,10 @@ export function mount(container, signal) {
   const input = h("textarea", { rows: 3, placeholder: "Ask something…", "data-testid": "prompt-input" });
   const maxTokens = h("input", { type: "number", min: 1, step: 1, value: "256", class: "short" });
   const thinking = h("input", { type: "checkbox" });
-  const image = h("input", { type: "file", accept: "image/*" });
+  // Enabled once the applicable state names a multimodal projection: without one every agent refuses images.
+  const image = h("input", { type: "file", accept: "image/*", disabled: true, "data-testid": "image-input" });
+  const imageNote = h("span", { class: "muted", "data-testid": "image-note" },
+    "Images need a multimodal projection (set one on the Model page).");
   const send = h("button", { type: "submit", "data-testid": "send" }, "Send");
   const stop = h("button", { type: "button", disabled: true, "data-testid": "stop" }, "Stop");
   const connection = h("p", { class: "stream-status" }, "Connecting…");
@@ -99,7 +102,7 @@ export function mount(container, signal) {
     h("div", { class: "actions" }, send, stop,
       h("label", {}, "Max tokens ", maxTokens),
       h("label", {}, thinking, " Thinking"),
-      h("label", {}, "Image ", image)));
+      h("label", {}, "Image ", image), imageNote));
 
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
@@ -107,7 +110,7 @@ export function mount(container, signal) {
     if (!text || current || generationDisabled) return;
     if (!socket || socket.readyState !== WebSocket.OPEN) { connection.textContent = "Not connected yet; try again in a moment."; return; }
     let content = text;
-    if (image.files.length) {
+    if (!image.disabled && image.files.length) {
       content = [{ type: "text", text }, { type: "image_url", image_url: { url: await readImage(image.files[0]) } }];
       image.value = "";
     }
@@ -137,7 +140,12 @@ export function mount(container, signal) {
 
   container.append(h("section", { class: "card chat" }, h("h2", {}, "Prompt"), notice, connection, log, form));
   requestJson("management", "/api/v1/balancer_applicable_state", { signal })
-    .then((state) => { if (state && state.inference_parameters.enable_embeddings) setDisabled(true); })
+    .then((state) => {
+      if (state && state.inference_parameters.enable_embeddings) setDisabled(true);
+      const projector = state && state.multimodal_projection !== "None";
+      image.disabled = !projector;
+      imageNote.hidden = Boolean(projector);
+    })
     .catch(() => { /* the socket's notifications say the same */ });
   connect();
 }
