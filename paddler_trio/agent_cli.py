@@ -8,6 +8,7 @@ import functools
 from pathlib import Path
 
 from paddler_trio.agent.agent_config import AgentConfig
+from paddler_trio.agent.llama_server_agent_config import DEFAULT_MONITORING_INTERVAL, LlamaServerAgentConfig
 from paddler_trio.cli_values import (
     ALLOW_AMX_HELP,
     CACHE_RAM_MIB_HELP,
@@ -29,7 +30,9 @@ def add_parser(subcommands: argparse._SubParsersAction) -> None:
             "Run an agent: it connects to the balancer's management service, receives the model and "
             "inference parameters from the balancer's desired state, and serves up to --slots requests at "
             "once with continuous batching. The first SIGINT/SIGTERM drains it (no new requests, those in flight "
-            "finish within --shutdown-grace-period), then it deregisters and exits 0; a second one exits at once."
+            "finish within --shutdown-grace-period), then it deregisters and exits 0; a second one exits at once. "
+            "With --local-llamacpp-addr it instead watches a separately started llama-server (Paddler 1.x's mode): "
+            "it polls its /slots and reports its slots, model and problems to the balancer."
         ),
     )
     parser.add_argument(
@@ -46,10 +49,10 @@ def add_parser(subcommands: argparse._SubParsersAction) -> None:
     parser.add_argument("--name", default=None, help="display name of this agent in dashboards and responses")
     parser.add_argument(
         "--slots",
-        required=True,
         type=positive_int,
         metavar="N",
-        help="number of requests served at once (llama.cpp sequences sharing one context)",
+        help="number of requests served at once (llama.cpp sequences sharing one context); required unless "
+        "--local-llamacpp-addr is given",
     )
     parser.add_argument(
         "--threads",
@@ -92,7 +95,44 @@ def add_parser(subcommands: argparse._SubParsersAction) -> None:
         metavar="PATH",
         help="also trust this CA certificate (PEM) for --management-tls, e.g. for a self-signed balancer certificate",
     )
+    watching = parser.add_argument_group(
+        "watching a llama-server",
+        "Paddler 1.x's mode: llama-server (llama.cpp's HTTP server) runs on its own, with -np N slots and its "
+        "/slots endpoint (on by default; --no-slots turns it off); the agent only reports on it.",
+    )
+    watching.add_argument(
+        "--local-llamacpp-addr",
+        type=socket_address,
+        metavar="HOST:PORT",
+        help="address where the agent polls llama-server (GET /slots, /props), e.g. 127.0.0.1:8080",
+    )
+    watching.add_argument(
+        "--external-llamacpp-addr",
+        type=socket_address,
+        metavar="HOST:PORT",
+        help="address where the balancer reaches that llama-server (default: --local-llamacpp-addr)",
+    )
+    watching.add_argument(
+        "--llamacpp-api-key",
+        "--local-llamacpp-api-key",  # the name in Paddler 1.x's README
+        dest="llamacpp_api_key",
+        metavar="KEY",
+        help="llama-server's --api-key, sent to it as Authorization: Bearer",
+    )
+    watching.add_argument(
+        "--monitoring-interval",
+        type=milliseconds,
+        metavar="MS",
+        help=(
+            f"time between two polls of llama-server, in milliseconds (default: {DEFAULT_MONITORING_INTERVAL * 1000:.0f}; "
+            "Paddler 1.x's was 10000); each poll keeps llama-server from going to sleep (--sleep-idle-seconds)"
+        ),
+    )
     parser.set_defaults(handler=functools.partial(_run, parser))
+
+
+_ENGINE_ONLY_FLAGS = ("slots", "threads", "allow_amx")
+_LLAMA_SERVER_ONLY_FLAGS = ("external_llamacpp_addr", "llamacpp_api_key", "monitoring_interval")
 
 
 def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
@@ -104,6 +144,22 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     # signal and every thread's Python stack to stderr first (docs/operations.md).
     faulthandler.enable()
 
+    watching = args.local_llamacpp_addr is not None
+    if watching:
+        given = [name for name in _ENGINE_ONLY_FLAGS if getattr(args, name) not in (None, False)]
+        if given:
+            parser.error(
+                f"--{given[0].replace('_', '-')} is for an agent that runs llama.cpp itself; with --local-llamacpp-addr "
+                "llama-server has its own (-np for its slots, -t for its threads)"
+            )
+    else:
+        given = [name for name in _LLAMA_SERVER_ONLY_FLAGS if getattr(args, name) is not None]
+        if given:
+            parser.error(f"--{given[0].replace('_', '-')} needs --local-llamacpp-addr (the llama-server to watch)")
+        if args.slots is None:
+            parser.error("--slots is required (or --local-llamacpp-addr, to watch a llama-server instead)")
+    if args.monitoring_interval is not None and args.monitoring_interval <= 0:
+        parser.error("--monitoring-interval must be at least 1 (millisecond)")
     if args.management_ca_file is not None and not args.management_tls:
         parser.error("--management-ca-file needs --management-tls")
     if args.management_ca_file is not None and not args.management_ca_file.is_file():
@@ -114,6 +170,8 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         parser.error(str(error))
     if len(set(args.management_addr)) != len(args.management_addr):
         parser.error("--management-addr names the same balancer twice")
+    if watching:
+        return _run_watching(args, agent_secret)
     config = AgentConfig(
         management_addrs=tuple(args.management_addr),
         slots=args.slots,
@@ -127,3 +185,23 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         management_ca_file=args.management_ca_file,
     )
     return run_until_stopped(functools.partial(run_agent, config))
+
+
+def _run_watching(args: argparse.Namespace, agent_secret: str | None) -> int:
+    from paddler_trio.nursery.llama_server_agent import run_llama_server_agent
+    from paddler_trio.nursery.signals import run_until_stopped
+
+    config = LlamaServerAgentConfig(
+        management_addrs=tuple(args.management_addr),
+        local_llamacpp_addr=args.local_llamacpp_addr,
+        external_llamacpp_addr=args.external_llamacpp_addr or args.local_llamacpp_addr,
+        monitoring_interval=(
+            DEFAULT_MONITORING_INTERVAL if args.monitoring_interval is None else args.monitoring_interval
+        ),
+        llamacpp_api_key=args.llamacpp_api_key,
+        name=args.name,
+        agent_secret=agent_secret,
+        management_tls=args.management_tls,
+        management_ca_file=args.management_ca_file,
+    )
+    return run_until_stopped(functools.partial(run_llama_server_agent, config))

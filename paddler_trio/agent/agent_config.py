@@ -28,11 +28,3 @@ class AgentConfig:
     management_ca_file: Path | None = None
     # Seconds that the requests in flight get to finish after the first SIGINT/SIGTERM.
     shutdown_grace_period: float = DEFAULT_SHUTDOWN_GRACE_PERIOD
-
-    def agent_socket_base_url(self, management_addr: SocketAddress) -> str:
-        """`ws://HOST:PORT/api/v1/agent_socket/` (`wss://` with TLS; the agent id follows)."""
-        host = management_addr.host
-        if ":" in host:
-            host = f"[{host}]"
-        scheme = "wss" if self.management_tls else "ws"
-        return f"{scheme}://{host}:{management_addr.port}/api/v1/agent_socket/"

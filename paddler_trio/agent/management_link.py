@@ -3,7 +3,8 @@
 The socket is trio-websocket's, on a TCP (or TLS) stream the link opens itself, so that the
 upgrade names the host as the URL gives it. On every connection: `RegisterAgent` first, then
 `UpdateAgentStatus` on every status change and every second; incoming `SetState` goes to
-reconciliation, requests and `StopRespondingTo` to request handling. Everything the agent sends
+`on_desired_state` (reconciliation; an agent watching a llama-server has none and ignores it),
+requests and `StopRespondingTo` to request handling. Everything the agent sends
 waits in one queue for the link's writer task (`LinkOutbox`); the replies of one engine step
 are queued together and go as one frame when the balancer offers it
 (`protocol.reply_batching`; Paddler's balancer does not). Likewise the status snapshots carry
@@ -41,11 +42,11 @@ from trio_websocket import (
 
 from paddler_trio import PADDLER_COMPATIBLE_VERSION
 from paddler_trio.agent.engine_holder import EngineHolder
-from paddler_trio.agent.reconciliation import Reconciliation
 from paddler_trio.agent.request_handling import RequestHandling
 from paddler_trio.agent.status import AgentStatus
 from paddler_trio.protocol import (
     AgentBoundMessage,
+    AgentDesiredState,
     BalancerBoundMessage,
     DeregisterAgentNotification,
     ErrorDetails,
@@ -129,7 +130,7 @@ class ManagementLink:
         name: str | None,
         status: AgentStatus,
         engines: EngineHolder,
-        reconciliation: Reconciliation,
+        on_desired_state: Callable[[AgentDesiredState], None],
         agent_secret: str | None = None,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
@@ -140,7 +141,7 @@ class ManagementLink:
         self._name = name
         self._status = status
         self._engines = engines
-        self._reconciliation = reconciliation
+        self._on_desired_state = on_desired_state
         self._leaving = trio.Event()
         self._left = trio.Event()
 
@@ -298,7 +299,7 @@ class ManagementLink:
         (when the agent serves several); `extended`: with the prompt state cache's figures (none
         while no model is loaded). They change without a version bump, so every snapshot, the one
         sent every second included, carries the current ones."""
-        snapshot = self._status.snapshot(held_elsewhere=self._status.slots_processing - requests.in_flight)
+        snapshot = self._status.snapshot(held_elsewhere=self._status.requests_in_flight - requests.in_flight)
         engine = self._engines.engine
         if not extended or engine is None:
             return snapshot
@@ -347,7 +348,7 @@ class ManagementLink:
         elif isinstance(message, StopRespondingToNotification):
             requests.stop_responding_to(message.request_id)
         elif isinstance(message, SetStateNotification):
-            self._reconciliation.set_desired_state(message.desired_state)
+            self._on_desired_state(message.desired_state)
         elif isinstance(message, VersionNotification):
             if message.version != PADDLER_COMPATIBLE_VERSION:
                 _logger.warning(

@@ -3,6 +3,8 @@
 Every change bumps `version` and wakes whoever waits for a change (the link publishes a
 snapshot then, and the drain before a reload waits for `slots_processing` to reach 0).
 Download progress (`download_*`) is written by `DownloadProgress.publish`, throttled.
+An agent that watches a llama-server writes its slots, model and issues from each poll
+(`llamacpp_monitor.py`) and sets `llama_server`.
 """
 
 from __future__ import annotations
@@ -11,7 +13,13 @@ from collections.abc import Callable, Iterable
 
 import trio
 
-from paddler_trio.protocol import AgentIssue, ChatTemplate, SlotAggregatedStatusSnapshot, StateApplicationStatus
+from paddler_trio.protocol import (
+    AgentIssue,
+    ChatTemplate,
+    LlamaServerStatus,
+    SlotAggregatedStatusSnapshot,
+    StateApplicationStatus,
+)
 
 
 class _Unchanged:
@@ -27,6 +35,8 @@ class AgentStatus:
         self.issues: frozenset[AgentIssue] = frozenset()
         self.model_path: str | None = None
         self.slots_processing = 0
+        # Requests taken over the links (all balancers'), counted in `slots_processing` too.
+        self.requests_in_flight = 0
         self.slots_total = 0
         self.state_application_status = StateApplicationStatus.FRESH
         # The latest desired state's, from the moment it arrives (as Paddler answers
@@ -34,6 +44,8 @@ class AgentStatus:
         self.chat_template_override: ChatTemplate | None = None
         # Shutting down: every snapshot reports no slots, so the balancer sends nothing new.
         self.draining = False
+        # Set only by an agent that watches a llama-server.
+        self.llama_server: LlamaServerStatus | None = None
         self.version = 0
         self._changed = trio.Event()
 
@@ -42,7 +54,8 @@ class AgentStatus:
         (an agent serving several); they count as slots this balancer cannot have, so that its own
         count of its requests against `slots_total` stays true."""
         return SlotAggregatedStatusSnapshot(
-            desired_slots_total=self.desired_slots_total,
+            # A watched llama-server has the slots it was started with (-np): nothing else is desired.
+            desired_slots_total=self.slots_total if self.llama_server is not None else self.desired_slots_total,
             download_current=self.download_current,
             download_filename=self.download_filename,
             # Idle (no download) reads as indeterminate too, as in Paddler.
@@ -55,6 +68,7 @@ class AgentStatus:
             state_application_status=self.state_application_status,
             uses_chat_template_override=self.chat_template_override is not None,
             version=self.version,
+            llama_server=self.llama_server,
         )
 
     def update(
@@ -65,9 +79,13 @@ class AgentStatus:
         slots_total: int | None = None,
         state_application_status: StateApplicationStatus | None = None,
         chat_template_override: ChatTemplate | None | type[_Unchanged] = _Unchanged,
+        slots_processing: int | None = None,
+        llama_server: LlamaServerStatus | None = None,
     ) -> None:
         """Change the given fields at once (one version bump); a field left out keeps its value
-        (`model_path=None` clears the model path, `chat_template_override=None` the override)."""
+        (`model_path=None` clears the model path, `chat_template_override=None` the override).
+        `slots_processing` is for a watched llama-server's count: our own requests count
+        through `take_slot` and `release_slot`."""
         changed = False
         if issues is not None and frozenset(issues) != self.issues:
             self.issues, changed = frozenset(issues), True
@@ -79,6 +97,10 @@ class AgentStatus:
             self.state_application_status, changed = state_application_status, True
         if chat_template_override is not _Unchanged and chat_template_override != self.chat_template_override:
             self.chat_template_override, changed = chat_template_override, True  # type: ignore[assignment]
+        if slots_processing is not None and slots_processing != self.slots_processing:
+            self.slots_processing, changed = slots_processing, True
+        if llama_server is not None and llama_server != self.llama_server:
+            self.llama_server, changed = llama_server, True
         if changed:
             self._bump()
 
@@ -102,10 +124,12 @@ class AgentStatus:
     def take_slot(self) -> None:
         """A request arrived: it counts in `slots_processing` until `release_slot()`."""
         self.slots_processing += 1
+        self.requests_in_flight += 1
         self._bump()
 
     def release_slot(self) -> None:
         self.slots_processing -= 1
+        self.requests_in_flight -= 1
         self._bump()
 
     async def wait_for_change(self, seen_version: int) -> None:

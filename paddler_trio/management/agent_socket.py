@@ -15,7 +15,9 @@ the replies of one engine step as one frame; and our status extensions
 status. Paddler's agents ignore both headers. The other way
 round, our agents' upgrade requests offer our request extensions (`protocol.request_extensions`):
 the agent is registered as accepting them, and a Paddler agent, which does not offer them, gets
-requests in Paddler's own shape (`proxy/forwarding.py`). The socket is Hypercorn's, served
+requests in Paddler's own shape (`proxy/forwarding.py`). An agent whose registration carries a
+`llama_server` status watches a llama-server: it joins as that kind (`protocol.AgentKind`) and
+gets neither the applicable state nor requests. The socket is Hypercorn's, served
 ahead of Quart (`agent_socket_route.py`). A frame is acted on whole before the reader waits again,
 so the tokens it carries for one client are all queued for that client's writer before the
 writer wakes: they leave in one write.
@@ -34,6 +36,7 @@ from paddler_trio.management.agent_message_decoding import decode_agent_frame
 from paddler_trio.management.reconciliation import Reconciliation
 from paddler_trio.protocol import (
     DeregisterAgentNotification,
+    AgentKind,
     ErrorEnvelope,
     RegisterAgentNotification,
     ResponseEnvelope,
@@ -107,6 +110,11 @@ class AgentSocket:
                 status=registration.slot_aggregated_status_snapshot,
                 outbox=outbox_send,
                 accepts_request_extensions=accepts_request_extensions,
+                kind=(
+                    AgentKind.ENGINE
+                    if registration.slot_aggregated_status_snapshot.llama_server is None
+                    else AgentKind.LLAMA_SERVER
+                ),
             )
             try:
                 self._pool.register(agent)
@@ -114,12 +122,7 @@ class AgentSocket:
                 _logger.warning("refused agent %s: an agent with this id is already connected", agent_id)
                 await websocket.close(CLOSE_POLICY_VIOLATION, f"agent id {agent_id} is already registered")
                 return
-            _logger.info(
-                "agent %s (%s) registered%s",
-                agent_id,
-                agent.name or "unnamed",
-                "" if accepts_request_extensions else ", a Paddler agent: it gets requests in Paddler's shape",
-            )
+            _logger.info("agent %s (%s) registered%s", agent_id, agent.name or "unnamed", _kind_note(agent))
             try:
                 self._reconciliation.send_state_to(agent)
                 async with trio.open_nursery() as nursery:
@@ -182,6 +185,15 @@ class AgentSocket:
             # before its queue closes (a send into a closed queue would fail the request).
             self._pool.deregister(agent)
             outbox.close()
+
+
+def _kind_note(agent: AgentController) -> str:
+    llama_server = agent.status.llama_server
+    if llama_server is not None:
+        return f", watching the llama-server at {llama_server.external_llamacpp_addr}"
+    if not agent.accepts_request_extensions:
+        return ", a Paddler agent: it gets requests in Paddler's shape"
+    return ""
 
 
 class _AgentFrames:

@@ -23,6 +23,7 @@ from paddler_trio.management.balancer_gauges import BalancerGauges
 from paddler_trio.management.reconciliation import Reconciliation
 from paddler_trio.management.state_database import MemoryStateDatabase, StateDatabaseUnavailable
 from paddler_trio.protocol import (
+    AgentKind,
     AgentRequest,
     BalancerDesiredState,
     BufferedRequestsSnapshot,
@@ -183,10 +184,15 @@ class ManagementService:
         return response
 
     async def _ask_agent(self, agent_id: str, question: AgentRequest) -> Any:
-        """The agent's answer, or the error response: 404 unknown agent, 502 agent gone, 504 after 3 s."""
+        """The agent's answer, or the error response: 404 unknown agent, 409 an agent that watches a
+        llama-server (it answers nothing over a link), 502 agent gone, 504 after 3 s."""
         agent = self._pool.get(agent_id)
         if agent is None:
             return plain_text_error(404, f'Agent "{agent_id}" is not registered')
+        if agent.kind is not AgentKind.ENGINE:
+            return plain_text_error(
+                409, f'Agent "{agent_id}" watches a llama-server and answers no requests; ask that llama-server (/props)'
+            )
         request_id = new_request_id()
         route = agent.open_route(request_id)
         try:

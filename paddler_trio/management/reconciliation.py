@@ -4,7 +4,8 @@ On start and after every store in the state database the desired state is conver
 (the chat template override is kept only when `use_chat_template_override` is set), kept
 as the applicable state, and sent as `SetState` to every connected agent; a newly
 registered agent gets it right away. An agent whose queue could not take the message is
-retried every second. The applicable state also decides the cluster's token generation
+retried every second. Agents that watch a llama-server have no desired state: they never
+get one. The applicable state also decides the cluster's token generation
 mode (embeddings mode disables generation) that the inference socket announces.
 """
 
@@ -18,7 +19,7 @@ import trio
 from paddler_trio.management.state_database import MemoryStateDatabase
 from paddler_trio.proxy.agent_controller import AgentController
 from paddler_trio.proxy.agent_pool import AgentPool
-from paddler_trio.protocol import AgentDesiredState, BalancerDesiredState, SetStateNotification
+from paddler_trio.protocol import AgentDesiredState, AgentKind, BalancerDesiredState, SetStateNotification
 
 _logger = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ class Reconciliation:
                 self.send_state_to(agent)
 
     def send_state_to(self, agent: AgentController) -> None:
-        if self.applicable_state is None:
+        if self.applicable_state is None or agent.kind is not AgentKind.ENGINE:
             return
         try:
             agent.outbox.send_nowait(SetStateNotification(desired_state=self.applicable_state))

@@ -16,11 +16,10 @@ import trio
 from paddler_trio.agent.agent_config import AgentConfig
 from paddler_trio.agent.agent_id import new_agent_id
 from paddler_trio.agent.engine_holder import EngineHolder
-from paddler_trio.agent.management_link import ManagementLink
+from paddler_trio.agent.balancer_links import describe_balancers, leave_all, links_to_balancers, start_links
 from paddler_trio.agent.reconciliation import Reconciliation
 from paddler_trio.agent.status import AgentStatus
 from paddler_trio.nursery.signals import stop_on_signals
-from paddler_trio.security.tls import client_ssl_context
 
 _logger = logging.getLogger(__name__)
 
@@ -50,39 +49,33 @@ async def serve_agent(
         cache_ram_mib=config.cache_ram_mib,
         agent_name=config.name,
     )
-    ssl_context = client_ssl_context(config.management_ca_file) if config.management_tls else None
-    links = [
-        ManagementLink(
-            config.agent_socket_base_url(address) + agent_id,
-            name=config.name,
-            status=status,
-            engines=engines,
-            reconciliation=reconciliation,
-            agent_secret=config.agent_secret,
-            ssl_context=ssl_context,
-        )
-        for address in config.management_addrs
-    ]
+    links = links_to_balancers(
+        config.management_addrs,
+        agent_id,
+        name=config.name,
+        status=status,
+        engines=engines,
+        on_desired_state=reconciliation.set_desired_state,
+        agent_secret=config.agent_secret,
+        tls=config.management_tls,
+        ca_file=config.management_ca_file,
+    )
     _logger.info(
-        "agent %s%s with %d slots and %s joining the balancer%s at %s",
+        "agent %s%s with %d slots and %s joining %s",
         agent_id,
         f" ({config.name})" if config.name else "",
         config.slots,
         f"a prompt state cache of up to {config.cache_ram_mib} MiB" if config.cache_ram_mib else "no prompt state cache",
-        "s" if len(links) > 1 else "",
-        ", ".join(str(address) for address in config.management_addrs),
+        describe_balancers(config.management_addrs),
     )
     async with trio.open_nursery() as root:
         await root.start(reconciliation.run)
-        for link in links:
-            await root.start(link.run)
+        await start_links(root, links)
         task_status.started(agent_id)
         await stop.wait()
         await _drain(status, config.shutdown_grace_period)
         # Deregister while the sockets are still served, then stop everything else.
-        async with trio.open_nursery() as goodbyes:
-            for link in links:
-                goodbyes.start_soon(link.leave)
+        await leave_all(links)
         root.cancel_scope.cancel()
     _logger.info("agent %s stopped", agent_id)
 

@@ -45,6 +45,7 @@ from paddler_trio.balancer_config import BalancerConfig
 from paddler_trio.cli_values import SocketAddress
 from paddler_trio.management.agent_socket import ACCEPT_HEADERS as AGENT_SOCKET_ACCEPT_HEADERS
 from paddler_trio.management.agent_socket_route import with_agent_sockets
+from paddler_trio.management.legacy_status_stream import LegacyStatusStreams
 from paddler_trio.management.management_routes import ManagementService
 from paddler_trio.management.reconciliation import Reconciliation
 from paddler_trio.management.state_database import (
@@ -194,11 +195,16 @@ async def _serve(
                     keys=config.management_api_keys,
                     keys_by_path_prefix=agent_socket_keys(config),
                 )
+                # Agents report on the management port ahead of Quart: ours (and Paddler 4.x's) on the
+                # agents' socket, unmodified Paddler 1.x and Rower agents on their HTTP status streams.
+                legacy_status_streams = LegacyStatusStreams(pool, shutdown, agent_secret_keys(config))
                 management_bound = await servers.start(
                     _serve_http,
                     "management",
-                    with_agent_sockets(
-                        management_app, management.agent_socket, agent_secret_keys(config), AGENT_SOCKET_ACCEPT_HEADERS
+                    legacy_status_streams.wrap(
+                        with_agent_sockets(
+                            management_app, management.agent_socket, agent_secret_keys(config), AGENT_SOCKET_ACCEPT_HEADERS
+                        )
                     ),
                     config.management_addr,
                     shutdown,

@@ -25,6 +25,12 @@ from paddler_trio.protocol.agent_issue import (
     HuggingFaceCannotAcquireLock,
     HuggingFaceModelDoesNotExist,
     HuggingFacePermissions,
+    LlamaServerAgentReportedError,
+    LlamaServerAnsweredUnexpectedly,
+    LlamaServerIsLoadingModel,
+    LlamaServerIsUnreachable,
+    LlamaServerRefusedApiKey,
+    LlamaServerSlotsEndpointIsDisabled,
     ModelCacheIsCorrupted,
     ModelCannotBeLoaded,
     ModelDoesNotExistAtUrl,
@@ -33,6 +39,7 @@ from paddler_trio.protocol.agent_issue import (
     SlotCannotStart,
     UnableToFindChatTemplate,
 )
+from paddler_trio.protocol.agent_kind import AgentKind, LegacyStatusStream
 from paddler_trio.protocol.agent_socket_messages import (
     AgentBoundMessage,
     AgentRequest,
@@ -75,6 +82,7 @@ from paddler_trio.protocol.embedding_result import (
     EmbeddingsDisabled,
     NoEmbeddingsProduced,
 )
+from paddler_trio.protocol.llama_server_status import LlamaServerStatus
 from paddler_trio.protocol.envelopes import ErrorDetails, ErrorEnvelope, RequestEnvelope, ResponseEnvelope
 from paddler_trio.protocol.generate_embedding_batch_params import EmbeddingInputDocument, GenerateEmbeddingBatchParams
 from paddler_trio.protocol.generated_token_result import (
@@ -139,16 +147,17 @@ __all__ = [
     "AgentControllerSnapshot",
     "AgentDesiredState",
     "AgentIssue",
+    "AgentKind",
     "AgentRequest",
     "AgentResponse",
     "BalancerBoundMessage",
     "BalancerDesiredState",
     "BufferedRequestsSnapshot",
     "CacheCannotAcquireLock",
-    "CalledFunction",
     "CacheDirectoryIsNotWritable",
     "CacheDtype",
     "CacheStorageIsFull",
+    "CalledFunction",
     "ChatTemplate",
     "ChatTemplateDoesNotCompile",
     "ChatTemplateError",
@@ -206,6 +215,14 @@ __all__ = [
     "InvalidJsonArguments",
     "JsonSchemaGrammar",
     "L2Normalization",
+    "LegacyStatusStream",
+    "LlamaServerAgentReportedError",
+    "LlamaServerAnsweredUnexpectedly",
+    "LlamaServerIsLoadingModel",
+    "LlamaServerIsUnreachable",
+    "LlamaServerRefusedApiKey",
+    "LlamaServerSlotsEndpointIsDisabled",
+    "LlamaServerStatus",
     "LocalToAgentModel",
     "MessageToolCall",
     "ModelCacheIsCorrupted",

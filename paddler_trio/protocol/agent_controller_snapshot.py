@@ -5,12 +5,20 @@ from __future__ import annotations
 import attrs
 
 from paddler_trio.protocol.agent_issue import AgentIssue
+from paddler_trio.protocol.agent_kind import AgentKind, LegacyStatusStream
+from paddler_trio.protocol.llama_server_status import LlamaServerStatus
 from paddler_trio.protocol.state_application_status import StateApplicationStatus
 
 
 @attrs.frozen(kw_only=True)
 class AgentControllerSnapshot:
-    """One agent. ``slots_processing`` is the balancer's own dispatch count, not the agent's."""
+    """One agent. ``slots_processing`` is the balancer's own dispatch count, not the agent's; for a
+    ``llama_server`` agent, the larger of that count and the busy slots llama-server reports (its
+    clients may reach it directly).
+
+    Ours, beyond Paddler's fields: ``kind``; ``llama_server`` (left out when None) for the
+    ``llama_server`` kind; ``legacy_status_stream`` (left out when None) for an unmodified
+    Paddler 1.x or Rower agent reporting over an HTTP status stream."""
 
     desired_slots_total: int
     download_current: int
@@ -30,6 +38,9 @@ class AgentControllerSnapshot:
     cache_states: int | None = None
     cache_used_bytes: int | None = None
     cache_limit_bytes: int | None = None
+    kind: AgentKind = AgentKind.ENGINE
+    llama_server: LlamaServerStatus | None = None
+    legacy_status_stream: LegacyStatusStream | None = None
 
 
 @attrs.frozen

@@ -6,6 +6,10 @@ Wire form (externally tagged): most issues carry a model path,
 ``{"HuggingFaceCannotAcquireLock": {"lock_path", "model_path": {"model_path"}}}`` and
 ``{"SlotCannotStart": {"error", "slot_index"}}``.
 
+Agents that watch a llama-server (``AgentKind.LLAMA_SERVER``) report the ``LlamaServer*`` issues, ours
+(not Paddler's): each names the llama-server (``llamacpp_addr``, as the agent reaches it) and says what
+is wrong and what to do in ``description``, a sentence for people.
+
 Issues are hashable and totally ordered like Paddler's derived ``Ord`` (variant, then fields), so a
 ``frozenset`` of issues serialises as Paddler's sorted ``BTreeSet``.
 """
@@ -175,6 +179,54 @@ class UnableToFindChatTemplate(_OrderedIssue):
     model_path: str
 
 
+@attrs.frozen(order=False)
+class LlamaServerIsUnreachable(_OrderedIssue):
+    """No answer from llama-server: connection refused, timeout, connection cut."""
+
+    description: str
+    llamacpp_addr: str
+
+
+@attrs.frozen(order=False)
+class LlamaServerRefusedApiKey(_OrderedIssue):
+    """llama-server answered 401: the agent's ``--llamacpp-api-key`` is missing or wrong."""
+
+    description: str
+    llamacpp_addr: str
+
+
+@attrs.frozen(order=False)
+class LlamaServerSlotsEndpointIsDisabled(_OrderedIssue):
+    """llama-server answered ``/slots`` with 501: it runs with ``--no-slots``."""
+
+    description: str
+    llamacpp_addr: str
+
+
+@attrs.frozen(order=False)
+class LlamaServerIsLoadingModel(_OrderedIssue):
+    """llama-server answered 503: its model is still loading."""
+
+    description: str
+    llamacpp_addr: str
+
+
+@attrs.frozen(order=False)
+class LlamaServerAnsweredUnexpectedly(_OrderedIssue):
+    """Any other status, or a ``/slots`` body that is not a list of slots."""
+
+    description: str
+    llamacpp_addr: str
+
+
+@attrs.frozen(order=False)
+class LlamaServerAgentReportedError(_OrderedIssue):
+    """A Paddler 1.x or Rower agent reported an error that does not say which of the above it is."""
+
+    description: str
+    llamacpp_addr: str
+
+
 AgentIssue = Union[
     CacheCannotAcquireLock,
     CacheDirectoryIsNotWritable,
@@ -196,6 +248,12 @@ AgentIssue = Union[
     MultimodalProjectionCannotBeLoaded,
     SlotCannotStart,
     UnableToFindChatTemplate,
+    LlamaServerIsUnreachable,
+    LlamaServerRefusedApiKey,
+    LlamaServerSlotsEndpointIsDisabled,
+    LlamaServerIsLoadingModel,
+    LlamaServerAnsweredUnexpectedly,
+    LlamaServerAgentReportedError,
 ]
 
 _VARIANT_ORDER: dict[type, int] = {variant: index for index, variant in enumerate(get_args(AgentIssue))}

@@ -36,6 +36,7 @@ from cattrs.preconf.json import make_converter
 
 from paddler_trio.protocol.agent_controller_snapshot import AgentControllerSnapshot
 from paddler_trio.protocol.agent_issue import AgentIssue, ChatTemplateDoesNotCompile, HuggingFaceCannotAcquireLock
+from paddler_trio.protocol.agent_kind import AgentKind, LegacyStatusStream
 from paddler_trio.protocol.agent_socket_messages import (
     AgentBoundMessage,
     AgentRequest,
@@ -208,14 +209,16 @@ _OMITTED_WHEN_NONE: dict[type, tuple[str, ...]] = {
     ContinueFromConversationHistoryParams: SAMPLING_OVERRIDE_FIELDS,
     ContinueFromRawPromptParams: SAMPLING_OVERRIDE_FIELDS,
     ConversationMessage: MESSAGE_EXTENSION_FIELDS,
-    SlotAggregatedStatusSnapshot: STATUS_EXTENSION_FIELDS,
-    AgentControllerSnapshot: STATUS_EXTENSION_FIELDS,
+    # Ours, left out of the JSON when None: the prompt state cache (`status_extensions.py`) and,
+    # for agents that watch a llama-server, its status; Paddler's agents and clients never see them.
+    SlotAggregatedStatusSnapshot: (*STATUS_EXTENSION_FIELDS, "llama_server"),
+    AgentControllerSnapshot: (*STATUS_EXTENSION_FIELDS, "llama_server", "legacy_status_stream"),
 }
 
 # Structs whose every field is required on the wire even though the Python class has defaults.
 _ALL_FIELDS_REQUIRED: frozenset[type] = frozenset({InferenceParameters})
 
-_ENUMS: tuple[type, ...] = (PoolingType, CacheDtype, StateApplicationStatus)
+_ENUMS: tuple[type, ...] = (PoolingType, CacheDtype, StateApplicationStatus, AgentKind, LegacyStatusStream)
 
 _ISSUES_WITH_NESTED_MODEL_PATH: frozenset[type] = frozenset({ChatTemplateDoesNotCompile, HuggingFaceCannotAcquireLock})
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import attrs
 
 from paddler_trio.protocol.agent_issue import AgentIssue
+from paddler_trio.protocol.llama_server_status import LlamaServerStatus
 from paddler_trio.protocol.state_application_status import StateApplicationStatus
 
 
@@ -13,6 +14,8 @@ class SlotAggregatedStatusSnapshot:
     """Paddler's ``SlotAggregatedStatusSnapshot``; ``issues`` is emitted sorted.
 
     ``version`` increases with every change; the balancer ignores snapshots older than the newest it saw.
+    ``llama_server`` (ours, left out of the JSON when None) is set only by an agent that watches a
+    llama-server: it makes the agent a ``llama_server`` kind on our balancer.
     """
 
     desired_slots_total: int
@@ -32,3 +35,4 @@ class SlotAggregatedStatusSnapshot:
     cache_states: int | None = None
     cache_used_bytes: int | None = None
     cache_limit_bytes: int | None = None
+    llama_server: LlamaServerStatus | None = None

@@ -3,6 +3,11 @@ count of requests dispatched to it, the queue of messages to send it, and the ro
 that carry each in-flight request's replies back to the task serving it, and the prefixes it
 is assumed to hold in its prompt cache (`prefix_affinity.py`).
 
+An agent of the `llama_server` kind (`protocol.AgentKind`) watches a separately started
+llama-server: it takes no desired state and no request over a link, so dispatch never picks it
+(`accepts_work` is False); clients may use its llama-server directly, so its busy slots are the
+larger of llama-server's own count and the balancer's claims (`slots_busy`).
+
 A route may have a taker (`open_route(..., taker=...)`): the socket reader offers it each
 reply first, and the reply goes into the route only when the taker declines it. The relay
 uses this to hand tokens on to the client at once (`forwarding.py`).
@@ -20,8 +25,10 @@ import trio
 
 from paddler_trio.protocol import (
     AgentControllerSnapshot,
+    AgentKind,
     ChatTemplateDoesNotCompile,
     ErrorEnvelope,
+    LegacyStatusStream,
     ResponseEnvelope,
     SlotAggregatedStatusSnapshot,
     TokenUsage,
@@ -74,6 +81,10 @@ class AgentController:
     # Whether the agent offered our request extensions when it connected (`protocol.request_extensions`);
     # a Paddler agent does not, and gets requests in Paddler's own shape.
     accepts_request_extensions: bool = False
+    kind: AgentKind = AgentKind.ENGINE
+    # Set for an unmodified Paddler 1.x or Rower agent (`management/legacy_status_stream.py`).
+    legacy_status_stream: LegacyStatusStream | None = None
+    # Slots claimed by this balancer's dispatch.
     slots_processing: int = 0
     # Tokens relayed from this agent to clients (for `/metrics` and the dashboard's tokens/s).
     generated_tokens: int = 0
@@ -97,8 +108,14 @@ class AgentController:
         return self.status.slots_total
 
     @property
+    def slots_busy(self) -> int:
+        if self.kind is AgentKind.LLAMA_SERVER:
+            return max(self.status.slots_processing, self.slots_processing)
+        return self.slots_processing
+
+    @property
     def free_slots(self) -> int:
-        return 0 if self.every_slot_taken_elsewhere else self.slots_total - self.slots_processing
+        return 0 if self.every_slot_taken_elsewhere else self.slots_total - self.slots_busy
 
     @property
     def prefix_capacity(self) -> int:
@@ -110,8 +127,11 @@ class AgentController:
 
     @property
     def accepts_work(self) -> bool:
-        """Loaded, answering, not draining (a draining agent reports slots_total 0), no blocking issue."""
-        if self.unresponsive or self.connection_closed.is_set() or self.slots_total <= 0 or self.status.model_path is None:
+        """An engine agent: loaded, answering, not draining (a draining agent reports slots_total 0),
+        no blocking issue."""
+        if self.kind is not AgentKind.ENGINE or self.unresponsive or self.connection_closed.is_set():
+            return False
+        if self.slots_total <= 0 or self.status.model_path is None:
             return False
         return all(isinstance(issue, _NON_BLOCKING_ISSUES) for issue in self.status.issues)
 
@@ -122,8 +142,9 @@ class AgentController:
     def update_status(self, status: SlotAggregatedStatusSnapshot) -> bool:
         """Take a newer snapshot; returns whether anything the pool cares about changed.
 
-        The agent's own `slots_processing` is ignored: the balancer keeps its own count.
-        Any snapshot, even a stale one, proves the agent answers again.
+        An engine agent's own `slots_processing` is ignored: the balancer keeps its own count
+        (a llama-server's is kept, see `slots_busy`). Any snapshot, even a stale one, proves the
+        agent answers again.
         """
         revived = self.unresponsive
         self.unresponsive = False
@@ -137,9 +158,12 @@ class AgentController:
         if self.every_slot_taken_elsewhere:
             self.every_slot_taken_elsewhere = False
             revived = True  # its slots count for the pool again
-        changed = attrs.evolve(status, version=0, slots_processing=0) != attrs.evolve(
-            self.status, version=0, slots_processing=0
-        )
+        if self.kind is AgentKind.LLAMA_SERVER:
+            changed = attrs.evolve(status, version=0) != attrs.evolve(self.status, version=0)
+        else:
+            changed = attrs.evolve(status, version=0, slots_processing=0) != attrs.evolve(
+                self.status, version=0, slots_processing=0
+            )
         self.status = status
         return changed or revived
 
@@ -160,13 +184,16 @@ class AgentController:
             issues=status.issues,
             model_path=status.model_path,
             name=self.name,
-            slots_processing=self.slots_processing,
+            slots_processing=self.slots_busy,
             slots_total=status.slots_total,
             state_application_status=status.state_application_status,
             uses_chat_template_override=status.uses_chat_template_override,
             cache_states=status.cache_states,
             cache_used_bytes=status.cache_used_bytes,
             cache_limit_bytes=status.cache_limit_bytes,
+            kind=self.kind,
+            llama_server=status.llama_server,
+            legacy_status_stream=self.legacy_status_stream,
         )
 
     # --- per-request reply routes ------------------------------------------------------

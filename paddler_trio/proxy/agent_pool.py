@@ -24,7 +24,7 @@ import trio
 
 from paddler_trio.proxy.agent_controller import AgentController
 from paddler_trio.proxy.prefix_chain import NO_PREFIX, PrefixChain
-from paddler_trio.protocol import AgentControllerPoolSnapshot
+from paddler_trio.protocol import AgentControllerPoolSnapshot, AgentKind
 from paddler_trio.routing_policy import RoutingPolicy
 
 # How much busier (in share of busy slots) than the least busy agent an agent may be and still
@@ -98,6 +98,11 @@ class AgentPool:
     @property
     def agents(self) -> list[AgentController]:
         return list(self._agents.values())
+
+    @property
+    def engine_agents(self) -> list[AgentController]:
+        """The agents that take requests over their link (not those watching a llama-server)."""
+        return [agent for agent in self._agents.values() if agent.kind is AgentKind.ENGINE]
 
     @property
     def generated_tokens(self) -> int:
@@ -198,12 +203,12 @@ class AgentPool:
         return self.version
 
     async def wait_for_an_agent(self, timeout: float) -> bool:
-        """Whether an agent is registered, waiting up to `timeout` seconds for one to join."""
+        """Whether an engine agent is registered, waiting up to `timeout` seconds for one to join."""
         with trio.move_on_after(timeout):
             seen_version = self.version
-            while not self._agents:
+            while not self.engine_agents:
                 seen_version = await self.wait_changed(seen_version)
-        return bool(self._agents)
+        return bool(self.engine_agents)
 
     def snapshot(self) -> AgentControllerPoolSnapshot:
         return AgentControllerPoolSnapshot(agents=tuple(agent.snapshot() for agent in self._agents.values()))

@@ -239,7 +239,7 @@ class InferenceService:
             raise _Refused(503, "Balancer applicable state is not yet set", PLAIN_TEXT)
         if not state.inference_parameters.enable_embeddings:
             raise _Refused(501, "Embedding generation is not enabled in the inference parameters", PLAIN_TEXT)
-        agent_count = len(self._pool.agents)
+        agent_count = len(self._pool.engine_agents)
         if agent_count == 0:
             raise _Refused(503, "No agents are currently connected", PLAIN_TEXT)
         chunks = chunk_evenly_with_cap(

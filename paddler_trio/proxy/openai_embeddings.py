@@ -78,7 +78,7 @@ async def embeddings(
         raise OpenAIError(503, "Balancer applicable state is not yet set")
     if not state.inference_parameters.enable_embeddings:
         raise OpenAIError(501, EMBEDDINGS_DISABLED_DESCRIPTION, code="embeddings_disabled")
-    agent_count = len(pool.agents)
+    agent_count = len(pool.engine_agents)
     if agent_count == 0:
         raise OpenAIError(503, "No agents are currently connected")
     documents = [EmbeddingInputDocument(id=str(index), content=text) for index, text in enumerate(texts)]

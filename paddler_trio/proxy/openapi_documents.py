@@ -40,6 +40,7 @@ def _common_errors(*statuses: int) -> dict[str, Any]:
         400: "invalid body or parameters",
         401: "missing or wrong API key (when keys are configured)",
         404: "unknown agent",
+        409: "not possible with this agent (it watches a llama-server, or its id is taken)",
         413: "body larger than --max-request-body-bytes",
         500: "unexpected failure",
         501: "the cluster's mode forbids this call",
@@ -338,14 +339,17 @@ def management_document() -> dict[str, Any]:
                 "the agent's chat template override or null",
                 {"type": ["object", "null"]},
                 404,
+                409,
                 500,
                 502,
                 504,
                 parameters=agent_id,
             ),
             "/api/v1/agent/{agent_id}/model_metadata": _json_get(
-                "the agent's GGUF metadata or null", {"type": ["object", "null"]}, 404, 500, 502, 504, parameters=agent_id
+                "the agent's GGUF metadata or null", {"type": ["object", "null"]}, 404, 409, 500, 502, 504, parameters=agent_id
             ),
+            "/status_update/{agent_id}": _legacy_status_stream("Paddler 1.0-1.2", agent_id),
+            "/api/v1/agent_status_update/{agent_id}": _legacy_status_stream("Rower (and Paddler main before 2.0)", agent_id),
             "/api/v1/agent_socket/{agent_id}": {
                 "get": {
                     **_websocket("an agent's connection")["get"],
@@ -363,6 +367,24 @@ def management_document() -> dict[str, Any]:
             },
         },
         "components": {"schemas": {"Error": _ERROR}, "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+    }
+
+
+def _legacy_status_stream(agents: str, agent_id: list[Any]) -> dict[str, Any]:
+    return {
+        "post": {
+            "summary": f"status stream of an unmodified {agents} agent watching a llama-server: a body of "
+            "concatenated JSON status objects that ends when the agent leaves (takes the agent secret, not "
+            "management keys)",
+            "security": _BEARER,
+            "parameters": agent_id,
+            "requestBody": {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
+            "responses": {
+                "202": {"description": "the stream ended; the agent left"},
+                "400": _error(400, "not a stream of JSON objects"),
+                **_common_errors(401, 409),
+            },
+        }
     }
 
 

@@ -163,6 +163,15 @@ class Cluster:
         self.agents[name] = agent
         return agent
 
+    def start_llama_server_agent(self, name: str, local_llamacpp_addr: str, *flags: str) -> PaddlerProcess:
+        """An agent of this cluster that watches the llama-server at `local_llamacpp_addr`."""
+        agent = self._spawn(
+            f"agent-{name}",
+            ["agent", "--management-addr", self.management_addr, "--name", name, "--local-llamacpp-addr", local_llamacpp_addr, *flags],
+        )
+        self.agents[name] = agent
+        return agent
+
     def put_desired_state(self, model_path: Path | str | None, **parameters: Any) -> httpx.Response:
         state = {
             "chat_template_override": None,

@@ -4,76 +4,22 @@ from __future__ import annotations
 
 import contextlib
 import json
-import re
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
-import attrs
 import httpx
 import trio
 from trio_websocket import ConnectionClosed, open_websocket_url
 
+from tests.balancer_process import balancer_process
 from tests.proxy.scripted_fake_agent import ScriptedFakeAgent
 from tests.waiting import wait_until
-
-START_LIMIT = 20.0
-_LISTENING = re.compile(r"(inference|management) service listening on http://(\S+)")
-
-
-@attrs.define
-class BalancerProcess:
-    process: trio.Process
-    inference: str
-    management: str
-    log: list[str]
-
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "paddler_trio", "balancer", *args], capture_output=True, text=True, timeout=30
     )
-
-
-@asynccontextmanager
-async def balancer_process(*args: str) -> AsyncIterator[BalancerProcess]:
-    command = [
-        sys.executable, "-m", "paddler_trio", "balancer",
-        "--inference-addr", "127.0.0.1:0", "--management-addr", "127.0.0.1:0", *args,
-    ]  # fmt: skip
-    process = await trio.lowlevel.open_process(command, stderr=subprocess.PIPE)
-    log: list[str] = []
-    addresses: dict[str, str] = {}
-    ready = trio.Event()
-
-    async def read_log() -> None:
-        assert process.stderr is not None
-        buffered = b""
-        async for chunk in process.stderr:
-            buffered += chunk
-            *lines, buffered = buffered.split(b"\n")
-            for line in lines:
-                text = line.decode(errors="replace")
-                log.append(text)
-                match = _LISTENING.search(text)
-                if match:
-                    addresses[match.group(1)] = match.group(2)
-                    if len(addresses) == 2:
-                        ready.set()
-
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(read_log)
-            with trio.fail_after(START_LIMIT):
-                await ready.wait()
-            yield BalancerProcess(process, addresses["inference"], addresses["management"], log)
-            nursery.cancel_scope.cancel()
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
 
 
 def test_relative_state_database_path_gets_the_absolute_hint(tmp_path: object) -> None:

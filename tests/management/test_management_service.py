@@ -68,6 +68,8 @@ async def test_agent_registration_is_listed_with_its_snapshot_and_gets_version_a
             "slots_total": 3,
             "state_application_status": "Applied",
             "uses_chat_template_override": False,
+            # Ours: Paddler's clients ignore it.
+            "kind": "engine",
         }
 
 

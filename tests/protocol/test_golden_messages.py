@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import attrs
 import pytest
 
 from paddler_trio.protocol import (
@@ -24,6 +25,8 @@ from paddler_trio.protocol import (
     InferenceClientBoundMessage,
     InferenceParameters,
     InferenceServerBoundMessage,
+    LlamaServerIsLoadingModel,
+    LlamaServerStatus,
     ModelMetadata,
     ModelMetadataResponse,
     NoModel,
@@ -248,3 +251,21 @@ def test_non_ascii_is_written_raw_like_serde_json() -> None:
 def test_an_absent_generated_by_is_null_as_in_serde() -> None:
     text = '{"Response":{"request_id":"r","response":{"Embedding":"Done"}}}'
     assert from_json(text, InferenceClientBoundMessage) == ResponseEnvelope(None, "r", EmbeddingDone())
+
+
+def test_a_watched_llama_server_is_ours_and_written_only_when_set() -> None:
+    watching = attrs.evolve(
+        FRESH_SNAPSHOT,
+        slots_total=2,
+        issues=frozenset({LlamaServerIsLoadingModel(description="loading", llamacpp_addr="[::1]:8080")}),
+        llama_server=LlamaServerStatus(external_llamacpp_addr="[::1]:8080", model_name="qwen"),
+    )
+    text = to_json(UpdateAgentStatusNotification(watching))
+    assert text.endswith(
+        '"issues":[{"LlamaServerIsLoadingModel":{"description":"loading","llamacpp_addr":"[::1]:8080"}}],'
+        '"model_path":null,"slots_processing":0,"slots_total":2,"state_application_status":"Fresh",'
+        '"uses_chat_template_override":false,"version":0,'
+        '"llama_server":{"external_llamacpp_addr":"[::1]:8080","model_name":"qwen"}}}}}'
+    )
+    assert from_json(text, BalancerBoundMessage) == UpdateAgentStatusNotification(watching)
+    assert "llama_server" not in to_json(FRESH_SNAPSHOT)

@@ -62,6 +62,12 @@ from paddler_trio.protocol import (
     InvalidJsonArguments,
     JsonSchemaGrammar,
     L2Normalization,
+    LlamaServerAgentReportedError,
+    LlamaServerAnsweredUnexpectedly,
+    LlamaServerIsLoadingModel,
+    LlamaServerIsUnreachable,
+    LlamaServerRefusedApiKey,
+    LlamaServerSlotsEndpointIsDisabled,
     LocalToAgentModel,
     ModelCacheIsCorrupted,
     ModelCannotBeLoaded,
@@ -233,6 +239,18 @@ AGENT_ISSUES: list[tuple[Any, str]] = [
         '{"HuggingFaceCannotAcquireLock":{"lock_path":"/hf/.lock","model_path":{"model_path":"org/repo/main/m.gguf"}}}',
     ),
     (SlotCannotStart(error="no memory", slot_index=3), '{"SlotCannotStart":{"error":"no memory","slot_index":3}}'),
+    # Ours: a watched llama-server's problems.
+    *(
+        (issue(description="why", llamacpp_addr="[::1]:8080"), f'{{"{issue.__name__}":{{"description":"why","llamacpp_addr":"[::1]:8080"}}}}')
+        for issue in (
+            LlamaServerIsUnreachable,
+            LlamaServerRefusedApiKey,
+            LlamaServerSlotsEndpointIsDisabled,
+            LlamaServerIsLoadingModel,
+            LlamaServerAnsweredUnexpectedly,
+            LlamaServerAgentReportedError,
+        )
+    ),
 ]
 
 CONTENT_PARTS: list[tuple[Any, str]] = [
