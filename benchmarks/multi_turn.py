@@ -217,7 +217,12 @@ def our_cluster(model_path: Path, shape: ClusterShape, routing_policy: str, cach
         cluster = Cluster(Path(directory))
         openai_port = free_port()
         try:
-            cluster.start_balancer("--compat-openai-addr", f"127.0.0.1:{openai_port}", "--routing-policy", routing_policy)
+            cluster.start_balancer(
+                "--compat-openai-addr", f"127.0.0.1:{openai_port}",
+                "--routing-policy", routing_policy,
+                # More users than slots wait in the buffer, each for up to a few prefills.
+                "--buffered-request-timeout", str(round(REQUEST_TIMEOUT_S * 1000)),
+            )  # fmt: skip
             names = [f"agent-{index}" for index in range(shape.agents)]
             for name in names:
                 cluster.start_agent(
