@@ -132,17 +132,13 @@ class AgentPool:
     def try_claim(self, exclude: frozenset[str] = frozenset(), prefix: PrefixChain = NO_PREFIX) -> SlotClaim | None:
         """Claim a slot for a request whose prompt has `prefix` on the agent the routing
         policy picks among those that can take work now, or None."""
-        candidates = [
-            agent
-            for agent in self._agents.values()
-            if agent.id not in exclude and agent.accepts_work and agent.free_slots > 0
-        ]
+        candidates = self._free_agents(exclude)
         if not candidates:
             return None
         lowest = min(agent.busy_share for agent in candidates)
         chosen = None
         if self.routes_by_prefix and prefix.links:
-            chosen = self._holding_longest_prefix(candidates, lowest, prefix)
+            chosen = self._holding_longest_prefix(candidates, prefix)
         if chosen is None:
             chosen = self._in_turn([agent for agent in candidates if agent.busy_share == lowest])
         chosen.slots_processing += 1
@@ -151,15 +147,37 @@ class AgentPool:
         self.notify_changed()
         return SlotClaim(chosen, self, prefix)
 
-    def _holding_longest_prefix(
-        self, candidates: list[AgentController], lowest: float, prefix: PrefixChain
-    ) -> AgentController | None:
-        """The cache-aware choice, or None when no agent within the load margin holds any of `prefix`."""
-        matched = {
+    def cached_characters(self, prefix: PrefixChain) -> int:
+        """How much of `prefix` a claim now would find cached on the agent it lands on, in
+        characters: 0 when no agent with a free slot (within the load margin) holds any of it,
+        or when the policy ignores prefixes. The buffer serves such waiters first."""
+        if not (self.routes_by_prefix and prefix.links):
+            return 0
+        candidates = self._free_agents()
+        if not candidates:
+            return 0
+        return max(self._matched_characters(candidates, prefix).values())
+
+    def _free_agents(self, exclude: frozenset[str] = frozenset()) -> list[AgentController]:
+        return [
+            agent
+            for agent in self._agents.values()
+            if agent.id not in exclude and agent.accepts_work and agent.free_slots > 0
+        ]
+
+    @staticmethod
+    def _matched_characters(candidates: list[AgentController], prefix: PrefixChain) -> dict[AgentController, int]:
+        """How much of `prefix` each candidate within the load margin holds."""
+        lowest = min(agent.busy_share for agent in candidates)
+        return {
             agent: agent.prefixes.matched_characters(prefix)
             for agent in candidates
             if agent.busy_share <= lowest + BUSY_SHARE_MARGIN
         }
+
+    def _holding_longest_prefix(self, candidates: list[AgentController], prefix: PrefixChain) -> AgentController | None:
+        """The cache-aware choice, or None when no agent within the load margin holds any of `prefix`."""
+        matched = self._matched_characters(candidates, prefix)
         longest = max(matched.values())
         if longest == 0:
             return None

@@ -1,17 +1,24 @@
-"""Requests waiting for a free slot: a strict FIFO queue with a size bound and a timeout.
+"""Requests waiting for a free slot: a queue with a size bound and a timeout.
 
 Spec 6.2 plus "Where we go beyond Paddler", item 2: a request first tries to claim a slot
 directly (only when nobody is waiting, so nobody jumps the queue); otherwise it joins the
 queue, unless the queue is full (`BufferOverflow`, the 503 envelope). Every pool change
-hands free slots to the oldest waiters, one slot each, so waiters never wake up to race
-for a slot (no thundering herd). A waiter that times out (`BufferTimeout`, the 504
-envelope) or whose task is cancelled (its client left) leaves the queue at once. Each waiter
-keeps its request's prefix chain, so that the slot handed to it is chosen for that request
-(under the cache-aware routing policy), in the same FIFO order.
+hands free slots to waiters, one slot each, so waiters never wake up to race for a slot (no
+thundering herd). A waiter that times out (`BufferTimeout`, the 504 envelope) or whose task
+is cancelled (its client left) leaves the queue at once. Each waiter keeps its request's
+prefix chain, so that the slot handed to it is chosen for that request.
+
+Who gets a freed slot: under `least-busy`, the oldest waiter (strict FIFO, Paddler's rule).
+Under `cache-aware` (docs/architecture.md, "Cache-aware routing"), the oldest of the first
+`CACHE_SCAN_LIMIT` waiters whose prefix an agent with a free slot holds (by the pool's rule,
+`AgentPool.cached_characters`, so its claim lands on a holder), else the oldest waiter; but
+once the oldest waiter has waited `cache_wait_limit`, waiters are served strictly FIFO again.
+So cache routing overtakes a waiter only while it is younger than that limit.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections import OrderedDict
 
@@ -22,6 +29,20 @@ from paddler_trio.proxy.agent_pool import AgentPool, SlotClaim
 from paddler_trio.proxy.prefix_chain import NO_PREFIX, PrefixChain
 
 _logger = logging.getLogger(__name__)
+
+
+# How long a waiter may be overtaken by younger waiters whose prompt is cached on an agent with
+# a free slot; past it, it is served in FIFO order. A cache miss costs a prefill of the whole
+# conversation (seconds on a CPU agent), while under saturation a waiter's queue time is about
+# one request's duration (a few seconds): a limit below that would restore FIFO for nearly
+# every hand-out and win nothing. 8 s covers a couple of turns of a busy CPU agent. The buffer
+# caps it at half of `buffered_request_timeout`, so an overtaken waiter still gets at least
+# half its timeout at the head of the FIFO order.
+CACHE_WAIT_LIMIT = 8.0
+
+# How many waiters, oldest first, a hand-out inspects for a cached prefix: keeps each hand-out
+# O(CACHE_SCAN_LIMIT x agents) however long the queue is.
+CACHE_SCAN_LIMIT = 64
 
 
 class BufferOverflow(Exception):
@@ -35,6 +56,7 @@ class BufferTimeout(Exception):
 @attrs.define(eq=False)
 class _Waiter:
     prefix: PrefixChain
+    since: float
     handed: trio.Event = attrs.field(factory=trio.Event)
     claim: SlotClaim | None = None
 
@@ -44,6 +66,7 @@ class RequestBuffer:
         self._pool = pool
         self._max = max_buffered_requests
         self._timeout = buffered_request_timeout
+        self._cache_wait_limit = min(CACHE_WAIT_LIMIT, buffered_request_timeout / 2)
         self._waiters: OrderedDict[int, _Waiter] = OrderedDict()
         self._next_ticket = 0
         self._handing_out = False
@@ -78,7 +101,7 @@ class RequestBuffer:
             raise BufferOverflow
         ticket = self._next_ticket
         self._next_ticket += 1
-        waiter = _Waiter(prefix)
+        waiter = _Waiter(prefix, trio.current_time())
         self._waiters[ticket] = waiter
         self._count_changed()
         try:
@@ -103,7 +126,8 @@ class RequestBuffer:
         self._handing_out = True
         try:
             while self._waiters:
-                ticket, waiter = next(iter(self._waiters.items()))
+                ticket = self._next_to_serve()
+                waiter = self._waiters[ticket]
                 claim = self._pool.try_claim(prefix=waiter.prefix)
                 if claim is None:
                     break
@@ -113,6 +137,16 @@ class RequestBuffer:
                 self._count_changed()
         finally:
             self._handing_out = False
+
+    def _next_to_serve(self) -> int:
+        """The ticket of the waiter the next free slot goes to (the module docstring's rule)."""
+        oldest_ticket, oldest = next(iter(self._waiters.items()))
+        if not self._pool.routes_by_prefix or trio.current_time() - oldest.since >= self._cache_wait_limit:
+            return oldest_ticket
+        for ticket, waiter in itertools.islice(self._waiters.items(), CACHE_SCAN_LIMIT):
+            if self._pool.cached_characters(waiter.prefix) > 0:
+                return ticket
+        return oldest_ticket
 
     def _count_changed(self) -> None:
         self.version += 1
