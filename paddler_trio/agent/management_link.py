@@ -8,7 +8,7 @@ requests and `StopRespondingTo` to request handling. Everything the agent sends
 waits in one queue for the link's writer task (`LinkOutbox`); the replies of one engine step
 are queued together and go as one frame when the balancer offers it
 (`protocol.reply_batching`; Paddler's balancer does not). Likewise the status snapshots carry
-the prompt state cache's figures only when the balancer offers our status extensions
+the prompt state cache's figures and the loaded projector only when the balancer offers our status extensions
 (`protocol.status_extensions`). The upgrade request offers our request extensions in turn
 (`protocol.request_extensions`): only then does our balancer send this agent per-request sampling
 overrides and tool-call history. When the link drops, the requests it
@@ -296,12 +296,15 @@ class ManagementLink:
 
     def _snapshot(self, requests: RequestHandling, extended: bool) -> SlotAggregatedStatusSnapshot:
         """The status to send this balancer: less the slots that other balancers' requests hold
-        (when the agent serves several); `extended`: with the prompt state cache's figures (none
-        while no model is loaded). They change without a version bump, so every snapshot, the one
-        sent every second included, carries the current ones."""
+        (when the agent serves several); `extended`: with the loaded projector and the prompt state
+        cache's figures (none while no model is loaded). The figures change without a version
+        bump, so every snapshot, the one sent every second included, carries the current ones."""
         snapshot = self._status.snapshot(held_elsewhere=self._status.requests_in_flight - requests.in_flight)
+        if not extended:
+            return snapshot
+        snapshot = attrs.evolve(snapshot, multimodal_projection_path=self._status.multimodal_projection_path)
         engine = self._engines.engine
-        if not extended or engine is None:
+        if engine is None:
             return snapshot
         figures = engine.state_cache_figures
         return attrs.evolve(

@@ -180,6 +180,7 @@ class Reconciliation:
                     self._status.update(
                         issues=(),
                         model_path=None,
+                        multimodal_projection_path=None,
                         slots_total=0,
                         state_application_status=StateApplicationStatus.APPLIED,
                     )
@@ -303,7 +304,7 @@ class Reconciliation:
                 raise
             _logger.exception("the engine of %s failed; loading it again", settings.model_path)
             self._engines.withdraw()
-            self._status.update(issues=(), model_path=None, slots_total=0)
+            self._status.update(issues=(), model_path=None, multimodal_projection_path=None, slots_total=0)
             self._desired_state_changed()  # the same desired state, applied again
         finally:
             if loaded is not None:
@@ -314,6 +315,7 @@ class Reconciliation:
         self._status.update(
             issues=loaded.issues,
             model_path=loaded.plan.settings.model_path,
+            multimodal_projection_path=loaded.plan.settings.multimodal_projection_path,
             slots_total=loaded.plan.settings.slots,
             state_application_status=StateApplicationStatus.APPLIED,
         )
@@ -331,7 +333,7 @@ class Reconciliation:
         await self._status.wait_until(lambda: self._status.slots_processing == 0)
         _logger.info("drained: unloading %s", settings.model_path)
         self._engines.withdraw()
-        self._status.update(issues=(), model_path=None)
+        self._status.update(issues=(), model_path=None, multimodal_projection_path=None)
         loaded.unload.set()
         await loaded.closed.wait()
 

@@ -23,7 +23,8 @@ from paddler_trio.protocol import (
 
 
 class _Unchanged:
-    """Marker for `AgentStatus.update(model_path=..., chat_template_override=...)`: keep the current value."""
+    """Marker for `AgentStatus.update(model_path=..., multimodal_projection_path=..., chat_template_override=...)`:
+    keep the current value."""
 
 
 class AgentStatus:
@@ -34,6 +35,9 @@ class AgentStatus:
         self.download_total = 0
         self.issues: frozenset[AgentIssue] = frozenset()
         self.model_path: str | None = None
+        # The mmproj file loaded with the model: a status extension, sent only to balancers that
+        # offer them (`management_link.py`), so it is not in `snapshot()`.
+        self.multimodal_projection_path: str | None = None
         self.slots_processing = 0
         # Requests taken over the links (all balancers'), counted in `slots_processing` too.
         self.requests_in_flight = 0
@@ -76,6 +80,7 @@ class AgentStatus:
         *,
         issues: Iterable[AgentIssue] | None = None,
         model_path: str | None | type[_Unchanged] = _Unchanged,
+        multimodal_projection_path: str | None | type[_Unchanged] = _Unchanged,
         slots_total: int | None = None,
         state_application_status: StateApplicationStatus | None = None,
         chat_template_override: ChatTemplate | None | type[_Unchanged] = _Unchanged,
@@ -83,7 +88,8 @@ class AgentStatus:
         llama_server: LlamaServerStatus | None = None,
     ) -> None:
         """Change the given fields at once (one version bump); a field left out keeps its value
-        (`model_path=None` clears the model path, `chat_template_override=None` the override).
+        (`model_path=None` clears the model path, `multimodal_projection_path=None` the projector,
+        `chat_template_override=None` the override).
         `slots_processing` is for a watched llama-server's count: our own requests count
         through `take_slot` and `release_slot`."""
         changed = False
@@ -91,6 +97,8 @@ class AgentStatus:
             self.issues, changed = frozenset(issues), True
         if model_path is not _Unchanged and model_path != self.model_path:
             self.model_path, changed = model_path, True  # type: ignore[assignment]
+        if multimodal_projection_path is not _Unchanged and multimodal_projection_path != self.multimodal_projection_path:
+            self.multimodal_projection_path, changed = multimodal_projection_path, True  # type: ignore[assignment]
         if slots_total is not None and slots_total != self.slots_total:
             self.slots_total, changed = slots_total, True
         if state_application_status is not None and state_application_status != self.state_application_status:

@@ -42,6 +42,16 @@ def prompt_cache(agent: AgentControllerSnapshot) -> Text:
     return Text(f"{states}, {agent.cache_used_bytes / 1048576:.0f}/{agent.cache_limit_bytes / 1048576:.0f} MiB")
 
 
+def model(agent: AgentControllerSnapshot) -> Text:
+    """The loaded model's file name, and its multimodal projector's when the agent reports one."""
+    if not agent.model_path:
+        return Text("No model loaded", style="dim")
+    name = Text(PurePath(agent.model_path).name)
+    if agent.multimodal_projection_path:
+        name.append(f" + {PurePath(agent.multimodal_projection_path).name}", style="cyan")
+    return name
+
+
 def render(state: DashboardState) -> RenderableType:
     keys = Text("↑/↓ select an agent · q quit", style="dim")
     return Group(_header(state), _agents_table(state), _details(state), keys)
@@ -82,7 +92,7 @@ def _agents_table(state: DashboardState) -> RenderableType:
         table.add_row(
             "▶" if selected else "",
             agent.name or Text(agent.id, style="dim"),
-            PurePath(agent.model_path).name if agent.model_path else Text("No model loaded", style="dim"),
+            model(agent),
             slot_bar(agent.slots_processing, agent.slots_total),
             prompt_cache(agent),
             str(agent.state_application_status.value),
@@ -110,6 +120,8 @@ def _details_body(state: DashboardState, row: AgentRow) -> RenderableType:
     lines.add_column()
     lines.add_row("id", agent.id)
     lines.add_row("model", agent.model_path or "none")
+    if agent.multimodal_projection_path:
+        lines.add_row("projector", agent.multimodal_projection_path)
     lines.add_row("slots", f"{agent.slots_total} running, {agent.desired_slots_total} wanted")
     lines.add_row("prompt cache", prompt_cache(agent))
     if agent.uses_chat_template_override:

@@ -38,6 +38,7 @@ class AgentControllerSnapshot:
     cache_states: int | None = None
     cache_used_bytes: int | None = None
     cache_limit_bytes: int | None = None
+    multimodal_projection_path: str | None = None
     kind: AgentKind = AgentKind.ENGINE
     llama_server: LlamaServerStatus | None = None
     legacy_status_stream: LegacyStatusStream | None = None

@@ -35,4 +35,5 @@ class SlotAggregatedStatusSnapshot:
     cache_states: int | None = None
     cache_used_bytes: int | None = None
     cache_limit_bytes: int | None = None
+    multimodal_projection_path: str | None = None
     llama_server: LlamaServerStatus | None = None

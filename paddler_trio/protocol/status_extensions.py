@@ -2,7 +2,8 @@
 agents send (`RegisterAgent`, `UpdateAgentStatus`), shown per agent in `/api/v1/agents`.
 
 Our agents report their prompt state cache (`STATUS_EXTENSION_FIELDS`: states held, bytes used,
-the byte limit set by `--cache-ram-mib`). Paddler's balancer decodes the snapshot with
+the byte limit set by `--cache-ram-mib`) and the multimodal projection (mmproj) file they have
+loaded with the model (`multimodal_projection_path`; None while none is). Paddler's balancer decodes the snapshot with
 `deny_unknown_fields`: a snapshot holding any of these keys fails to decode there. So an agent
 sends them only to a balancer that offered them: our balancer's answer to the agent socket's
 upgrade carries `STATUS_EXTENSIONS_HEADER`, Paddler's never does. Our balancer reads snapshots
@@ -15,10 +16,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 STATUS_EXTENSIONS_HEADER = "x-paddler-trio-status-extensions"
-# Version 1: the fields below.
-STATUS_EXTENSIONS_VERSION = "1"
+# Version 1: the cache fields; version 2 adds `multimodal_projection_path`. An agent and a balancer
+# of different versions use no extensions (each side decodes the other's snapshots strictly).
+STATUS_EXTENSIONS_VERSION = "2"
 
-STATUS_EXTENSION_FIELDS = ("cache_states", "cache_used_bytes", "cache_limit_bytes")
+STATUS_EXTENSION_FIELDS = ("cache_states", "cache_used_bytes", "cache_limit_bytes", "multimodal_projection_path")
 
 
 def offers_status_extensions(handshake_headers: Iterable[tuple[bytes, bytes]]) -> bool:

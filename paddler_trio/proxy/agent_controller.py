@@ -191,6 +191,7 @@ class AgentController:
             cache_states=status.cache_states,
             cache_used_bytes=status.cache_used_bytes,
             cache_limit_bytes=status.cache_limit_bytes,
+            multimodal_projection_path=status.multimodal_projection_path,
             kind=self.kind,
             llama_server=status.llama_server,
             legacy_status_stream=self.legacy_status_stream,

@@ -78,6 +78,11 @@ function agentRow(agent) {
   return h("tr", { "data-agent-id": agent.id },
     h("td", {}, agent.name || h("span", { class: "muted" }, agent.id)),
     h("td", {}, fileName(agent.model_path) || h("span", { class: "muted" }, "No model loaded"),
+      // Reported only by our agents (a status extension), and only while a projector is loaded.
+      agent.multimodal_projection_path
+        ? h("span", { class: "muted", title: agent.multimodal_projection_path, "data-testid": "projector" },
+          ` + ${fileName(agent.multimodal_projection_path)}`)
+        : null,
       agent.uses_chat_template_override
         ? h("button", { type: "button", class: "tag", onclick: () => showTemplateOverride(agent) }, "template override")
         : null),

@@ -89,3 +89,16 @@ async def test_download_progress_is_published_while_downloading_and_not_polled_b
         await trio.sleep(2)
         assert len(published) == polled
         nursery.cancel_scope.cancel()
+
+
+def test_a_projector_change_bumps_the_version_but_stays_out_of_the_paddler_snapshot() -> None:
+    status = AgentStatus(desired_slots_total=1)
+    status.update(model_path="/m.gguf", multimodal_projection_path="/mmproj.gguf")
+    assert (status.version, status.multimodal_projection_path) == (1, "/mmproj.gguf")
+    status.update(model_path="/m.gguf")  # left out: kept
+    assert (status.version, status.multimodal_projection_path) == (1, "/mmproj.gguf")
+    # Sent only to balancers that offer status extensions (the link adds it), never in the base snapshot.
+    assert status.snapshot().multimodal_projection_path is None
+    status.update(multimodal_projection_path="/other-mmproj.gguf")
+    status.update(multimodal_projection_path=None)
+    assert (status.version, status.multimodal_projection_path) == (3, None)

@@ -6,7 +6,7 @@ import attrs
 from rich.console import Console
 
 from paddler_trio.dashboard.dashboard_state import DashboardState
-from paddler_trio.dashboard.dashboard_view import prompt_cache, render, slot_bar
+from paddler_trio.dashboard.dashboard_view import model, prompt_cache, render, slot_bar
 from paddler_trio.dashboard.terminal_keys import Key, decode_keys
 from paddler_trio.protocol import AgentControllerSnapshot, ModelFileDoesNotExist, StateApplicationStatus
 
@@ -95,3 +95,17 @@ def test_the_prompt_cache_shows_states_and_mib_or_why_there_is_none() -> None:
     reported = _agent("a", "a", cache_states=1, cache_used_bytes=300 * mib, cache_limit_bytes=1024 * mib)
     assert prompt_cache(reported).plain == "1 state, 300/1024 MiB"
     assert prompt_cache(attrs.evolve(reported, cache_states=12)).plain == "12 states, 300/1024 MiB"
+
+
+def test_the_model_column_and_the_details_show_the_projector_an_agent_reports() -> None:
+    assert model(_agent("a", "a")).plain == "m.gguf"  # none loaded, or not reported (a Paddler agent)
+    assert model(_agent("a", "a", model_path=None, multimodal_projection_path="/models/p.gguf")).plain == "No model loaded"
+    with_projector = _agent("a", "gpu-1", multimodal_projection_path="/models/mmproj-m.gguf")
+    assert model(with_projector).plain == "m.gguf + mmproj-m.gguf"
+    state = DashboardState("127.0.0.1:8060", 30)
+    state.take_agents((with_projector,))
+    console = Console(width=160, record=True, color_system=None)
+    console.print(render(state))
+    screen = console.export_text()
+    assert "m.gguf + mmproj-m.gguf" in screen
+    assert "│ projector     /models/mmproj-m.gguf" in screen

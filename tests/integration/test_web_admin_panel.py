@@ -6,14 +6,21 @@ Screenshots of each page land in test-artifacts/.
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import attrs
 import httpx
 import pytest
+import trio
+from trio_websocket import open_websocket_url
 
+from paddler_trio.protocol import RegisterAgentNotification, to_json
 from tests.integration.browser import chromium_context, save_screenshot
 from tests.integration.cluster import DETERMINISTIC_PARAMETERS, Cluster, free_port, wait_until
+from tests.proxy.scripted_fake_agent import status_snapshot
 
 AGENT = "panel-agent"
 # Gemma 3 270M is a base model without a chat template: the prompt page needs an override.
@@ -289,3 +296,78 @@ def test_panel_works_with_api_keys_through_its_key_field(tmp_path, browser) -> N
         page.close()
     finally:
         cluster.shutdown()
+
+
+@pytest.fixture
+def bare_panel(tmp_path) -> Iterator[tuple[Cluster, str]]:
+    """A balancer with the panel and no agent: the pages that read only the balancer's state."""
+    cluster = Cluster(tmp_path)
+    panel_addr = f"127.0.0.1:{free_port()}"
+    try:
+        cluster.start_balancer("--web-admin-panel-addr", panel_addr)
+        wait_until(lambda: _reachable(f"http://{panel_addr}/"), 10, "the web admin panel")
+        yield cluster, f"http://{panel_addr}"
+    finally:
+        cluster.shutdown()
+
+
+def test_prompt_page_enables_images_only_when_the_applicable_state_names_a_projection(bare_panel, page) -> None:
+    cluster, panel_url = bare_panel
+    page.goto(panel_url + "/prompt")
+    page.get_by_test_id("send").wait_for(timeout=10_000)
+    page.wait_for_function("() => !document.querySelector('.stream-status').textContent", timeout=10_000)
+    assert page.get_by_test_id("image-input").is_disabled()
+    assert page.get_by_test_id("image-note").is_visible()
+    # The page reads only the applicable state: the files need not exist, no agent loads them.
+    state = {
+        "chat_template_override": None,
+        "inference_parameters": DETERMINISTIC_PARAMETERS,
+        "model": {"LocalToAgent": "/nowhere/model.gguf"},
+        "multimodal_projection": {"LocalToAgent": "/nowhere/mmproj.gguf"},
+        "use_chat_template_override": False,
+    }
+    httpx.put(f"{cluster.management_url}/api/v1/balancer_desired_state", json=state, timeout=5).raise_for_status()
+    page.reload()
+    page.get_by_test_id("image-note").wait_for(state="hidden", timeout=10_000)
+    assert page.get_by_test_id("image-input").is_enabled()
+    save_screenshot(page, "web-admin-panel-prompt-images-enabled")
+
+
+@contextmanager
+def registered_agent(management_addr: str, agent_id: str, **status: str) -> Iterator[None]:
+    """A bare agent socket (no engine) registered with `status` in its snapshot until the block ends."""
+    registered, leave = threading.Event(), threading.Event()
+
+    async def hold_the_socket() -> None:
+        async with open_websocket_url(f"ws://{management_addr}/api/v1/agent_socket/{agent_id}") as socket:
+            await socket.get_message()  # Version
+            snapshot = attrs.evolve(status_snapshot(slots=1, model_path="/models/m.gguf"), **status)
+            await socket.send_message(to_json(RegisterAgentNotification(name=agent_id, slot_aggregated_status_snapshot=snapshot)))
+            registered.set()
+            await trio.to_thread.run_sync(leave.wait)
+
+    thread = threading.Thread(target=trio.run, args=(hold_the_socket,))
+    thread.start()
+    try:
+        assert registered.wait(10), "the agent socket did not register"
+        yield
+    finally:
+        leave.set()
+        thread.join(10)
+
+
+def test_dashboard_shows_the_projector_an_agent_reports(bare_panel, page) -> None:
+    cluster, panel_url = bare_panel
+    with (
+        registered_agent(cluster.management_addr, "with-projector", multimodal_projection_path="/models/mmproj-m.gguf"),
+        registered_agent(cluster.management_addr, "without"),
+    ):
+        page.goto(panel_url + "/")
+        row = page.locator("tr", has_text="with-projector")
+        row.wait_for(timeout=10_000)
+        projector = row.get_by_test_id("projector")
+        assert projector.inner_text().strip() == "+ mmproj-m.gguf"
+        assert projector.get_attribute("title") == "/models/mmproj-m.gguf"
+        other = page.locator("tr", has_text="without")
+        other.wait_for(timeout=10_000)
+        assert other.get_by_test_id("projector").count() == 0

@@ -24,7 +24,7 @@ from tests.proxy.scripted_fake_agent import status_snapshot
 SECRET = "join-secret"
 
 
-async def register(socket: WebSocketConnection, name: str, **status_extensions: int) -> dict[str, Any]:
+async def register(socket: WebSocketConnection, name: str, **status_extensions: int | str) -> dict[str, Any]:
     """Read the balancer's first message, register (with `status_extensions` in the snapshot), and
     return that first message."""
     version = json.loads(await socket.get_message())
@@ -67,8 +67,13 @@ async def test_an_agent_id_in_the_path_is_percent_decoded() -> None:
             await wait_until(lambda: listed_agents_are(balancer, {"rack 4 gpu 0": "encoded"}))
 
 
-async def test_agents_show_the_prompt_cache_they_report_and_others_stay_exactly_paddlers() -> None:
-    cache = {"cache_states": 3, "cache_used_bytes": 5 * 2**20, "cache_limit_bytes": 1024 * 2**20}
+async def test_agents_show_the_status_extensions_they_report_and_others_stay_exactly_paddlers() -> None:
+    cache = {
+        "cache_states": 3,
+        "cache_used_bytes": 5 * 2**20,
+        "cache_limit_bytes": 1024 * 2**20,
+        "multimodal_projection_path": "/models/mmproj-m.gguf",
+    }
     async with running_balancer() as balancer:
         base = f"ws://{balancer.addresses.management}/api/v1/agent_socket"
         async with open_websocket_url(f"{base}/ours") as ours, open_websocket_url(f"{base}/paddlers") as paddlers:

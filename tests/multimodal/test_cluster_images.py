@@ -40,16 +40,10 @@ class ImageCluster:
                 self.cluster,
                 "qwen",
                 lambda agent: agent["state_application_status"] == "Applied" and agent["slots_total"] > 0
-                and not agent["issues"] and self.projection_loaded(projection),
+                and not agent["issues"] and projection_loaded(agent, projection),
                 "the agent to apply the projector",
                 timeout=120,
             )
-
-    def projection_loaded(self, projection: Any) -> bool:
-        if projection == "None":
-            return True
-        path = projection.get("LocalToAgent") or ""
-        return f"multimodal projection {path}" in self.cluster.agents["qwen"].log()
 
     def native_conversation(self, content: Any, max_tokens: int = 8) -> list[dict[str, Any]]:
         response = httpx.post(
@@ -64,6 +58,14 @@ class ImageCluster:
         )
         response.raise_for_status()
         return ndjson_lines(response)
+
+
+def projection_loaded(agent: dict[str, Any], projection: Any) -> bool:
+    """The agent reports the projector (a status extension our balancer shows in /api/v1/agents),
+    and leaves the field out while it has none."""
+    if projection == "None":
+        return "multimodal_projection_path" not in agent
+    return agent.get("multimodal_projection_path") == projection["LocalToAgent"]
 
 
 def image_content(url: str = RED_URI) -> list[dict[str, Any]]:
@@ -138,6 +140,7 @@ def test_projector_problems_are_agent_issues(image_cluster: ImageCluster, wrong_
         )
         assert agent["slots_total"] == 0
         assert agent["model_path"] is None
+        assert "multimodal_projection_path" not in agent
     # The agent process survived both, and a good projector serves again.
     image_cluster.apply({"LocalToAgent": str(mmproj_path)})
     assert "Done" in generated(image_cluster.native_conversation(image_content())[-1])
@@ -150,7 +153,9 @@ def test_a_projector_from_a_url(image_cluster: ImageCluster, second_mmproj_path,
         agent = wait_for_agent(
             image_cluster.cluster,
             "qwen",
-            lambda agent: agent["state_application_status"] == "Applied" and agent["slots_total"] > 0,
+            # The projector it reports is the downloaded copy, in the agent's model cache.
+            lambda agent: agent["state_application_status"] == "Applied" and agent["slots_total"] > 0
+            and agent.get("multimodal_projection_path") not in (None, str(mmproj_path), str(second_mmproj_path)),
             "the agent to load the projector it downloaded",
             timeout=120,
         )
