@@ -22,7 +22,6 @@ import contextlib
 import io
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,11 +38,12 @@ import paddler_trio.engine  # noqa: F401  (import order matters)
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))  # the cluster harness and the projector kit live in tests/
 
-from engine_throughput import find_llama_server, llama_server_build, llama_server_command, log_tail
+from engine_throughput import find_llama_server, llama_server_build, llama_server_command
 from result_files import report_header, save_result
 
 from paddler_trio.bundled_models import MODEL_ALIASES, ensure_model
-from tests.integration.cluster import DETERMINISTIC_PARAMETERS, Cluster, free_port, wait_until
+from tests.integration.cluster import DETERMINISTIC_PARAMETERS, Cluster, free_port
+from tests.llama_server import spawn_llama_server
 from tests.multimodal.tiny_mmproj import write_tiny_mmproj
 
 QWEN_N_EMBD = 896
@@ -130,26 +130,12 @@ def llama_server(binary: Path, model: Path, mmproj: Path, slots: int, threads: i
     ]  # fmt: skip
     log_path = Path(tempfile.gettempdir()) / f"image_ttft-llama-server-{port}.log"
     progress(f"starting llama-server, log in {log_path}")
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    server = spawn_llama_server(command, port, log_path)
     try:
-
-        def healthy() -> bool:
-            if process.poll() is not None:
-                raise RuntimeError(f"llama-server exited with {process.returncode}:\n{log_tail(log_path)}")
-            with contextlib.suppress(httpx.HTTPError):
-                return httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200
-            return False
-
-        wait_until(healthy, 180, "llama-server")
-        yield f"http://127.0.0.1:{port}"
+        server.wait_healthy(180)
+        yield server.url
     finally:
-        process.terminate()
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        server.stop()
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:

@@ -32,7 +32,6 @@ import contextlib
 import json
 import random
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -50,11 +49,12 @@ import paddler_trio.engine  # noqa: F401  (import order matters)
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))  # the cluster harness lives in tests/
 
-from engine_throughput import find_llama_server, llama_server_build, llama_server_command, log_tail, stop_process
+from engine_throughput import find_llama_server, llama_server_build, llama_server_command
 from result_files import report_header, save_result
 
 from paddler_trio.bundled_models import MODEL_ALIASES, ensure_model
-from tests.integration.cluster import Cluster, free_port, wait_until
+from tests.integration.cluster import Cluster, free_port
+from tests.llama_server import spawn_llama_server
 
 MODEL = "qwen"
 HEALTH_TIMEOUT_S = 180.0
@@ -247,22 +247,12 @@ async def llama_server(binary: Path, model_path: Path, shape: ClusterShape, cach
     ]
     log_path = Path(tempfile.gettempdir()) / f"multi_turn-llama-server-{port}.log"
     progress(f"starting llama-server, log in {log_path}: {' '.join(command)}")
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    server = spawn_llama_server(command, port, log_path)
     try:
-
-        def healthy() -> bool:
-            if process.poll() is not None:
-                raise RuntimeError(f"llama-server exited with {process.returncode}:\n{log_tail(log_path)}")
-            with contextlib.suppress(httpx.HTTPError):
-                return httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200
-            return False
-
-        await trio.to_thread.run_sync(wait_until, healthy, HEALTH_TIMEOUT_S, "llama-server")
-        yield f"http://127.0.0.1:{port}"
+        await trio.to_thread.run_sync(server.wait_healthy, HEALTH_TIMEOUT_S)
+        yield server.url
     finally:
-        with trio.CancelScope(shield=True):
-            await stop_process(process)
+        server.stop()
 
 
 async def measure(args: argparse.Namespace) -> dict[str, Any]:

@@ -107,6 +107,11 @@ def start_llama_server(
         "--no-webui",
         *flags,
     ]  # fmt: skip
+    return spawn_llama_server(command, port, log_path)
+
+
+def spawn_llama_server(command: list[str], port: int, log_path: Path) -> LlamaServerProcess:
+    """Run a llama-server `command` that listens on 127.0.0.1:`port`, its output in `log_path`."""
     with log_path.open("wb") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     return LlamaServerProcess(process, port, log_path)
