@@ -19,18 +19,14 @@ from paddler_trio.agent.engine_holder import EngineHolder
 from paddler_trio.agent.balancer_links import describe_balancers, leave_all, links_to_balancers, start_links
 from paddler_trio.agent.reconciliation import Reconciliation
 from paddler_trio.agent.status import AgentStatus
-from paddler_trio.nursery.signals import stop_on_signals
+from paddler_trio.nursery.signals import serve_until_signalled
 
 _logger = logging.getLogger(__name__)
 
 
 async def run_agent(config: AgentConfig, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
     """Run until SIGINT/SIGTERM; reports the agent id once every service is up."""
-    stop = trio.Event()
-    async with trio.open_nursery() as root:
-        await root.start(stop_on_signals, stop.set)
-        await serve_agent(config, stop, task_status=task_status)
-        root.cancel_scope.cancel()
+    await serve_until_signalled(serve_agent, config, task_status=task_status)
 
 
 async def serve_agent(

@@ -20,7 +20,7 @@ from paddler_trio.agent.llama_server_agent_config import LlamaServerAgentConfig
 from paddler_trio.agent.llamacpp_monitor import LlamaServerMonitor
 from paddler_trio.agent.balancer_links import describe_balancers, leave_all, links_to_balancers, start_links
 from paddler_trio.agent.status import AgentStatus
-from paddler_trio.nursery.signals import stop_on_signals
+from paddler_trio.nursery.signals import serve_until_signalled
 from paddler_trio.protocol import AgentDesiredState
 
 _logger = logging.getLogger(__name__)
@@ -30,11 +30,7 @@ async def run_llama_server_agent(
     config: LlamaServerAgentConfig, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED
 ) -> None:
     """Run until SIGINT/SIGTERM; reports the agent id once every service is up."""
-    stop = trio.Event()
-    async with trio.open_nursery() as root:
-        await root.start(stop_on_signals, stop.set)
-        await serve_llama_server_agent(config, stop, task_status=task_status)
-        root.cancel_scope.cancel()
+    await serve_until_signalled(serve_llama_server_agent, config, task_status=task_status)
 
 
 async def serve_llama_server_agent(

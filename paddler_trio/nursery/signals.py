@@ -49,6 +49,18 @@ async def stop_on_signals(stop: Callable[[], None], *, task_status: trio.TaskSta
             stop()
 
 
+async def serve_until_signalled(
+    serve: Callable[..., Awaitable[None]], config: object, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Run `serve(config, stop, task_status=...)` (an agent role) until it returns; the first
+    SIGINT/SIGTERM sets `stop`, and the role drains and returns."""
+    stop = trio.Event()
+    async with trio.open_nursery() as root:
+        await root.start(stop_on_signals, stop.set)
+        await serve(config, stop, task_status=task_status)
+        root.cancel_scope.cancel()
+
+
 def run_until_stopped(role: Callable[[], Awaitable[None]]) -> int:
     """`trio.run(role)`; 0 once it returns, the signal's exit code when a second signal cut it short."""
     code = 0
