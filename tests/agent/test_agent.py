@@ -19,6 +19,7 @@ import pytest
 import trio
 
 from paddler_trio.agent.agent_config import AgentConfig
+from paddler_trio.agent.management_link import RECONNECT_INTERVAL
 from paddler_trio.cli_values import socket_address
 from paddler_trio.nursery.agent import run_agent
 from paddler_trio.protocol import InferenceParameters, unstructure
@@ -32,6 +33,7 @@ from tests.agent.scripted_fake_balancer import (
     payload_for,
     snapshot_of,
 )
+from tests.waiting import wait_until
 
 # One llama.cpp thread: the test machine has 2 cores shared with other work.
 THREADS = 1
@@ -183,14 +185,20 @@ async def test_reconnects_with_the_same_id_and_reports_an_outage_once(
     caplog.set_level(logging.WARNING, logger="paddler_trio.agent.management_link")
     port = free_port()
     agent_id = await start_agent(nursery, f"127.0.0.1:{port}")
-    await trio.sleep(2.5)  # the balancer is down at start: the agent keeps trying
+
+    def outage_reports() -> list[logging.LogRecord]:
+        return [record for record in caplog.records if "cannot reach the balancer" in record.getMessage()]
+
+    # The balancer is down at start: the agent reports it, then retries twice more (real
+    # clock, once a reconnect interval) without reporting it again.
+    await wait_until(outage_reports)
+    await trio.sleep(2.5 * RECONNECT_INTERVAL)
     fake = ScriptedFakeBalancer()
     await nursery.start(lambda task_status: fake.serve(port=port, task_status=task_status))
     first = await fake.first_connection(timeout=5)
     assert first.agent_id == agent_id
     await first.wait_for(lambda frame: "RegisterAgent" in frame.get("Notification", {}))
-    outage_reports = [record for record in caplog.records if "cannot reach the balancer" in record.getMessage()]
-    assert len(outage_reports) == 1
+    assert len(outage_reports()) == 1
 
     await first.drop()
     second = await fake.next_connection(after=1, timeout=5)

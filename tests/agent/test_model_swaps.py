@@ -63,7 +63,7 @@ async def test_only_changes_the_engine_uses_reload_it(
     await connection.set_state(state)
     await connection.wait_for_status(lambda s: s["state_application_status"] == "Applied", start=start)
     await connection.set_state(state)  # the same state again (e.g. after a reconnect)
-    await trio.sleep(0.5)
+    await trio.sleep(0.5)  # a no-op sends nothing to wait for: a reload would start within this
     assert not any(reports_no_slots(frame) for frame in connection.frames[start:])
     assert loads_logged(caplog) == 1
 

@@ -73,7 +73,7 @@ async def test_download_progress_is_published_while_downloading_and_not_polled_b
     status.update_download = record  # type: ignore[method-assign]
     async with trio.open_nursery() as nursery:
         await nursery.start(progress.publish, status)
-        await trio.sleep(2)
+        await trio.sleep(2)  # mock clock, as are the sleeps below: they stand for the publisher's ticks
         assert published == [(None, 0, 0)]  # idle: once at start, then no timer at all
 
         progress.begin()

@@ -194,7 +194,7 @@ async def test_progress_is_reported_while_downloading(server: ModelFileServer, t
     async def watch() -> None:
         while True:
             seen.append((progress.filename, progress.current, progress.total))
-            await trio.sleep(0.05)
+            await trio.sleep(0.05)  # looks at the progress every 50 ms, as a status publisher would
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(watch)

@@ -140,7 +140,7 @@ def test_a_client_that_stops_reading_holds_back_only_its_own_stream_and_memory_s
                 nonlocal peak
                 while not sampling.is_set():
                     peak = max(peak, rss_mib(pid))
-                    time.sleep(0.05)
+                    time.sleep(0.05)  # the sampling interval
 
             sampler = threading.Thread(target=sample)
             sampler.start()
@@ -151,7 +151,7 @@ def test_a_client_that_stops_reading_holds_back_only_its_own_stream_and_memory_s
                     read_tokens_then_leave(cluster, tokens, 2000)
                 # The agent streams on; the stalled request's replies stop being queued at the bound.
                 wait_until(lambda: "replies behind: ending it" in cluster.balancer.log(), 60, "the stalled stream to reach its bound")
-                time.sleep(0.5)
+                time.sleep(0.5)  # the agent streams on: the sampler must see RSS stay flat past the bound
             finally:
                 sampling.set()
                 sampler.join()

@@ -125,7 +125,7 @@ def test_a_balancer_killed_under_load_loses_only_its_own_requests(cluster_factor
                 load.fail(f"{label}: {json.dumps(lines[-1:])[:200]}")
 
     async def killer() -> None:
-        await trio.sleep(kill_after)
+        await trio.sleep(kill_after)  # the scenario's script: A serves load a while, then dies
         assert first.balancer is not None
         first.balancer.kill()
         load.killed_at = time.monotonic()

@@ -53,6 +53,6 @@ async def test_an_agent_whose_queue_is_full_is_retried_every_second(autojump_clo
     async with trio.open_nursery() as nursery:
         await nursery.start(reconciliation.run)
         assert await outbox.receive() == "something queued before"
-        await trio.sleep(1.5)
+        await trio.sleep(1.5)  # mock clock: past the one-second retry, not past a second one
         assert isinstance(outbox.receive_nowait(), SetStateNotification)
         nursery.cancel_scope.cancel()

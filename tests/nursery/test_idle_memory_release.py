@@ -1,4 +1,8 @@
-"""The balancer gives memory back once a burst of load is over, and only then."""
+"""The balancer gives memory back once a burst of load is over, and only then.
+
+Both tests run on Trio's autojump mock clock: their sleeps are the release task's looks
+(one a second here), virtual seconds that take no real time.
+"""
 
 from __future__ import annotations
 

@@ -27,6 +27,7 @@ from paddler_trio.protocol import (
     TokenUsage,
 )
 from tests.proxy.scripted_fake_agent import status_snapshot
+from tests.waiting import wait_until
 
 PARAMS = ContinueFromRawPromptParams(raw_prompt="Hi", max_tokens=4)
 DONE = GenerationDone(usage=TokenUsage())
@@ -163,8 +164,7 @@ async def test_agent_lost_before_output_with_none_left_is_a_502_after_the_rejoin
         await only.next_request_id()
         lost_at = trio.current_time()
         s.pool.deregister(only.agent)
-        while not s.received:
-            await trio.sleep(0.1)
+        await wait_until(lambda: s.received)
         assert errors(s.received) == [(502, "Agent controller connection closed")]
         assert trio.current_time() - lost_at == pytest.approx(AGENT_REJOIN_GRACE, abs=0.2)
         assert s.buffer.current == 0

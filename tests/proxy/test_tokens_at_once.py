@@ -130,7 +130,7 @@ async def test_the_item_timeout_counts_from_the_last_token_handed_on_at_once(
             await trio.sleep(0.6)  # each token within the timeout of the one before
             wire.reply(agent_request_id, ContentToken(text))
         assert not errors(s.received)
-        await trio.sleep(1.5)
+        await trio.sleep(1.5)  # past the timeout after the last token
         assert [(path, m.response.text) for path, m in client.both if path == "now"] == [
             ("now", "a"),
             ("now", "b"),
