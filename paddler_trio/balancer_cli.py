@@ -16,7 +16,7 @@ from paddler_trio.balancer_config import (
     BalancerConfig,
 )
 from paddler_trio.cli_values import DEFAULT_SHUTDOWN_GRACE_PERIOD, milliseconds, positive_int, socket_address
-from paddler_trio.environment_variables import AGENT_SECRET, INFERENCE_API_KEY, MANAGEMENT_API_KEY
+from paddler_trio.environment_variables import AGENT_SECRET, INFERENCE_API_KEY, MANAGEMENT_API_KEY, REVERSEPROXY_API_KEY
 from paddler_trio.routing_policy import RoutingPolicy
 
 
@@ -164,8 +164,35 @@ def add_parser(subcommands: argparse._SubParsersAction) -> None:
         help="serve the web admin panel on this address (default: off); http://HOST:PORT is also added to "
         "the CORS origins of the inference and management services, which the panel calls from the browser",
     )
+    _add_reverse_proxy_arguments(parser)
     _add_security_arguments(parser)
     parser.set_defaults(handler=functools.partial(_run, parser))
+
+
+def _add_reverse_proxy_arguments(parser: argparse.ArgumentParser) -> None:
+    """Paddler 1.x's reverse proxy in front of llama-server agents (docs/llama_server_agents.md)."""
+    proxy = parser.add_argument_group(
+        "reverse proxy", "Paddler 1.x / Rower mode: HTTP passed through to the llama-servers that llama-server agents watch"
+    )
+    proxy.add_argument(
+        "--reverseproxy-addr",
+        type=socket_address,
+        default=None,
+        metavar="HOST:PORT",
+        help="pass any HTTP request on this address through to a llama-server agent's llama-server: generation and "
+        "embedding routes to the least busy one with a free slot (buffered like inference requests), others to any "
+        "healthy one (default: off)",
+    )
+    proxy.add_argument(
+        "--rewrite-host-header",
+        action="store_true",
+        help="send llama-server its own address as the Host header, not the client's",
+    )
+    proxy.add_argument(
+        "--slots-endpoint-enable",
+        action="store_true",
+        help="pass /slots through to one llama-server (refused with 403 otherwise: it shows every slot's prompt)",
+    )
 
 
 def _add_security_arguments(parser: argparse.ArgumentParser) -> None:
@@ -173,8 +200,12 @@ def _add_security_arguments(parser: argparse.ArgumentParser) -> None:
     security = parser.add_argument_group(
         "security", "keys may also come from files (one per line) or environment variables, to keep them out of ps"
     )
-    for service, variable in (("inference", INFERENCE_API_KEY.name), ("management", MANAGEMENT_API_KEY.name)):
-        covered = "the inference and OpenAI-compatible services" if service == "inference" else "the management service"
+    covered_by_service = {
+        "inference": ("the inference and OpenAI-compatible services", INFERENCE_API_KEY.name),
+        "management": ("the management service", MANAGEMENT_API_KEY.name),
+        "reverseproxy": ("the reverse proxy (Authorization still goes on to llama-server)", REVERSEPROXY_API_KEY.name),
+    }
+    for service, (covered, variable) in covered_by_service.items():
         security.add_argument(
             f"--{service}-api-key",
             action="append",
@@ -252,6 +283,7 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     try:
         inference_api_keys = collect_keys(args.inference_api_key, args.inference_api_key_file, INFERENCE_API_KEY)
         management_api_keys = collect_keys(args.management_api_key, args.management_api_key_file, MANAGEMENT_API_KEY)
+        reverseproxy_api_keys = collect_keys(args.reverseproxy_api_key, args.reverseproxy_api_key_file, REVERSEPROXY_API_KEY)
         agent_secret = collect_secret(args.agent_secret, args.agent_secret_file, AGENT_SECRET)
     except SecretSourceError as error:
         parser.error(str(error))
@@ -260,6 +292,9 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         management_addr=args.management_addr,
         compat_openai_addr=args.compat_openai_addr,
         web_admin_panel_addr=args.web_admin_panel_addr,
+        reverseproxy_addr=args.reverseproxy_addr,
+        rewrite_host_header=args.rewrite_host_header,
+        slots_endpoint_enabled=args.slots_endpoint_enable,
         buffered_request_timeout=args.buffered_request_timeout,
         inference_item_timeout=args.inference_item_timeout,
         shutdown_grace_period=args.shutdown_grace_period,
@@ -274,6 +309,7 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         statsd_reporting_interval=args.statsd_reporting_interval,
         inference_api_keys=inference_api_keys,
         management_api_keys=management_api_keys,
+        reverseproxy_api_keys=reverseproxy_api_keys,
         agent_secret=agent_secret,
         tls_certfile=args.tls_certfile,
         tls_keyfile=args.tls_keyfile,

@@ -25,6 +25,10 @@ class BalancerConfig:
     management_addr: SocketAddress
     compat_openai_addr: SocketAddress | None = None
     web_admin_panel_addr: SocketAddress | None = None
+    # The reverse proxy in front of llama-server agents (proxy/reverse_proxy.py).
+    reverseproxy_addr: SocketAddress | None = None
+    rewrite_host_header: bool = False
+    slots_endpoint_enabled: bool = False
     # Durations in seconds (given in integer milliseconds on the command line).
     buffered_request_timeout: float = 10.0
     inference_item_timeout: float = 30.0
@@ -42,6 +46,7 @@ class BalancerConfig:
     # Security (docs/security.md): no keys = open, as Paddler is.
     inference_api_keys: tuple[str, ...] = attrs.field(default=(), repr=False)
     management_api_keys: tuple[str, ...] = attrs.field(default=(), repr=False)
+    reverseproxy_api_keys: tuple[str, ...] = attrs.field(default=(), repr=False)
     agent_secret: str | None = attrs.field(default=None, repr=False)
     tls_certfile: Path | None = None
     tls_keyfile: Path | None = None

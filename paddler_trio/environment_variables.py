@@ -64,6 +64,7 @@ def _warn_once(old_name: str, message: str) -> None:
 # comma-separated, as each flag may be given several times. The plural names came first.
 INFERENCE_API_KEY = EnvironmentVariable("PADDLER_INFERENCE_API_KEY", old_names=("PADDLER_INFERENCE_API_KEYS",))
 MANAGEMENT_API_KEY = EnvironmentVariable("PADDLER_MANAGEMENT_API_KEY", old_names=("PADDLER_MANAGEMENT_API_KEYS",))
+REVERSEPROXY_API_KEY = EnvironmentVariable("PADDLER_REVERSEPROXY_API_KEY")
 AGENT_SECRET = EnvironmentVariable("PADDLER_AGENT_SECRET")
 
 # The cache root: Paddler's own name (spec 1.3), documented in README.md. URL-downloaded models

@@ -26,6 +26,7 @@ from paddler_trio.dashboard.event_stream import follow_events
 from paddler_trio.dashboard.terminal_keys import Key, cbreak_terminal, read_keys
 from paddler_trio.protocol import (
     AgentControllerPoolSnapshot,
+    AgentKind,
     BufferedRequestsSnapshot,
     ModelMetadata,
     WireFormatError,
@@ -101,7 +102,8 @@ class _Dashboard:
     async def fetch_metadata(self) -> None:
         while True:
             row = self.state.selected
-            if row is not None and row.snapshot.model_path is not None:
+            # An agent watching a llama-server answers no metadata request (409).
+            if row is not None and row.snapshot.model_path is not None and row.snapshot.kind is AgentKind.ENGINE:
                 key = (row.snapshot.id, row.snapshot.model_path)
                 if key not in self.state.metadata:
                     self.state.metadata[key] = await self._metadata_of(row.snapshot.id)

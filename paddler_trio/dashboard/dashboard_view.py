@@ -11,9 +11,11 @@ from rich.table import Table
 from rich.text import Text
 
 from paddler_trio.dashboard.dashboard_state import AgentRow, DashboardState
-from paddler_trio.protocol import AgentControllerSnapshot, unstructure
+from paddler_trio.protocol import AgentControllerSnapshot, AgentKind, LegacyStatusStream, unstructure
 
 SLOT_BAR_WIDTH = 12
+# How the details name an unmodified agent's status stream.
+STATUS_STREAM_NAMES = {LegacyStatusStream.PADDLER_1X: "Paddler 1.x", LegacyStatusStream.ROWER: "Rower"}
 # Metadata keys worth a glance; the rest (vocabularies, templates) is long.
 METADATA_PREFIXES = ("general.", "tokenizer.ggml.model", "tokenizer.chat_template")
 METADATA_SUFFIXES = (".context_length", ".embedding_length", ".block_count", ".attention.head_count")
@@ -43,13 +45,35 @@ def prompt_cache(agent: AgentControllerSnapshot) -> Text:
 
 
 def model(agent: AgentControllerSnapshot) -> Text:
-    """The loaded model's file name, and its multimodal projector's when the agent reports one."""
+    """The loaded model's file name, and its multimodal projector's when the agent reports one; for an
+    agent watching a llama-server, llama-server's name for its model (what clients send as `model`)."""
+    if agent.kind is AgentKind.LLAMA_SERVER:
+        name = agent.llama_server.model_name if agent.llama_server else None
+        if name is None and agent.model_path:
+            name = PurePath(agent.model_path).name
+        # Paddler 1.x and Rower agents do not report it.
+        return Text(name) if name else Text("not reported", style="dim")
     if not agent.model_path:
         return Text("No model loaded", style="dim")
     name = Text(PurePath(agent.model_path).name)
     if agent.multimodal_projection_path:
         name.append(f" + {PurePath(agent.multimodal_projection_path).name}", style="cyan")
     return name
+
+
+def status(agent: AgentControllerSnapshot) -> Text:
+    """How far the agent applied the desired state; an agent watching a llama-server takes none."""
+    if agent.kind is AgentKind.LLAMA_SERVER:
+        return Text("llama-server", style="cyan")
+    return Text(agent.state_application_status.value)
+
+
+def llama_server(agent: AgentControllerSnapshot) -> str:
+    """Where the llama-server an agent watches listens, and how the agent reports on it."""
+    address = agent.llama_server.external_llamacpp_addr if agent.llama_server else "an unknown address"
+    if agent.legacy_status_stream is None:
+        return f"at {address}"
+    return f"at {address}, reported by a {STATUS_STREAM_NAMES[agent.legacy_status_stream]} agent"
 
 
 def render(state: DashboardState) -> RenderableType:
@@ -95,7 +119,7 @@ def _agents_table(state: DashboardState) -> RenderableType:
             model(agent),
             slot_bar(agent.slots_processing, agent.slots_total),
             prompt_cache(agent),
-            str(agent.state_application_status.value),
+            status(agent),
             issues,
             time.strftime("%Y/%m/%d, %H:%M:%S", time.localtime(row.last_update)),
             style="reverse" if selected else None,
@@ -119,6 +143,13 @@ def _details_body(state: DashboardState, row: AgentRow) -> RenderableType:
     lines.add_column(style="dim")
     lines.add_column()
     lines.add_row("id", agent.id)
+    if agent.kind is AgentKind.LLAMA_SERVER:
+        lines.add_row("llama-server", llama_server(agent))
+        lines.add_row("model name", model(agent))
+        lines.add_row("model", agent.model_path or Text("not reported", style="dim"))
+        lines.add_row("slots", str(agent.slots_total))
+        _add_issues(lines, agent)
+        return lines  # it answers no metadata request: ask llama-server (/props)
     lines.add_row("model", agent.model_path or "none")
     if agent.multimodal_projection_path:
         lines.add_row("projector", agent.multimodal_projection_path)
@@ -130,10 +161,7 @@ def _details_body(state: DashboardState, row: AgentRow) -> RenderableType:
         done = agent.download_current / 1048576
         total = "?" if agent.download_indeterminate else f"{agent.download_total / 1048576:.1f}"
         lines.add_row("download", f"{agent.download_filename or ''} {done:.1f} / {total} MiB")
-    for issue in sorted(agent.issues, key=issue_name):
-        details = unstructure(issue)
-        payload = next(iter(details.values())) if isinstance(details, dict) else ""
-        lines.add_row(Text("issue", style="red"), Text(f"{issue_name(issue)} {payload}".strip()))
+    _add_issues(lines, agent)
     if agent.model_path:
         metadata = state.metadata.get((agent.id, agent.model_path))
         if metadata is None:
@@ -149,6 +177,13 @@ def _details_body(state: DashboardState, row: AgentRow) -> RenderableType:
                     value = value[: METADATA_VALUE_WIDTH - 1] + "…"
                 lines.add_row(f"  {key}", value)
     return lines
+
+
+def _add_issues(lines: Table, agent: AgentControllerSnapshot) -> None:
+    for issue in sorted(agent.issues, key=issue_name):
+        details = unstructure(issue)
+        payload = next(iter(details.values())) if isinstance(details, dict) else ""
+        lines.add_row(Text("issue", style="red"), Text(f"{issue_name(issue)} {payload}".strip()))
 
 
 def _worth_showing(key: str) -> bool:

@@ -1,4 +1,10 @@
-"""The balancer's three Paddler gauges (spec 8.1), shared by `/metrics` and the StatsD reporter."""
+"""The balancer's three Paddler gauges (spec 8.1), shared by `/metrics` and the StatsD reporter.
+
+`slots_processing` counts each agent's busy slots as the agents list shows them (`slots_busy`):
+for an agent that runs llama.cpp itself, the requests this balancer dispatched to it, as in
+Paddler; for one that watches a llama-server, also the requests clients send that llama-server
+directly. `slots_total` counts the slots of every agent, of both kinds.
+"""
 
 from __future__ import annotations
 
@@ -17,7 +23,7 @@ class BalancerGauges:
     @classmethod
     def read(cls, pool: AgentPool, buffer: RequestBuffer) -> BalancerGauges:
         return cls(
-            slots_processing=pool.slots_processing,
+            slots_processing=pool.slots_busy,
             slots_total=pool.slots_total,
             requests_buffered=buffer.current,
         )

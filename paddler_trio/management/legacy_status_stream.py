@@ -10,8 +10,13 @@ body (agents ignore the answer and reconnect a second later, with the same id).
 
 Served from the port's ASGI interface ahead of Quart, like the agents' socket: Quart reads a
 request body whole and limits its size and time, while this body has no end and may stay silent
-for a whole monitoring interval (Paddler 1.2 agents: `--monitoring-interval` seconds), so no idle
-timeout applies to it.
+for a whole monitoring interval (Paddler 1.2 agents: `--monitoring-interval` seconds).
+
+Liveness: a stream silent for `SILENCE_LIMIT` ends (408), and its agent leaves. Without a bound, a
+half-open connection (the agent's machine gone, a network cut) would keep a ghost agent listed
+forever, as nothing is ever sent on it that could fail. An agent that reports about once a
+monitoring interval never comes near it (Paddler 1.x's default is 10 s, and the spec's slowest
+example 60 s); a live one that was slower reconnects at once, with the same id.
 
 Fixes of that era's bugs (spec 6): objects are split by their own braces, not by HTTP chunks (an
 intermediary may split or merge chunks); a second stream with the same agent id replaces the
@@ -51,6 +56,9 @@ AsgiSend = Callable[[dict[str, Any]], Any]
 _PATHS = re.compile(r"^/(?:status_update|api/v1/agent_status_update)/([^/]+)$")
 # A status update is a few hundred bytes; anything this large is not one.
 MAX_OBJECT_BYTES = 1024 * 1024
+# Seconds a stream may stay silent before it ends: twelve of Paddler 1.x's default monitoring
+# intervals, twice the slowest the spec mentions (docs/llama_server_agents.md).
+SILENCE_LIMIT = 120.0
 
 
 class InvalidStream(ValueError):
@@ -194,7 +202,12 @@ class LegacyStatusStreams:
 
     async def _read(self, receive: AsgiReceive, stream: _Stream, watch: trio.Nursery) -> None:
         while True:
-            message = await receive()
+            message = None
+            with trio.move_on_after(SILENCE_LIMIT):
+                message = await receive()
+            if message is None:
+                _logger.warning("agent %s sent nothing for %g s: its stream is taken for dead", stream.agent_id, SILENCE_LIMIT)
+                raise _Refused(408, f"No status update for {SILENCE_LIMIT:g} s")
             if message["type"] != "http.request":  # http.disconnect
                 return
             try:

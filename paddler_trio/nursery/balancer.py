@@ -5,7 +5,8 @@
         ├── background nursery        state database (`keep_current`: with etcd, the first read, then
         │                             the watch), reconciliation, request forwarder (item-timeout
         │                             watch, slot drains), StatsD reporter
-        └── servers nursery           inference service (our own HTTP/1.1 server, transport/http_server.py);
+        └── servers nursery           inference service and reverse proxy to llama-server agents (when
+                                      --reverseproxy-addr is given): our own HTTP/1.1 server, transport/http_server.py;
                                       management service, OpenAI-compatible service (when
                                       --compat-openai-addr is given), web admin panel (when
                                       --web-admin-panel-addr is given): Hypercorn's trio worker
@@ -75,12 +76,13 @@ from paddler_trio.proxy.openapi_documents import (
     openai_document,
     serve_openapi,
 )
+from paddler_trio.proxy.reverse_proxy import ReverseProxyService, ReverseProxySettings, upstream_client
 from paddler_trio.proxy.shutdown_signal import ShutdownSignal
 from paddler_trio.security.api_keys import ApiKeys
 from paddler_trio.security.error_shapes import openai_error
 from paddler_trio.security.service_protection import agent_secret_keys, agent_socket_keys, protect_service
 from paddler_trio.security.tls import server_ssl_context
-from paddler_trio.transport.http_server import ServerSettings, serve_http
+from paddler_trio.transport.http_server import Route, ServerSettings, serve_http
 
 _logger = logging.getLogger(__name__)
 
@@ -113,6 +115,7 @@ class BalancerAddresses:
     management: str
     compat_openai: str | None = None
     web_admin_panel: str | None = None
+    reverseproxy: str | None = None
 
 
 async def run_balancer(
@@ -166,7 +169,7 @@ async def _serve(
             forwarder = RequestForwarder(buffer=buffer, shutdown=shutdown, item_timeout=config.inference_item_timeout)
             await background.start(forwarder.run)
             if shut_down_after_draining:
-                background.start_soon(_shut_down_after_draining, shutdown, forwarder, config.shutdown_grace_period)
+                background.start_soon(_shut_down_after_draining, shutdown, config.shutdown_grace_period)
             management = ManagementService(
                 pool=pool,
                 buffer=buffer,
@@ -230,6 +233,11 @@ async def _serve(
                         shutdown,
                         config,
                     )
+                reverseproxy_bound = None
+                if config.reverseproxy_addr is not None:
+                    reverseproxy_bound = await servers.start(
+                        _serve_reverse_proxy, pool, buffer, config, config.reverseproxy_addr, shutdown
+                    )
                 panel_bound = None
                 if config.web_admin_panel_addr is not None:
                     panel_settings = WebAdminPanelSettings.from_config(
@@ -267,6 +275,7 @@ async def _serve(
                     BalancerAddresses(
                         inference=inference_bound, management=management_bound, compat_openai=openai_bound,
                         web_admin_panel=panel_bound,
+                        reverseproxy=reverseproxy_bound,
                     )
                 )
                 await shutdown.wait()
@@ -338,7 +347,44 @@ async def _serve_inference(
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """The inference port, on our own HTTP server (see `transport/http_server.py`)."""
-    address = config.inference_addr
+    await _serve_own_http("inference", inference.handle, config.inference_addr, config, shutdown, task_status=task_status)
+
+
+async def _serve_reverse_proxy(
+    pool: AgentPool,
+    buffer: RequestBuffer,
+    config: BalancerConfig,
+    address: SocketAddress,
+    shutdown: ShutdownSignal,
+    *,
+    task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """The reverse proxy to llama-server agents, on our own HTTP server like the inference port:
+    every chunk of a stream is passed on as it comes."""
+    async with upstream_client() as client:
+        proxy = ReverseProxyService(
+            pool=pool,
+            buffer=buffer,
+            shutdown=shutdown,
+            client=client,
+            settings=ReverseProxySettings(
+                keys=ApiKeys.of(config.reverseproxy_api_keys),
+                rewrite_host_header=config.rewrite_host_header,
+                slots_endpoint_enabled=config.slots_endpoint_enabled,
+            ),
+        )
+        await _serve_own_http("reverse proxy", proxy.handle, address, config, shutdown, task_status=task_status)
+
+
+async def _serve_own_http(
+    name: str,
+    route: Route,
+    address: SocketAddress,
+    config: BalancerConfig,
+    shutdown: ShutdownSignal,
+    *,
+    task_status: trio.TaskStatus[str],
+) -> None:
     listeners: list[trio.abc.Listener[Any]] = list(
         await trio.open_tcp_listeners(address.port, host=address.host, backlog=LISTEN_BACKLOG)
     )
@@ -356,27 +402,27 @@ async def _serve_inference(
         websocket_max_message_bytes=config.websocket_max_message_bytes,
         websocket_ping_interval=WEBSOCKET_PING_INTERVAL,
     )
-    _logger.info("inference service listening on %s://%s", scheme, bound)
+    _logger.info("%s service listening on %s://%s", name, scheme, bound)
     task_status.started(bound)
-    await serve_http(inference.handle, listeners, settings, shutdown=shutdown.wait)
+    await serve_http(route, listeners, settings, shutdown=shutdown.wait)
 
 
-async def _shut_down_after_draining(shutdown: ShutdownSignal, forwarder: RequestForwarder, grace_period: float) -> None:
+async def _shut_down_after_draining(shutdown: ShutdownSignal, grace_period: float) -> None:
     """Once the drain begins, let the requests in flight finish (for at most `grace_period`
     seconds), then shut down."""
     await shutdown.wait_for_drain()
-    if forwarder.requests_in_flight and not shutdown.triggered:
+    if shutdown.requests_in_flight and not shutdown.triggered:
         _logger.info(
             "draining: waiting up to %.1f s for %d requests in flight to finish",
             grace_period,
-            forwarder.requests_in_flight,
+            shutdown.requests_in_flight,
         )
         with trio.move_on_after(grace_period) as waiting:
-            await forwarder.wait_until_none_in_flight()
+            await shutdown.wait_until_none_in_flight()
         if waiting.cancelled_caught:
             _logger.warning(
                 "shutdown grace period (%.1f s) is over: ending %d requests still in flight",
                 grace_period,
-                forwarder.requests_in_flight,
+                shutdown.requests_in_flight,
             )
     shutdown.trigger()

@@ -4,9 +4,11 @@ that carry each in-flight request's replies back to the task serving it, and the
 is assumed to hold in its prompt cache (`prefix_affinity.py`).
 
 An agent of the `llama_server` kind (`protocol.AgentKind`) watches a separately started
-llama-server: it takes no desired state and no request over a link, so dispatch never picks it
-(`accepts_work` is False); clients may use its llama-server directly, so its busy slots are the
-larger of llama-server's own count and the balancer's claims (`slots_busy`).
+llama-server: it takes no desired state and no request over a link; the reverse proxy sends
+requests to its llama-server directly (`proxy/reverse_proxy.py`). Clients may use that
+llama-server directly too, so its busy slots are the larger of llama-server's own count and the
+balancer's claims (`slots_busy`): a report that comes before llama-server has started a request
+the balancer sent it does not erase the balancer's claim, and a claim is never counted twice.
 
 A route may have a taker (`open_route(..., taker=...)`): the socket reader offers it each
 reply first, and the reply goes into the route only when the taker declines it. The relay
@@ -34,6 +36,7 @@ from paddler_trio.protocol import (
     TokenUsage,
     UnableToFindChatTemplate,
 )
+from paddler_trio.proxy.agent_wants import AgentWants
 from paddler_trio.proxy.prefix_affinity import AgentPrefixes
 
 _logger = logging.getLogger(__name__)
@@ -93,8 +96,9 @@ class AgentController:
     prefilled_prompt_tokens: int = 0
     # What the cache-aware routing policy assumes the agent's prompt cache holds.
     prefixes: AgentPrefixes = attrs.field(factory=AgentPrefixes)
-    # Set when a request on this agent hit the item timeout; cleared by its next status update
-    # (agents send one every second), so a frozen agent takes no new work until it answers again.
+    # Set when a request on this agent hit the item timeout, or its llama-server refused a
+    # connection; cleared by its next status update (agents send one every second), so a frozen
+    # agent takes no new work until it answers again.
     unresponsive: bool = False
     # Set when the agent refused a request because another balancer's took its last slot
     # (protocol/slot_race.py); cleared by its next status update, which counts the others' requests.
@@ -127,17 +131,20 @@ class AgentController:
 
     @property
     def accepts_work(self) -> bool:
-        """An engine agent: loaded, answering, not draining (a draining agent reports slots_total 0),
-        no blocking issue."""
-        if self.kind is not AgentKind.ENGINE or self.unresponsive or self.connection_closed.is_set():
+        """Answering, with slots (a draining agent reports slots_total 0), and no blocking issue; an
+        engine agent also has its model loaded (a llama-server agent reports slots only then)."""
+        if self.unresponsive or self.connection_closed.is_set() or self.slots_total <= 0:
             return False
-        if self.slots_total <= 0 or self.status.model_path is None:
+        if self.kind is AgentKind.ENGINE and self.status.model_path is None:
             return False
         return all(isinstance(issue, _NON_BLOCKING_ISSUES) for issue in self.status.issues)
 
+    def serves(self, wants: AgentWants) -> bool:
+        return self.kind is wants.kind and self.accepts_work
+
     @property
     def busy_share(self) -> float:
-        return self.slots_processing / self.slots_total if self.slots_total > 0 else 1.0
+        return self.slots_busy / self.slots_total if self.slots_total > 0 else 1.0
 
     def update_status(self, status: SlotAggregatedStatusSnapshot) -> bool:
         """Take a newer snapshot; returns whether anything the pool cares about changed.

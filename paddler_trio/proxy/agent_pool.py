@@ -1,7 +1,7 @@
 """All connected agents, and the slot claims that dispatch requests to them.
 
 Selection, `least-busy` (Paddler's rule; spec "Where we go beyond Paddler", item 1): among
-agents that accept work and have a free slot, the lowest share of busy slots wins; equals
+agents that accept work of the request's kind (`agent_wants.py`) and have a free slot, the lowest share of busy slots wins; equals
 are served in turn (a rotating cursor), never by dictionary order.
 
 Selection, `cache-aware` (the default; docs/architecture.md, "Cache-aware routing"): among
@@ -23,6 +23,7 @@ import attrs
 import trio
 
 from paddler_trio.proxy.agent_controller import AgentController
+from paddler_trio.proxy.agent_wants import ENGINE_AGENT, AgentWants
 from paddler_trio.proxy.prefix_chain import NO_PREFIX, PrefixChain
 from paddler_trio.protocol import AgentControllerPoolSnapshot, AgentKind
 from paddler_trio.routing_policy import RoutingPolicy
@@ -129,10 +130,12 @@ class AgentPool:
     def routes_by_prefix(self) -> bool:
         return self.routing_policy is RoutingPolicy.CACHE_AWARE
 
-    def try_claim(self, exclude: frozenset[str] = frozenset(), prefix: PrefixChain = NO_PREFIX) -> SlotClaim | None:
+    def try_claim(
+        self, wants: AgentWants = ENGINE_AGENT, exclude: frozenset[str] = frozenset(), prefix: PrefixChain = NO_PREFIX
+    ) -> SlotClaim | None:
         """Claim a slot for a request whose prompt has `prefix` on the agent the routing
-        policy picks among those that can take work now, or None."""
-        candidates = self._free_agents(exclude)
+        policy picks among those of `wants` that can take work now, or None."""
+        candidates = self._free_agents(wants, exclude)
         if not candidates:
             return None
         lowest = min(agent.busy_share for agent in candidates)
@@ -147,22 +150,34 @@ class AgentPool:
         self.notify_changed()
         return SlotClaim(chosen, self, prefix)
 
-    def cached_characters(self, prefix: PrefixChain) -> int:
+    def any_serving(self, wants: AgentWants, exclude: frozenset[str] = frozenset()) -> AgentController | None:
+        """An agent of `wants` that accepts work, free slot or not (for requests that take no
+        slot): the least busy, equals in turn."""
+        candidates = [agent for agent in self._agents.values() if agent.id not in exclude and agent.serves(wants)]
+        if not candidates:
+            return None
+        lowest = min(agent.busy_share for agent in candidates)
+        return self._in_turn([agent for agent in candidates if agent.busy_share == lowest])
+
+    def can_claim(self, wants: AgentWants) -> bool:
+        return bool(self._free_agents(wants))
+
+    def cached_characters(self, prefix: PrefixChain, wants: AgentWants = ENGINE_AGENT) -> int:
         """How much of `prefix` a claim now would find cached on the agent it lands on, in
         characters: 0 when no agent with a free slot (within the load margin) holds any of it,
         or when the policy ignores prefixes. The buffer serves such waiters first."""
         if not (self.routes_by_prefix and prefix.links):
             return 0
-        candidates = self._free_agents()
+        candidates = self._free_agents(wants)
         if not candidates:
             return 0
         return max(self._matched_characters(candidates, prefix).values())
 
-    def _free_agents(self, exclude: frozenset[str] = frozenset()) -> list[AgentController]:
+    def _free_agents(self, wants: AgentWants, exclude: frozenset[str] = frozenset()) -> list[AgentController]:
         return [
             agent
             for agent in self._agents.values()
-            if agent.id not in exclude and agent.accepts_work and agent.free_slots > 0
+            if agent.id not in exclude and agent.serves(wants) and agent.free_slots > 0
         ]
 
     @staticmethod
@@ -196,7 +211,14 @@ class AgentPool:
 
     @property
     def slots_processing(self) -> int:
+        """Slots this balancer's requests hold."""
         return sum(agent.slots_processing for agent in self._agents.values())
+
+    @property
+    def slots_busy(self) -> int:
+        """Busy slots, as the agents list shows them: also the requests clients send a watched
+        llama-server directly (`AgentController.slots_busy`)."""
+        return sum(agent.slots_busy for agent in self._agents.values())
 
     # --- change notification -----------------------------------------------------------
 

@@ -6,7 +6,9 @@ queue, unless the queue is full (`BufferOverflow`, the 503 envelope). Every pool
 hands free slots to waiters, one slot each, so waiters never wake up to race for a slot (no
 thundering herd). A waiter that times out (`BufferTimeout`, the 504 envelope) or whose task
 is cancelled (its client left) leaves the queue at once. Each waiter keeps its request's
-prefix chain, so that the slot handed to it is chosen for that request.
+prefix chain and the kind of agent it needs (`agent_wants.py`), so that the slot handed to it
+is chosen for that request; a waiter no free slot can serve (it needs the other kind) is passed
+over, so it never holds up those behind it.
 
 Who gets a freed slot: under `least-busy`, the oldest waiter (strict FIFO, Paddler's rule).
 Under `cache-aware` (docs/architecture.md, "Cache-aware routing"), the oldest of the first
@@ -20,12 +22,13 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 
 import attrs
 import trio
 
 from paddler_trio.proxy.agent_pool import AgentPool, SlotClaim
+from paddler_trio.proxy.agent_wants import ENGINE_AGENT, AgentWants
 from paddler_trio.proxy.prefix_chain import NO_PREFIX, PrefixChain
 
 _logger = logging.getLogger(__name__)
@@ -56,6 +59,7 @@ class BufferTimeout(Exception):
 @attrs.define(eq=False)
 class _Waiter:
     prefix: PrefixChain
+    wants: AgentWants
     since: float
     handed: trio.Event = attrs.field(factory=trio.Event)
     claim: SlotClaim | None = None
@@ -68,6 +72,8 @@ class RequestBuffer:
         self._timeout = buffered_request_timeout
         self._cache_wait_limit = min(CACHE_WAIT_LIMIT, buffered_request_timeout / 2)
         self._waiters: OrderedDict[int, _Waiter] = OrderedDict()
+        # How many waiters want each kind of agent (no entry: none).
+        self._wanted: Counter[AgentWants] = Counter()
         self._next_ticket = 0
         self._handing_out = False
         self._changed = trio.Event()
@@ -91,18 +97,20 @@ class RequestBuffer:
         """Whether claims use the request's prefix chain (else it need not be computed)."""
         return self._pool.routes_by_prefix
 
-    async def claim(self, prefix: PrefixChain = NO_PREFIX) -> SlotClaim:
-        """A slot for one request whose prompt has `prefix`; waits in line when none is free."""
-        if not self._waiters:
-            claim = self._pool.try_claim(prefix=prefix)
+    async def claim(self, prefix: PrefixChain = NO_PREFIX, wants: AgentWants = ENGINE_AGENT) -> SlotClaim:
+        """A slot for one request whose prompt has `prefix` on an agent of `wants`; waits in line
+        when none is free."""
+        if not self._wanted[wants]:
+            claim = self._pool.try_claim(wants, prefix=prefix)
             if claim is not None:
                 return claim
         if len(self._waiters) >= self._max:
             raise BufferOverflow
         ticket = self._next_ticket
         self._next_ticket += 1
-        waiter = _Waiter(prefix, trio.current_time())
+        waiter = _Waiter(prefix, wants, trio.current_time())
         self._waiters[ticket] = waiter
+        self._wanted[wants] += 1
         self._count_changed()
         try:
             with trio.move_on_after(self._timeout):
@@ -113,6 +121,7 @@ class RequestBuffer:
             return claim
         finally:
             if self._waiters.pop(ticket, None) is not None:
+                self._forget_wants(waiter)
                 self._count_changed()
             if waiter.claim is not None:
                 # Handed a slot in the same instant the waiter was cancelled: pass it on.
@@ -125,28 +134,37 @@ class RequestBuffer:
             return
         self._handing_out = True
         try:
-            while self._waiters:
-                ticket = self._next_to_serve()
+            while (ticket := self._next_to_serve()) is not None:
                 waiter = self._waiters[ticket]
-                claim = self._pool.try_claim(prefix=waiter.prefix)
+                claim = self._pool.try_claim(waiter.wants, prefix=waiter.prefix)
                 if claim is None:
                     break
                 del self._waiters[ticket]
+                self._forget_wants(waiter)
                 waiter.claim = claim
                 waiter.handed.set()
                 self._count_changed()
         finally:
             self._handing_out = False
 
-    def _next_to_serve(self) -> int:
-        """The ticket of the waiter the next free slot goes to (the module docstring's rule)."""
-        oldest_ticket, oldest = next(iter(self._waiters.items()))
+    def _next_to_serve(self) -> int | None:
+        """The ticket of the waiter the next free slot goes to (the module docstring's rule), or
+        None when no waiter can be served now."""
+        servable = {wants for wants in self._wanted if self._pool.can_claim(wants)}
+        if not servable:
+            return None
+        oldest_ticket, oldest = next((ticket, waiter) for ticket, waiter in self._waiters.items() if waiter.wants in servable)
         if not self._pool.routes_by_prefix or trio.current_time() - oldest.since >= self._cache_wait_limit:
             return oldest_ticket
         for ticket, waiter in itertools.islice(self._waiters.items(), CACHE_SCAN_LIMIT):
-            if self._pool.cached_characters(waiter.prefix) > 0:
+            if waiter.wants in servable and self._pool.cached_characters(waiter.prefix, waiter.wants) > 0:
                 return ticket
         return oldest_ticket
+
+    def _forget_wants(self, waiter: _Waiter) -> None:
+        self._wanted[waiter.wants] -= 1
+        if not self._wanted[waiter.wants]:
+            del self._wanted[waiter.wants]
 
     def _count_changed(self) -> None:
         self.version += 1

@@ -238,8 +238,6 @@ class RequestForwarder:
         self._silence = _SilenceWatch(item_timeout)
         # Open while `run` runs: where the drains of requests whose client left are started.
         self._drains: trio.Nursery | None = None
-        self._requests_in_flight = 0
-        self._all_finished = trio.Event()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The forwarder's own tasks, for as long as it serves: the item-timeout watch and the
@@ -254,14 +252,6 @@ class RequestForwarder:
                 # Here, while this body still runs, the nursery takes new tasks (cancelled at once):
                 # once the body has ended it may close before the task that waits in it resumes.
                 self._drains = None
-
-    @property
-    def requests_in_flight(self) -> int:
-        return self._requests_in_flight
-
-    async def wait_until_none_in_flight(self) -> None:
-        while self._requests_in_flight:
-            await self._all_finished.wait()
 
     async def serve(
         self,
@@ -291,15 +281,8 @@ class RequestForwarder:
             if self._shutdown.draining:
                 await emit(error_envelope(request_id, 503, "balancer is shutting down"))
                 return
-            self._requests_in_flight += 1
-            try:
-                with self._shutdown.cancel_scope() as shutdown_scope:
-                    await self._serve(request_id, request, emit, gather, emit_now)
-            finally:
-                self._requests_in_flight -= 1
-                if not self._requests_in_flight:
-                    self._all_finished.set()
-                    self._all_finished = trio.Event()
+            with self._shutdown.in_flight(), self._shutdown.cancel_scope() as shutdown_scope:
+                await self._serve(request_id, request, emit, gather, emit_now)
             if shutdown_scope.cancelled_caught:
                 await emit(error_envelope(request_id, 503, "balancer is shutting down"))
         except CLIENT_GONE_ERRORS:

@@ -7,6 +7,8 @@ request against what an agent was sent is a lookup per link, never a text compar
 - Conversations (native `continue_from_conversation_history`, OpenAI chat, Responses): one
   piece per message, in order. The chain starts from the request's tools, which chat templates
   render ahead of the messages, so that requests with other tools share nothing.
+- Requests the reverse proxy passes to a llama-server (`passed_through_chain`): the same two
+  kinds, read from the request's JSON (`messages`, else a string `prompt`).
 - Raw prompts (native `continue_from_raw_prompt`, OpenAI `/v1/completions`): one piece per
   `BLOCK_CHARACTERS` characters of the prompt; a last, shorter block is a link too (a longer
   prompt that continues it differs there, so only whole blocks match across prompts).
@@ -19,6 +21,8 @@ tokens, which only the agent knows).
 from __future__ import annotations
 
 import hashlib
+import json
+from typing import Any
 
 import attrs
 
@@ -68,6 +72,19 @@ def raw_prompt_chain(prompt: str) -> PrefixChain:
     end = min(len(prompt), BLOCK_CHARACTERS * MAX_LINKS)
     pieces = [prompt[start : start + BLOCK_CHARACTERS] for start in range(0, end, BLOCK_CHARACTERS)]
     return _chain(b"raw-prompt", b"", pieces)
+
+
+def passed_through_chain(body: Any) -> PrefixChain:
+    """The chain of a JSON request body bound for a llama-server: its `messages` (with its
+    `tools`) as a conversation, else its `prompt` when that is text; `NO_PREFIX` otherwise."""
+    if not isinstance(body, dict):
+        return NO_PREFIX
+    messages = body.get("messages")
+    if isinstance(messages, list):
+        pieces = [json.dumps(message, sort_keys=True) for message in messages[:MAX_LINKS]]
+        return _chain(b"passed-through", json.dumps(body.get("tools"), sort_keys=True).encode(), pieces)
+    prompt = body.get("prompt")
+    return raw_prompt_chain(prompt) if isinstance(prompt, str) else NO_PREFIX
 
 
 def _chain(kind: bytes, seed: bytes, pieces: list[str]) -> PrefixChain:

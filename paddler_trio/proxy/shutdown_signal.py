@@ -2,7 +2,8 @@
 
 `begin_drain()` comes first (the first SIGINT/SIGTERM): from then on new inference requests
 are refused with the 503 "balancer is shutting down" envelope, while those in flight go on
-(`RequestForwarder`), for at most the shutdown grace period (`nursery/balancer.py`).
+(`RequestForwarder`, the reverse proxy), for at most the shutdown grace period
+(`nursery/balancer.py`), which waits for every request that counts itself in (`in_flight()`).
 
 Then `trigger()`: work that must end when the balancer stops (a request still waiting in the
 buffer or streaming, an SSE stream, a WebSocket) runs inside `shutdown.cancel_scope()`; every
@@ -23,6 +24,8 @@ class ShutdownSignal:
         self._drain_begun = trio.Event()
         self._event = trio.Event()
         self._scopes: set[trio.CancelScope] = set()
+        self._requests_in_flight = 0
+        self._all_finished = trio.Event()
 
     @property
     def draining(self) -> bool:
@@ -60,3 +63,23 @@ class ShutdownSignal:
                 yield scope
         finally:
             self._scopes.discard(scope)
+
+    @property
+    def requests_in_flight(self) -> int:
+        return self._requests_in_flight
+
+    @contextmanager
+    def in_flight(self) -> Iterator[None]:
+        """Count one request in flight while the block runs (the drain waits for it)."""
+        self._requests_in_flight += 1
+        try:
+            yield
+        finally:
+            self._requests_in_flight -= 1
+            if not self._requests_in_flight:
+                self._all_finished.set()
+                self._all_finished = trio.Event()
+
+    async def wait_until_none_in_flight(self) -> None:
+        while self._requests_in_flight:
+            await self._all_finished.wait()

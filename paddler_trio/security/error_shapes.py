@@ -8,7 +8,7 @@ from typing import Protocol
 
 from quart import Response
 
-_OPENAI_TYPE_BY_STATUS = {401: "invalid_request_error", 429: "rate_limit_error"}
+_OPENAI_TYPE_BY_STATUS = {401: "invalid_request_error", 429: "rate_limit_error", 504: "timeout"}
 
 
 class ErrorShape(Protocol):
@@ -23,7 +23,7 @@ def native_error(status: int, message: str, *, param: str | None = None, code: s
     return Response(native_error_body(message), status=status, content_type="application/json")
 
 
-def openai_error(status: int, message: str, *, param: str | None = None, code: str | None = None) -> Response:
+def openai_error_body(status: int, message: str, *, param: str | None = None, code: str | None = None) -> str:
     body = {
         "error": {
             "message": message,
@@ -32,4 +32,8 @@ def openai_error(status: int, message: str, *, param: str | None = None, code: s
             "code": code,
         }
     }
-    return Response(json.dumps(body), status=status, content_type="application/json")
+    return json.dumps(body)
+
+
+def openai_error(status: int, message: str, *, param: str | None = None, code: str | None = None) -> Response:
+    return Response(openai_error_body(status, message, param=param, code=code), status=status, content_type="application/json")

@@ -115,6 +115,7 @@ class Exchange:
         self.answered = False
         self.upgraded = False
         self._closes_connection = False
+        self._watching_client = False
 
     async def read_body(self) -> bytes:
         """The whole body; `BodyTooLarge` beyond the server's limit (a declared length over it is
@@ -145,7 +146,14 @@ class Exchange:
         """The head of a response whose body follows in chunks; from here on a client that
         leaves cancels the route."""
         await self._send_head(status, headers)
-        self._nursery.start_soon(self._watch_client)
+        self.cancel_when_client_leaves()
+
+    def cancel_when_client_leaves(self) -> None:
+        """From now on, a client that closes or half-closes its side cancels the route (once the
+        request's body is read: the watch reads what comes after it)."""
+        if not self._watching_client:
+            self._watching_client = True
+            self._nursery.start_soon(self._watch_client)
 
     async def send_chunk(self, data: bytes) -> None:
         if data:  # an empty chunk would end the body

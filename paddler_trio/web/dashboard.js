@@ -75,22 +75,43 @@ function agentRow(agent) {
     ? h("button", { type: "button", class: "issues", onclick: () => showIssues(agent) },
       `${agent.issues.length} issue${agent.issues.length > 1 ? "s" : ""}: ${agent.issues.map(issueName).join(", ")}`)
     : h("span", { class: "ok" }, "OK");
+  // An agent that watches a llama-server (ours: `kind`, `llama_server`) takes no desired state and
+  // answers no metadata request: clients and operators use that llama-server directly.
+  const watchesLlamaServer = agent.kind === "llama_server";
   return h("tr", { "data-agent-id": agent.id },
     h("td", {}, agent.name || h("span", { class: "muted" }, agent.id)),
-    h("td", {}, fileName(agent.model_path) || h("span", { class: "muted" }, "No model loaded"),
-      // Reported only by our agents (a status extension), and only while a projector is loaded.
-      agent.multimodal_projection_path
-        ? h("span", { class: "muted", title: agent.multimodal_projection_path, "data-testid": "projector" },
-          ` + ${fileName(agent.multimodal_projection_path)}`)
-        : null,
-      agent.uses_chat_template_override
-        ? h("button", { type: "button", class: "tag", onclick: () => showTemplateOverride(agent) }, "template override")
-        : null),
+    watchesLlamaServer ? llamaServerModel(agent) : engineModel(agent),
     slots,
-    h("td", {}, agent.state_application_status),
+    h("td", {}, watchesLlamaServer ? llamaServerKind(agent) : agent.state_application_status),
     h("td", {}, issues),
     h("td", {}, downloadProgress(agent)),
-    h("td", {}, h("button", { type: "button", disabled: !agent.model_path, onclick: () => showMetadata(agent) }, "Metadata")));
+    h("td", {}, h("button", { type: "button", disabled: !agent.model_path || watchesLlamaServer, onclick: () => showMetadata(agent) }, "Metadata")));
+}
+
+function engineModel(agent) {
+  return h("td", {}, fileName(agent.model_path) || h("span", { class: "muted" }, "No model loaded"),
+    // Reported only by our agents (a status extension), and only while a projector is loaded.
+    agent.multimodal_projection_path
+      ? h("span", { class: "muted", title: agent.multimodal_projection_path, "data-testid": "projector" },
+        ` + ${fileName(agent.multimodal_projection_path)}`)
+      : null,
+    agent.uses_chat_template_override
+      ? h("button", { type: "button", class: "tag", onclick: () => showTemplateOverride(agent) }, "template override")
+      : null);
+}
+
+function llamaServerModel(agent) {
+  // llama-server's name for its model (what clients send as `model`); Paddler 1.x and Rower agents report none.
+  const name = agent.llama_server?.model_name || fileName(agent.model_path);
+  return h("td", { "data-testid": "model-name", title: agent.model_path }, name || h("span", { class: "muted" }, "not reported"));
+}
+
+const STATUS_STREAMS = { paddler_1x: "Paddler 1.x", rower: "Rower" };
+
+function llamaServerKind(agent) {
+  const address = agent.llama_server?.external_llamacpp_addr || "unknown address";
+  const reporter = agent.legacy_status_stream ? ` (reported by a ${STATUS_STREAMS[agent.legacy_status_stream] || agent.legacy_status_stream} agent)` : null;
+  return h("span", { "data-testid": "kind" }, `llama-server at ${address}`, reporter && h("span", { class: "muted" }, reporter));
 }
 
 function downloadProgress(agent) {

@@ -8,7 +8,14 @@ from rich.console import Console
 from paddler_trio.dashboard.dashboard_state import DashboardState
 from paddler_trio.dashboard.dashboard_view import model, prompt_cache, render, slot_bar
 from paddler_trio.dashboard.terminal_keys import Key, decode_keys
-from paddler_trio.protocol import AgentControllerSnapshot, ModelFileDoesNotExist, StateApplicationStatus
+from paddler_trio.protocol import (
+    AgentControllerSnapshot,
+    AgentKind,
+    LegacyStatusStream,
+    LlamaServerStatus,
+    ModelFileDoesNotExist,
+    StateApplicationStatus,
+)
 
 
 def _agent(agent_id: str, name: str | None, **changes) -> AgentControllerSnapshot:
@@ -109,3 +116,46 @@ def test_the_model_column_and_the_details_show_the_projector_an_agent_reports() 
     screen = console.export_text()
     assert "m.gguf + mmproj-m.gguf" in screen
     assert "│ projector     /models/mmproj-m.gguf" in screen
+
+
+def test_agents_watching_a_llama_server_show_their_kind_model_name_and_address() -> None:
+    watcher = _agent(
+        "w",
+        "watcher",
+        kind=AgentKind.LLAMA_SERVER,
+        llama_server=LlamaServerStatus(external_llamacpp_addr="10.0.0.5:8080", model_name="qwen2.5-coder-0.5b"),
+        model_path="/srv/models/qwen.gguf",
+        state_application_status=StateApplicationStatus.FRESH,
+        slots_processing=2,
+    )
+    # A Paddler 1.x agent reports no model.
+    legacy = _agent(
+        "x",
+        "paddler-1.2",
+        kind=AgentKind.LLAMA_SERVER,
+        llama_server=LlamaServerStatus(external_llamacpp_addr="10.0.0.6:8080"),
+        legacy_status_stream=LegacyStatusStream.PADDLER_1X,
+        model_path=None,
+        state_application_status=StateApplicationStatus.FRESH,
+    )
+    assert model(watcher).plain == "qwen2.5-coder-0.5b"
+    assert model(attrs.evolve(watcher, llama_server=LlamaServerStatus(external_llamacpp_addr="a:1"))).plain == "qwen.gguf"
+    assert model(legacy).plain == "not reported"
+    state = DashboardState("127.0.0.1:8060", 30)
+    state.take_agents((watcher, legacy, _agent("e", "engine")))
+    state.selected_agent_id = "w"
+    console = Console(width=200, record=True, color_system=None)
+    console.print(render(state))
+    screen = console.export_text()
+    row = next(line for line in screen.splitlines() if "watcher" in line and "qwen" in line)
+    assert "qwen2.5-coder-0.5b" in row and "2/4" in row and "llama-server" in row and "Fresh" not in row
+    assert "slots busy 4/12" in screen  # its busy slots count with the others'
+    assert "│ llama-server  at 10.0.0.5:8080" in screen
+    assert "│ model name    qwen2.5-coder-0.5b" in screen
+    assert "metadata" not in screen  # it answers no metadata request
+    state.selected_agent_id = "x"
+    console = Console(width=200, record=True, color_system=None)
+    console.print(render(state))
+    screen = console.export_text()
+    assert "│ llama-server  at 10.0.0.6:8080, reported by a Paddler 1.x agent" in screen
+    assert "│ model name    not reported" in screen

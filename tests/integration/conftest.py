@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
-from tests.integration.cluster import Cluster
+from tests.integration.cluster import Cluster, free_port
+from tests.llama_server import LlamaServerProcess, required_llama_server, start_llama_server
 
 
 @pytest.fixture
@@ -24,3 +26,24 @@ def cluster_factory(tmp_path) -> Iterator:
     yield start
     for cluster in clusters:
         cluster.shutdown()
+
+
+@pytest.fixture(scope="module")
+def llama_server_binary() -> Path:
+    return required_llama_server()
+
+
+@pytest.fixture
+def llama_servers(llama_server_binary: Path, qwen_model_path: Path, tmp_path: Path) -> Iterator[Callable[..., LlamaServerProcess]]:
+    """Start llama-servers on demand (on a given port, or a free one); all are stopped at the end."""
+    started: list[LlamaServerProcess] = []
+
+    def start(*flags: str, port: int | None = None) -> LlamaServerProcess:
+        port = port or free_port()
+        server = start_llama_server(llama_server_binary, qwen_model_path, port, tmp_path / f"llama-server-{port}.log", *flags)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()

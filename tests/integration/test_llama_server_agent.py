@@ -3,7 +3,6 @@ Qwen2.5-Coder 0.5B, 2 slots) and reporting it to a real balancer, as `GET /api/v
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,34 +10,12 @@ import httpx
 import pytest
 
 from tests.integration.cluster import Cluster, free_port, wait_until
-from tests.llama_server import LlamaServerProcess, required_llama_server, start_llama_server
 
 pytestmark = pytest.mark.slow
 
 # Fast polls keep the test short; the default is 1000 ms.
 MONITORING_INTERVAL_MS = "200"
 WAIT = 60.0
-
-
-@pytest.fixture(scope="module")
-def llama_server_binary() -> Path:
-    return required_llama_server()
-
-
-@pytest.fixture
-def llama_servers(llama_server_binary: Path, qwen_model_path: Path, tmp_path: Path) -> Iterator[Callable[..., LlamaServerProcess]]:
-    """Start llama-servers on demand (on a given port, or a free one); all are stopped at the end."""
-    started: list[LlamaServerProcess] = []
-
-    def start(*flags: str, port: int | None = None) -> LlamaServerProcess:
-        port = port or free_port()
-        server = start_llama_server(llama_server_binary, qwen_model_path, port, tmp_path / f"llama-server-{port}.log", *flags)
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        server.stop()
 
 
 def issues_of(agent: dict[str, Any] | None) -> dict[str, dict[str, str]]:
@@ -67,6 +44,9 @@ def test_agent_reports_slots_model_and_busy_slots(cluster_factory, llama_servers
             assert response.status_code == 200
             next(response.iter_lines())  # generating
             wait_until(lambda: cluster.slots_processing()["watcher"] == 1, WAIT, "the busy slot to show")
+            # It counts in the fleet's gauges too, though the balancer dispatched nothing.
+            metrics = httpx.get(f"{cluster.management_url}/metrics", timeout=5).text
+            assert "paddler_slots_processing 1\n" in metrics and "paddler_slots_total 2\n" in metrics
         # Leaving the stream closes the connection: llama-server stops that generation.
     wait_until(lambda: cluster.slots_processing()["watcher"] == 0, WAIT, "the slot to be free again")
 

@@ -17,7 +17,7 @@ import pytest
 import trio
 from trio_websocket import open_websocket_url
 
-from paddler_trio.protocol import RegisterAgentNotification, to_json
+from paddler_trio.protocol import LlamaServerStatus, RegisterAgentNotification, StateApplicationStatus, to_json
 from tests.integration.browser import chromium_context, save_screenshot
 from tests.integration.cluster import DETERMINISTIC_PARAMETERS, Cluster, free_port, wait_until
 from tests.proxy.scripted_fake_agent import status_snapshot
@@ -334,7 +334,7 @@ def test_prompt_page_enables_images_only_when_the_applicable_state_names_a_proje
 
 
 @contextmanager
-def registered_agent(management_addr: str, agent_id: str, **status: str) -> Iterator[None]:
+def registered_agent(management_addr: str, agent_id: str, **status: object) -> Iterator[None]:
     """A bare agent socket (no engine) registered with `status` in its snapshot until the block ends."""
     registered, leave = threading.Event(), threading.Event()
 
@@ -371,3 +371,27 @@ def test_dashboard_shows_the_projector_an_agent_reports(bare_panel, page) -> Non
         other = page.locator("tr", has_text="without")
         other.wait_for(timeout=10_000)
         assert other.get_by_test_id("projector").count() == 0
+
+
+def test_dashboard_shows_the_kind_and_model_name_of_an_agent_watching_a_llama_server(bare_panel, page) -> None:
+    cluster, panel_url = bare_panel
+    watched = LlamaServerStatus(external_llamacpp_addr="10.0.0.5:8080", model_name="qwen2.5-coder-0.5b")
+    with (
+        registered_agent(
+            cluster.management_addr, "watcher", llama_server=watched, state_application_status=StateApplicationStatus.FRESH
+        ),
+        registered_agent(cluster.management_addr, "engine-agent"),
+    ):
+        page.goto(panel_url + "/")
+        row = page.locator("tr", has_text="watcher")
+        row.wait_for(timeout=10_000)
+        assert row.get_by_test_id("model-name").inner_text().strip() == "qwen2.5-coder-0.5b"
+        assert row.get_by_test_id("kind").inner_text().strip() == "llama-server at 10.0.0.5:8080"
+        # It answers no metadata request (409): ask llama-server.
+        assert row.get_by_role("button", name="Metadata").is_disabled()
+        engine = page.locator("tr", has_text="engine-agent")
+        engine.wait_for(timeout=10_000)
+        assert engine.get_by_test_id("kind").count() == 0
+        assert "Applied" in engine.inner_text()
+        assert engine.get_by_role("button", name="Metadata").is_enabled()
+        save_screenshot(page, "web-admin-panel-llama-server-agent")

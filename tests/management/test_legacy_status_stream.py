@@ -13,8 +13,11 @@ import httpx
 import pytest
 import trio
 
+from paddler_trio.cli_values import socket_address
+from paddler_trio.management import legacy_status_stream
 from paddler_trio.management.legacy_status_stream import ConcatenatedJsonObjects, InvalidStream
 from tests.balancer_process import balancer_process
+from tests.proxy.balancer_harness import running_balancer
 from tests.waiting import wait_until
 
 # Spec 2.4, Paddler 1.2's message (serde field order).
@@ -153,7 +156,8 @@ async def test_a_rower_stream_survives_silence_and_any_chunking() -> None:
         assert shown["llama_server"]["external_llamacpp_addr"] == "[fd00::5]:8080"
         assert (shown["slots_total"], shown["slots_processing"], shown["issues"]) == (2, 0, [])
 
-        # Longer than the management port's keep-alive timeout (5 s): a stream has no idle timeout.
+        # Longer than the management port's keep-alive timeout (5 s): a stream is bound only by its
+        # silence limit (120 s). Real time on purpose: the balancer is a separate process here.
         await trio.sleep(6)
         # Two objects in one chunk; the second one counts.
         busy = {**ROWER_STATUS, "slots_idle": 1, "slots_processing": 1}
@@ -224,6 +228,46 @@ async def test_with_an_agent_secret_unmodified_agents_are_refused() -> None:
         assert await agents(balancer.management) == []
         await stream.aclose()
     assert any("cannot send the balancer's --agent-secret" in line for line in balancer.log)
+
+
+async def test_the_slot_gauges_count_the_busy_slots_llama_server_reports() -> None:
+    """Requests that clients send a llama-server directly count in `/metrics` and StatsD."""
+    with trio.socket.socket(type=trio.socket.SOCK_DGRAM) as udp:
+        await udp.bind(("127.0.0.1", 0))
+        statsd = socket_address(f"127.0.0.1:{udp.getsockname()[1]}")
+        async with running_balancer(statsd_prefix="paddler_", statsd_addr=statsd, statsd_reporting_interval=0.05) as balancer:
+            await balancer.add_agent(slots=2)  # an engine agent, idle
+            agent_id = str(uuid.uuid4())
+            stream = await StatusStream.open(balancer.addresses.management, f"/api/v1/agent_status_update/{agent_id}")
+            await stream.send({**ROWER_STATUS, "slots_idle": 1, "slots_processing": 3})
+            await wait_until(lambda: agent(balancer.addresses.management, agent_id))
+            metrics = (await balancer.http.get(f"{balancer.management}/metrics")).text
+            assert "paddler_slots_processing 3\n" in metrics
+            assert "paddler_slots_total 6\n" in metrics
+            packets: set[str] = set()
+            with trio.fail_after(5):
+                while not {"paddler_slots_processing:3|g", "paddler_slots_total:6|g"} <= packets:
+                    packets.add((await udp.recv(1024)).decode())
+            await stream.aclose()
+
+
+async def test_a_silent_stream_ends_after_the_silence_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A half-open connection would keep its agent listed forever; updates keep a stream alive."""
+    monkeypatch.setattr(legacy_status_stream, "SILENCE_LIMIT", 0.5)
+    agent_id = str(uuid.uuid4())
+    async with running_balancer() as balancer:
+        management = balancer.addresses.management
+        stream = await StatusStream.open(management, f"/status_update/{agent_id}")
+        await stream.send(PADDLER_1_2_STATUS)
+        await wait_until(lambda: agent(management, agent_id))
+        for _ in range(6):  # reporting for longer than the limit, more often than it
+            await trio.sleep(0.2)
+            await stream.send(PADDLER_1_2_STATUS)
+        assert await agent(management, agent_id) is not None
+        # Silent from now on, as if its machine were gone.
+        assert (await stream.answer()).startswith(b"HTTP/1.1 408")
+        await wait_until(lambda: _gone(management, agent_id))
+        await stream.aclose()
 
 
 async def _gone(management: str, agent_id: str) -> bool:

@@ -16,7 +16,10 @@ from paddler_trio.protocol import (
     BalancerDesiredState,
     ChatTemplate,
     InferenceParameters,
+    LlamaServerStatus,
     LocalToAgentModel,
+    RegisterAgentNotification,
+    StateApplicationStatus,
     to_json,
 )
 from tests.proxy.balancer_harness import BalancerUnderTest, running_balancer, wait_until
@@ -261,6 +264,42 @@ async def test_agents_stream_sends_a_snapshot_on_connect_and_on_changes() -> Non
             await balancer.add_agent(agent_id="streamed")
         assert events[0] == 'data: {"agents":[]}'
         assert json.loads(events[1].removeprefix("data: "))["agents"][0]["id"] == "streamed"
+
+
+async def test_agents_and_their_stream_show_an_agent_watching_a_llama_server() -> None:
+    """Its kind, llama-server's address and model name, and the busy slots llama-server reports."""
+    snapshot = attrs.evolve(
+        status_snapshot(slots=4, model_path="/srv/models/qwen.gguf"),
+        slots_processing=2,
+        state_application_status=StateApplicationStatus.FRESH,
+        llama_server=LlamaServerStatus(external_llamacpp_addr="10.0.0.5:8080", model_name="qwen2.5-coder-0.5b"),
+    )
+    expected = {
+        "kind": "llama_server",
+        "llama_server": {"external_llamacpp_addr": "10.0.0.5:8080", "model_name": "qwen2.5-coder-0.5b"},
+        "slots_processing": 2,
+        "slots_total": 4,
+    }
+    async with running_balancer() as balancer:
+        events: list[str] = []
+
+        async def watch() -> None:
+            await sse_events(balancer.http, f"{balancer.management}/api/v1/agents/stream", 2, events)
+
+        async with (
+            trio.open_nursery() as nursery,
+            open_websocket_url(f"ws://{balancer.addresses.management}/api/v1/agent_socket/watcher") as ws,
+        ):
+            nursery.start_soon(watch)
+            await wait_until(lambda: events)  # subscribed
+            await ws.get_message()  # Version
+            await ws.send_message(to_json(RegisterAgentNotification(name="watcher", slot_aggregated_status_snapshot=snapshot)))
+            await wait_until(lambda: len(events) == 2)
+            (listed,) = await balancer.agents()
+        (streamed,) = json.loads(events[1].removeprefix("data: "))["agents"]
+        assert streamed == listed
+        assert {key: listed[key] for key in expected} == expected
+        assert "legacy_status_stream" not in listed
 
 
 async def test_sse_streams_send_keep_alive_comments(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,0 +1,22 @@
+"""Which agents may serve a request: its kind of agent, and its model when it names one.
+
+Requests of our inference port and of the OpenAI service go to `engine` agents (they run
+llama.cpp themselves and take requests over their link); those of the reverse proxy go to
+`llama_server` agents, whose llama-server the balancer calls directly. The buffer keeps each
+waiter's wants, so that a slot freed on one kind of agent goes to a request that can use it.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+from paddler_trio.protocol import AgentKind
+
+
+@attrs.frozen
+class AgentWants:
+    kind: AgentKind = AgentKind.ENGINE
+
+
+ENGINE_AGENT = AgentWants(AgentKind.ENGINE)
+LLAMA_SERVER_AGENT = AgentWants(AgentKind.LLAMA_SERVER)
