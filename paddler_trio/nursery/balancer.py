@@ -76,7 +76,8 @@ from paddler_trio.proxy.openapi_documents import (
     openai_document,
     serve_openapi,
 )
-from paddler_trio.proxy.reverse_proxy import ReverseProxyService, ReverseProxySettings, upstream_client
+from paddler_trio.proxy.llama_server_passage import LlamaServerPassage, upstream_client
+from paddler_trio.proxy.reverse_proxy import ReverseProxyService, ReverseProxySettings
 from paddler_trio.proxy.shutdown_signal import ShutdownSignal
 from paddler_trio.security.api_keys import ApiKeys
 from paddler_trio.security.error_shapes import openai_error
@@ -190,7 +191,10 @@ async def _serve(
                 max_requests_per_socket=config.max_requests_per_inference_socket,
                 stream_gather_interval=config.stream_gather_interval,
             )
-            async with trio.open_nursery() as servers:
+            async with upstream_client() as llama_server_client, trio.open_nursery() as servers:
+                passage = LlamaServerPassage(
+                    pool=pool, buffer=buffer, client=llama_server_client, rewrite_host_header=config.rewrite_host_header
+                )
                 management_app = protect_service(
                     serve_openapi(management.create_app(config.management_cors_origins), management_document()),
                     config,
@@ -213,10 +217,12 @@ async def _serve(
                     shutdown,
                     config,
                 )
-                inference_bound = await servers.start(_serve_inference, inference, config, shutdown)
+                inference_bound = await servers.start(
+                    _serve_own_http, "inference", inference.handle, config.inference_addr, config, shutdown
+                )
                 openai_bound = None
                 if config.compat_openai_addr is not None:
-                    openai = OpenAIService(forwarder=forwarder, pool=pool, cluster=reconciliation)
+                    openai = OpenAIService(forwarder=forwarder, pool=pool, cluster=reconciliation, passage=passage)
                     openai_bound = await servers.start(
                         _serve_http,
                         "openai",
@@ -235,8 +241,15 @@ async def _serve(
                     )
                 reverseproxy_bound = None
                 if config.reverseproxy_addr is not None:
+                    reverseproxy = ReverseProxyService(
+                        passage=passage,
+                        shutdown=shutdown,
+                        settings=ReverseProxySettings(
+                            keys=ApiKeys.of(config.reverseproxy_api_keys), slots_endpoint_enabled=config.slots_endpoint_enabled
+                        ),
+                    )
                     reverseproxy_bound = await servers.start(
-                        _serve_reverse_proxy, pool, buffer, config, config.reverseproxy_addr, shutdown
+                        _serve_own_http, "reverse proxy", reverseproxy.handle, config.reverseproxy_addr, config, shutdown
                     )
                 panel_bound = None
                 if config.web_admin_panel_addr is not None:
@@ -339,43 +352,6 @@ async def _serve_http(
         task_status.started(bound)
 
 
-async def _serve_inference(
-    inference: InferenceService,
-    config: BalancerConfig,
-    shutdown: ShutdownSignal,
-    *,
-    task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    """The inference port, on our own HTTP server (see `transport/http_server.py`)."""
-    await _serve_own_http("inference", inference.handle, config.inference_addr, config, shutdown, task_status=task_status)
-
-
-async def _serve_reverse_proxy(
-    pool: AgentPool,
-    buffer: RequestBuffer,
-    config: BalancerConfig,
-    address: SocketAddress,
-    shutdown: ShutdownSignal,
-    *,
-    task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    """The reverse proxy to llama-server agents, on our own HTTP server like the inference port:
-    every chunk of a stream is passed on as it comes."""
-    async with upstream_client() as client:
-        proxy = ReverseProxyService(
-            pool=pool,
-            buffer=buffer,
-            shutdown=shutdown,
-            client=client,
-            settings=ReverseProxySettings(
-                keys=ApiKeys.of(config.reverseproxy_api_keys),
-                rewrite_host_header=config.rewrite_host_header,
-                slots_endpoint_enabled=config.slots_endpoint_enabled,
-            ),
-        )
-        await _serve_own_http("reverse proxy", proxy.handle, address, config, shutdown, task_status=task_status)
-
-
 async def _serve_own_http(
     name: str,
     route: Route,
@@ -383,8 +359,10 @@ async def _serve_own_http(
     config: BalancerConfig,
     shutdown: ShutdownSignal,
     *,
-    task_status: trio.TaskStatus[str],
+    task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
+    """`route` on our own HTTP server (`transport/http_server.py`): the ports where every chunk of
+    a stream is one write (the inference port, the reverse proxy)."""
     listeners: list[trio.abc.Listener[Any]] = list(
         await trio.open_tcp_listeners(address.port, host=address.host, backlog=LISTEN_BACKLOG)
     )

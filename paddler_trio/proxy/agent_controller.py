@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import posixpath
 from collections.abc import Callable
 from typing import Any
 
@@ -140,7 +141,20 @@ class AgentController:
         return all(isinstance(issue, _NON_BLOCKING_ISSUES) for issue in self.status.issues)
 
     def serves(self, wants: AgentWants) -> bool:
+        if wants.model is not None and wants.model not in self.model_names:
+            return False
         return self.kind is wants.kind and self.accepts_work
+
+    @property
+    def model_names(self) -> frozenset[str]:
+        """What an OpenAI client may call a llama-server agent's model: llama-server's own name for
+        it, and its GGUF file name. Engine agents serve the cluster's model: none of their own."""
+        if self.kind is AgentKind.ENGINE or self.status.llama_server is None:
+            return frozenset()
+        names = {self.status.llama_server.model_name}
+        if self.status.model_path:
+            names.add(posixpath.basename(self.status.model_path.replace("\\", "/")))
+        return frozenset(name for name in names if name)
 
     @property
     def busy_share(self) -> float:

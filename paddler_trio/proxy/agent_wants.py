@@ -1,9 +1,11 @@
 """Which agents may serve a request: its kind of agent, and its model when it names one.
 
-Requests of our inference port and of the OpenAI service go to `engine` agents (they run
-llama.cpp themselves and take requests over their link); those of the reverse proxy go to
-`llama_server` agents, whose llama-server the balancer calls directly. The buffer keeps each
-waiter's wants, so that a slot freed on one kind of agent goes to a request that can use it.
+Requests of our inference port go to `engine` agents (they run llama.cpp themselves and take
+requests over their link); those of the reverse proxy go to `llama_server` agents, whose
+llama-server the balancer calls directly. The OpenAI service sends each request by its `model`
+(`openai_model_routing.py`): to the engine agents, or to the llama-server agents that serve that
+model (`model`). The buffer keeps each waiter's wants, so that a slot freed on one agent goes to
+a request that can use it.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from paddler_trio.protocol import AgentKind
 @attrs.frozen
 class AgentWants:
     kind: AgentKind = AgentKind.ENGINE
+    # Only agents that serve this model (`AgentController.model_names`); None: any model.
+    model: str | None = None
 
 
 ENGINE_AGENT = AgentWants(AgentKind.ENGINE)

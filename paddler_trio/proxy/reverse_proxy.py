@@ -2,21 +2,14 @@
 of a `llama_server` agent, its answer streamed back as it comes (SSE, chunked), as Paddler 1.x
 and Rower do (spec paddler-1x-llama-server-mode.md, 3.7), without their bugs (its section 6).
 
-Which llama-server: a request that runs the model (`SLOT_PATHS`, POST) claims a slot, by the
-pool's routing policy among the llama-server agents with a free one (so with `cache-aware`, a
-chat's next turn goes where its prefix is, `prefix_chain.passed_through_chain`), and waits in the
-balancer's buffer when none is free (429 when the buffer is full, 504 past its timeout). The
-claim counts at once and is released when the answer ends, however it ends; the agent's
-reports never erase it (`AgentController.slots_busy`). Any other request (`/v1/models`,
-`/props`, `/health`, a preflight) goes to any llama-server agent that is healthy, free slot or
-not.
-
-Failures: a llama-server that refuses the connection, or closes it before its answer's first
-byte, is taken out of rotation until its agent's next status update, and the request is sent
-once more, to another agent (its body is read whole first, so that it can be sent again). A
-failure mid-answer cuts the client's connection: the client sees its stream end early. A client
-that leaves cancels the request's nursery, which closes the connection to llama-server, which
-then stops generating and frees its slot.
+Which llama-server, and what happens when it fails, is `llama_server_passage.py`'s: a request
+that runs the model (`SLOT_PATHS`, POST) claims a slot, waiting in the balancer's buffer when
+none is free (429 when the buffer is full, 504 past its timeout); with `cache-aware` routing, a
+chat's next turn goes where its prefix is (`prefix_chain.passed_through_chain`). Any other
+request (`/v1/models`, `/props`, `/health`, a preflight) goes to any healthy llama-server agent.
+A failure mid-answer cuts the client's connection: the client sees its stream end early. A
+client that leaves, even while its request waits for a slot or for the first byte, cancels the
+request's nursery, which closes the connection to llama-server, which then stops generating.
 
 Passed through unchanged: method, path and query, headers but the hop-by-hop ones (`Host` as
 received, or the agent's llama-server address with `--rewrite-host-header`), the body, and the
@@ -36,10 +29,8 @@ from collections.abc import Iterable
 import attrs
 import httpx
 
-from paddler_trio.proxy.agent_controller import AgentController
-from paddler_trio.proxy.agent_pool import AgentPool, SlotClaim
 from paddler_trio.proxy.agent_wants import LLAMA_SERVER_AGENT
-from paddler_trio.proxy.buffer import BufferOverflow, BufferTimeout, RequestBuffer
+from paddler_trio.proxy.llama_server_passage import LlamaServerPassage, PassageRefused, UpstreamRequest
 from paddler_trio.proxy.prefix_chain import NO_PREFIX, PrefixChain, passed_through_chain
 from paddler_trio.proxy.shutdown_signal import ShutdownSignal
 from paddler_trio.security.api_keys import ApiKeys, refusal_of_request
@@ -87,49 +78,25 @@ HOP_BY_HOP_HEADERS = frozenset(
         "content-length",
     }
 )
-# Headers httpx adds to a request that did not have them; a proxy adds none.
-_HTTPX_DEFAULT_HEADERS = ("accept", "accept-encoding", "user-agent")
-# A llama-server that has not accepted the connection by then is taken as down. Nothing bounds
-# the answer: a long prompt may take minutes before its first token on a CPU.
-CONNECT_TIMEOUT = 3.0
 JSON = "application/json"
-
-
-class _NoAnswer(Exception):
-    """The llama-server sent no byte back: refused, unreachable, or closed before answering."""
 
 
 @attrs.frozen(kw_only=True)
 class ReverseProxySettings:
     keys: ApiKeys = ApiKeys()
-    rewrite_host_header: bool = False
     slots_endpoint_enabled: bool = False
-
-
-def upstream_client() -> httpx.AsyncClient:
-    """The proxy's connections to llama-servers, kept alive between requests."""
-    return httpx.AsyncClient(
-        timeout=httpx.Timeout(None, connect=CONNECT_TIMEOUT),
-        limits=httpx.Limits(max_connections=None, max_keepalive_connections=256),
-        follow_redirects=False,
-        trust_env=False,
-    )
 
 
 class ReverseProxyService:
     def __init__(
         self,
         *,
-        pool: AgentPool,
-        buffer: RequestBuffer,
+        passage: LlamaServerPassage,
         shutdown: ShutdownSignal,
-        client: httpx.AsyncClient,
         settings: ReverseProxySettings,
     ) -> None:
-        self._pool = pool
-        self._buffer = buffer
+        self._passage = passage
         self._shutdown = shutdown
-        self._client = client
         self._settings = settings
         self._refusals = RefusalLog(_logger)
 
@@ -160,78 +127,26 @@ class ReverseProxyService:
     async def _pass_through(self, exchange: Exchange, body: bytes) -> None:
         request = exchange.request
         uses_slot = request.method == "POST" and request.path in SLOT_PATHS
-        prefix = _prefix_of(body) if uses_slot and self._buffer.routes_by_prefix else NO_PREFIX
-        for attempt in (1, 2):
-            claim: SlotClaim | None = None
-            if uses_slot:
+        upstream_request = UpstreamRequest(
+            method=request.method,
+            target=request.target,
+            headers=tuple((name, value) for name, value in request.headers.items() if name not in HOP_BY_HOP_HEADERS),
+            body=body,
+            uses_slot=uses_slot,
+            prefix=_prefix_of(body) if uses_slot and self._passage.routes_by_prefix else NO_PREFIX,
+        )
+        try:
+            async with self._passage.open(upstream_request, LLAMA_SERVER_AGENT) as response:
+                await exchange.start_stream(response.status_code, _passed_back(response.headers.raw))
                 try:
-                    claim = await self._buffer.claim(prefix, LLAMA_SERVER_AGENT)
-                except BufferOverflow:
-                    await _answer_error(exchange, 429, "too many requests are waiting for a free llama-server slot")
-                    return
-                except BufferTimeout:
-                    await _answer_error(exchange, 504, "waiting for a free llama-server slot timed out")
-                    return
-                agent = claim.agent
-            else:
-                chosen = self._pool.any_serving(LLAMA_SERVER_AGENT)
-                if chosen is None:
-                    await _answer_error(exchange, 503, "no llama-server agent is available")
-                    return
-                agent = chosen
-            try:
-                await self._forward(exchange, body, agent)
-                return
-            except _NoAnswer as failure:
-                self._take_out_of_rotation(agent, str(failure))
-                if claim is not None:
-                    claim.forget_prefix()
-            finally:
-                if claim is not None:
-                    claim.release()
-            if attempt == 1:
-                _logger.info("sending %s %s to another llama-server agent", request.method, request.path)
-        await _answer_error(exchange, 502, "no llama-server agent answered the request")
-
-    async def _forward(self, exchange: Exchange, body: bytes, agent: AgentController) -> None:
-        """Send the request to `agent`'s llama-server and stream its answer back; `_NoAnswer`
-        when nothing came back (so the request may go elsewhere)."""
-        request = exchange.request
-        assert agent.status.llama_server is not None  # a llama_server agent reports its address
-        address = agent.status.llama_server.external_llamacpp_addr
-        headers = [(name, value) for name, value in request.headers.items() if name not in HOP_BY_HOP_HEADERS]
-        if self._settings.rewrite_host_header:
-            headers = [(name, value) for name, value in headers if name != "host"] + [("host", address)]
-        upstream_request = self._client.build_request(
-            request.method, httpx.URL(f"http://{address}").copy_with(raw_path=request.target.encode()), headers=headers, content=body
-        )
-        for name in _HTTPX_DEFAULT_HEADERS:
-            if name not in request.headers:
-                del upstream_request.headers[name]
-        try:
-            response = await self._client.send(upstream_request, stream=True)
-        except httpx.TransportError as error:
-            raise _NoAnswer(f"{type(error).__name__}: {error}") from error
-        try:
-            await exchange.start_stream(response.status_code, _passed_back(response.headers.raw))
-            try:
-                async for chunk in response.aiter_raw():
-                    await exchange.send_chunk(chunk)
-            except httpx.TransportError as error:
-                _logger.warning("llama-server of agent %s broke off its answer to %s: %s", agent.id, request.path, error)
-                return  # the client's connection closes without the end of the body
-            await exchange.end_stream()
-        finally:
-            await response.aclose()
-
-    def _take_out_of_rotation(self, agent: AgentController, why: str) -> None:
-        _logger.warning(
-            "llama-server of agent %s sent nothing back (%s): no more requests go there until the agent reports again",
-            agent.id,
-            why,
-        )
-        agent.unresponsive = True
-        self._pool.notify_changed()
+                    async for chunk in response.aiter_raw():
+                        await exchange.send_chunk(chunk)
+                except httpx.TransportError as error:
+                    _logger.warning("a llama-server broke off its answer to %s: %s", request.path, error)
+                    return  # the client's connection closes without the end of the body
+                await exchange.end_stream()
+        except PassageRefused as refusal:
+            await _answer_error(exchange, refusal.status, refusal.message)
 
 
 def _prefix_of(body: bytes) -> PrefixChain:

@@ -4,8 +4,11 @@
 
 from __future__ import annotations
 
+import json
 import re
+import socket
 import threading
+import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -179,3 +182,62 @@ def test_a_killed_llama_server_is_taken_out_and_its_requests_go_to_the_other(clu
     llama_servers(port=doomed_port).wait_healthy()
     _wait_serving(cluster, ["doomed"])
     assert _stream_chat(proxy_url, "Say hello.", max_tokens=4)
+
+
+def _replayed_status_stream(management_addr: str, path: str, status: dict[str, Any]) -> socket.socket:
+    """An unmodified Paddler 1.x or Rower agent's status stream (spec 2.4): one chunked POST, a JSON
+    object per chunk; it stays open (the agent is registered) until the socket closes."""
+    host, _, port = management_addr.rpartition(":")
+    connection = socket.create_connection((host, int(port)))
+    connection.sendall(f"POST {path} HTTP/1.1\r\nhost: {management_addr}\r\ntransfer-encoding: chunked\r\n\r\n".encode())
+    body = json.dumps(status).encode()
+    connection.sendall(b"%x\r\n%s\r\n" % (len(body), body))
+    return connection
+
+
+def test_paddler_1x_and_rower_agents_receive_traffic(cluster_factory, llama_servers) -> None:
+    """Two unmodified old agents, replayed from the spec's payloads, each reporting a real llama-server."""
+    for_paddler, for_rower = llama_servers(), llama_servers()
+    cluster, proxy_url = _proxied_cluster(cluster_factory, "--routing-policy", "least-busy")
+    for_paddler.wait_healthy()
+    for_rower.wait_healthy()
+    paddler_1x = {
+        "agent_name": "paddler-1.2",
+        "error": None,
+        "external_llamacpp_addr": for_paddler.addr,
+        "idle_slots_count": 2,
+        "is_authorized": True,
+        "is_slots_endpoint_enabled": True,
+        "processing_slots_count": 0,
+        "slots": [{"id": 0, "is_processing": False}, {"id": 1, "is_processing": False}],
+    }
+    rower = {
+        "agent_name": "rower",
+        "error": None,
+        "external_llamacpp_addr": for_rower.addr,
+        "is_authorized": True,
+        "is_connect_error": False,
+        "is_decode_error": False,
+        "is_deserialize_error": False,
+        "is_request_error": False,
+        "is_slots_endpoint_enabled": True,
+        "is_unexpected_response_status": False,
+        "slots_idle": 2,
+        "slots_processing": 0,
+    }
+    streams = [
+        _replayed_status_stream(cluster.management_addr, f"/status_update/{uuid.uuid4()}", paddler_1x),
+        _replayed_status_stream(cluster.management_addr, f"/api/v1/agent_status_update/{uuid.uuid4()}", rower),
+    ]
+    try:
+        _wait_serving(cluster, ["paddler-1.2", "rower"])
+        kinds = {agent["name"]: agent.get("legacy_status_stream") for agent in cluster.agents_snapshot()}
+        assert kinds == {"paddler-1.2": "paddler_1x", "rower": "rower"}
+        with ThreadPoolExecutor(4) as pool:
+            answers = list(pool.map(lambda n: _stream_chat(proxy_url, f"Say {n}.", max_tokens=4), range(4)))
+        assert all(answers), answers
+        # Each llama-server finished two of the four generations (it logs each one's timings).
+        assert (for_paddler.log().count("total time"), for_rower.log().count("total time")) == (2, 2)
+    finally:
+        for stream in streams:
+            stream.close()
