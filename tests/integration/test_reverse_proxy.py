@@ -241,3 +241,14 @@ def test_paddler_1x_and_rower_agents_receive_traffic(cluster_factory, llama_serv
     finally:
         for stream in streams:
             stream.close()
+
+
+def test_the_proxy_key_is_required_before_anything_is_passed_on(cluster_factory) -> None:
+    _, proxy_url = _proxied_cluster(cluster_factory, "--reverseproxy-api-key", "proxy-key")
+    refused = httpx.get(f"{proxy_url}/v1/models", timeout=10)
+    assert refused.status_code == 401 and refused.json()["error"]["message"]
+    wrong = httpx.get(f"{proxy_url}/v1/models", headers={"Authorization": "Bearer other"}, timeout=10)
+    assert wrong.status_code == 401
+    # With the key, the request goes on: here no llama-server agent has joined yet.
+    admitted = httpx.get(f"{proxy_url}/v1/models", headers={"Authorization": "Bearer proxy-key"}, timeout=10)
+    assert admitted.status_code == 503 and "no llama-server agent" in admitted.json()["error"]["message"]

@@ -8,7 +8,9 @@ import trio.testing
 
 from paddler_trio.proxy.agent_pool import AgentPool, SlotClaim
 from paddler_trio.proxy.buffer import BufferOverflow, BufferTimeout, RequestBuffer
-from tests.proxy.pool_fixtures import agent
+from paddler_trio.proxy.agent_wants import LLAMA_SERVER_AGENT, AgentWants
+from paddler_trio.protocol import AgentKind
+from tests.proxy.pool_fixtures import agent, llama_server_agent
 
 
 def make(max_buffered: int = 10, timeout: float = 5.0, slots: int | None = 1) -> tuple[AgentPool, RequestBuffer]:
@@ -155,3 +157,39 @@ async def test_count_changes_are_announced() -> None:
         assert buffer.current == 1
         nursery.cancel_scope.cancel()
     assert buffer.version > seen
+
+
+async def test_a_waiter_for_another_kind_of_agent_does_not_hold_up_those_behind_it() -> None:
+    pool, buffer = make(slots=1)
+    pool.register(llama_server_agent("l", slots=1))
+    engine_claim = await buffer.claim()
+    llama_claim = await buffer.claim(wants=LLAMA_SERVER_AGENT)
+    assert (engine_claim.agent.id, llama_claim.agent.id) == ("a", "l")
+    served: list[str] = []
+
+    async def wait(name: str, wants: AgentWants) -> None:
+        claim = await buffer.claim(wants=wants)
+        served.append(f"{name} on {claim.agent.id}")
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(wait, "older, for llama-server", LLAMA_SERVER_AGENT)
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(wait, "newer, for engine", AgentWants())
+        await trio.testing.wait_all_tasks_blocked()
+        engine_claim.release()
+        await trio.testing.wait_all_tasks_blocked()
+        assert served == ["newer, for engine on a"]
+        llama_claim.release()
+    assert served == ["newer, for engine on a", "older, for llama-server on l"]
+
+
+async def test_a_model_is_served_only_by_the_agents_that_serve_it() -> None:
+    pool, buffer = make(slots=None, timeout=0.5)
+    pool.register(llama_server_agent("q", slots=1, model_name="qwen"))
+    pool.register(llama_server_agent("g", slots=1, model_name="gemma"))
+    claim = await buffer.claim(wants=AgentWants(AgentKind.LLAMA_SERVER, "gemma"))
+    assert claim.agent.id == "g"
+    with pytest.raises(BufferTimeout):  # the gemma agent is busy: the free qwen slot is no use
+        await buffer.claim(wants=AgentWants(AgentKind.LLAMA_SERVER, "gemma"))
+    assert (await buffer.claim(wants=AgentWants(AgentKind.LLAMA_SERVER, "qwen.gguf"))).agent.id == "q"  # its file name
+    assert pool.any_serving(AgentWants(AgentKind.LLAMA_SERVER, "gemma")) is claim.agent  # metadata needs no free slot
