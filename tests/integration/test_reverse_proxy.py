@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import http.server
 import json
 import re
 import socket
@@ -252,3 +253,53 @@ def test_the_proxy_key_is_required_before_anything_is_passed_on(cluster_factory)
     # With the key, the request goes on: here no llama-server agent has joined yet.
     admitted = httpx.get(f"{proxy_url}/v1/models", headers={"Authorization": "Bearer proxy-key"}, timeout=10)
     assert admitted.status_code == 503 and "no llama-server agent" in admitted.json()["error"]["message"]
+
+
+class _HeaderRecorder(http.server.BaseHTTPRequestHandler):
+    """Stands where a llama-server would (only the proxy's header handling is under test): it
+    answers every request with the Host header it got and the path."""
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        body = json.dumps({"host": self.headers["Host"], "path": self.path}).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *_: Any) -> None:
+        pass
+
+
+def test_host_header_and_slots_endpoint_flags(cluster_factory) -> None:
+    recorder = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _HeaderRecorder)
+    threading.Thread(target=recorder.serve_forever, daemon=True).start()
+    upstream = f"127.0.0.1:{recorder.server_address[1]}"
+    status = {
+        "agent_name": "recorder",
+        "error": None,
+        "external_llamacpp_addr": upstream,
+        "is_authorized": True,
+        "is_connect_error": False,
+        "is_decode_error": False,
+        "is_deserialize_error": False,
+        "is_request_error": False,
+        "is_slots_endpoint_enabled": True,
+        "is_unexpected_response_status": False,
+        "slots_idle": 1,
+        "slots_processing": 0,
+    }
+    try:
+        for flags, host_seen in (((), "client.example"), (("--rewrite-host-header", "--slots-endpoint-enable"), upstream)):
+            cluster, proxy_url = _proxied_cluster(cluster_factory, *flags)
+            stream = _replayed_status_stream(cluster.management_addr, f"/api/v1/agent_status_update/{uuid.uuid4()}", status)
+            try:
+                _wait_serving(cluster, ["recorder"])
+                answer = httpx.get(f"{proxy_url}/props?x=1", headers={"Host": "client.example"}, timeout=10).json()
+                assert answer == {"host": host_seen, "path": "/props?x=1"}
+                slots = httpx.get(f"{proxy_url}/slots", timeout=10)
+                assert slots.status_code == (200 if flags else 403)
+            finally:
+                stream.close()
+    finally:
+        recorder.shutdown()
