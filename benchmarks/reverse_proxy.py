@@ -323,37 +323,56 @@ async def probe_ttft(clients: dict[str, openai.AsyncOpenAI], pairs: int) -> dict
     }
 
 
-async def measure(setup: Setup, workload: Workload, repeats: int, probe_pairs: int) -> dict[str, Any]:
-    urls = {f"server-{index}": url for index, url in enumerate(setup.server_urls)} | {"proxy": setup.proxy_url}
-    clients = {
-        target: openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=REQUEST_TIMEOUT_S)
+def open_clients(urls: dict[str, str]) -> dict[str, openai.AsyncOpenAI]:
+    """Fresh clients for each arm run, with the SDK's default retries (2): now and then llama-server
+    closes a kept-alive connection as a request is sent on it ("Server disconnected without sending a
+    response", seen on the direct arm), which the SDK retries at once, as it does for its users."""
+    return {
+        target: openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=2, timeout=REQUEST_TIMEOUT_S)
         for target, url in urls.items()
     }
+
+
+async def close_clients(clients: dict[str, openai.AsyncOpenAI]) -> None:
+    for client in clients.values():
+        await client.close()
+
+
+async def measure(setup: Setup, workload: Workload, repeats: int, probe_pairs: int) -> dict[str, Any]:
+    urls = {f"server-{index}": url for index, url in enumerate(setup.server_urls)} | {"proxy": setup.proxy_url}
+    clients = open_clients(urls)
     try:
         # A short request to every target and as many at once through the proxy as there are clients, so
-        # that no arm pays the first requests' warm-up (connections, llama-server's first graph).
+        # that no arm pays the first requests' warm-up (llama-server's first graph).
         async with trio.open_nursery() as nursery:
             for target in urls:
                 for index in range(workload.concurrency if target == "proxy" else 1):
                     nursery.start_soon(stream_one, clients[target], f"Warm-up {target} {index}: say hello.", 4)
-        runs: list[dict[str, Any]] = []
-        run = 0
-        for repeat in range(repeats):
-            for arm in ARMS if repeat % 2 == 0 else ARMS[::-1]:
-                figures = await run_arm(arm, run, workload, clients, setup)
-                runs.append({"repeat": repeat} | figures)
-                progress(
-                    f"repeat {repeat} {arm:>6}: {figures['tok_s']} tok/s, TTFT p50 {figures['ttft_p50_ms']} ms, "
-                    f"p90 {figures['ttft_p90_ms']} ms, balancer {figures['balancer_cpu_percent']} % CPU"
-                )
-                run += 1
-        progress(f"isolated TTFT: {probe_pairs} pairs of one-token requests, one at a time")
-        isolated = await probe_ttft(clients, probe_pairs)
-        if isolated:
-            progress(f"isolated TTFT added by the proxy: p50 {isolated['added_ms_p50_of_pairs']} ms")
     finally:
-        for client in clients.values():
-            await client.close()
+        await close_clients(clients)
+    runs: list[dict[str, Any]] = []
+    run = 0
+    for repeat in range(repeats):
+        for arm in ARMS if repeat % 2 == 0 else ARMS[::-1]:
+            clients = open_clients(urls)
+            try:
+                figures = await run_arm(arm, run, workload, clients, setup)
+            finally:
+                await close_clients(clients)
+            runs.append({"repeat": repeat} | figures)
+            progress(
+                f"repeat {repeat} {arm:>6}: {figures['tok_s']} tok/s, TTFT p50 {figures['ttft_p50_ms']} ms, "
+                f"p90 {figures['ttft_p90_ms']} ms, balancer {figures['balancer_cpu_percent']} % CPU"
+            )
+            run += 1
+    progress(f"isolated TTFT: {probe_pairs} pairs of one-token requests, one at a time")
+    clients = open_clients(urls)
+    try:
+        isolated = await probe_ttft(clients, probe_pairs)
+    finally:
+        await close_clients(clients)
+    if isolated:
+        progress(f"isolated TTFT added by the proxy: p50 {isolated['added_ms_p50_of_pairs']} ms")
     return {
         "arms": {arm: arm_summary([r for r in runs if r["arm"] == arm]) for arm in ARMS},
         "verdict": verdict(runs),

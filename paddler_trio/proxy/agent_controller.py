@@ -90,6 +90,11 @@ class AgentController:
     legacy_status_stream: LegacyStatusStream | None = None
     # Slots claimed by this balancer's dispatch.
     slots_processing: int = 0
+    # For a llama-server's count (`slots_busy`): status updates taken so far, claims taken since the
+    # last one and still held, claims taken before it and released since.
+    _status_generation: int = 0
+    _claimed_since_status: int = 0
+    _released_before_status: int = 0
     # Tokens relayed from this agent to clients (for `/metrics` and the dashboard's tokens/s).
     generated_tokens: int = 0
     # Prompt tokens of finished generations, as the agent's usage reports them (for `/metrics`).
@@ -115,8 +120,22 @@ class AgentController:
     @property
     def slots_busy(self) -> int:
         if self.kind is AgentKind.LLAMA_SERVER:
-            return max(self.status.slots_processing, self.slots_processing)
+            reported_now = self.status.slots_processing - self._released_before_status + self._claimed_since_status
+            return max(reported_now, self.slots_processing)
         return self.slots_processing
+
+    def take_slot(self) -> int:
+        """Count a claim; returns the status generation it was taken in (for `release_slot`)."""
+        self.slots_processing += 1
+        self._claimed_since_status += 1
+        return self._status_generation
+
+    def release_slot(self, taken_in_generation: int) -> None:
+        self.slots_processing -= 1
+        if taken_in_generation == self._status_generation:
+            self._claimed_since_status -= 1
+        else:
+            self._released_before_status += 1
 
     @property
     def free_slots(self) -> int:
@@ -171,6 +190,10 @@ class AgentController:
         self.unresponsive = False
         if status.version < self.status.version:
             return revived
+        # Bringing llama-server's count up to date starts again from this report: its busy slots may change.
+        recounted = self.kind is AgentKind.LLAMA_SERVER and bool(self._claimed_since_status or self._released_before_status)
+        self._status_generation += 1
+        self._claimed_since_status = self._released_before_status = 0
         if (status.model_path, status.state_application_status) != (self.status.model_path, self.status.state_application_status):
             # A model (re)load rebuilds the agent's context (the agent reports the state it applies
             # as not yet applied meanwhile): its cache is gone. Not `slots_total`: an agent serving
@@ -186,7 +209,7 @@ class AgentController:
                 self.status, version=0, slots_processing=0
             )
         self.status = status
-        return changed or revived
+        return changed or revived or recounted
 
     def count_prompt_tokens(self, usage: TokenUsage) -> None:
         cached = min(usage.cached_prompt_tokens, usage.prompt_tokens)

@@ -46,6 +46,8 @@ class SlotClaim:
     agent: AgentController
     _pool: AgentPool
     prefix: PrefixChain = NO_PREFIX
+    # The agent's status generation the claim was taken in (`AgentController.take_slot`).
+    generation: int = 0
     _released: bool = False
 
     def forget_prefix(self) -> None:
@@ -56,7 +58,7 @@ class SlotClaim:
         if self._released:
             return
         self._released = True
-        self.agent.slots_processing -= 1
+        self.agent.release_slot(self.generation)
         self._pool.notify_changed()
 
 
@@ -144,11 +146,11 @@ class AgentPool:
             chosen = self._holding_longest_prefix(candidates, prefix)
         if chosen is None:
             chosen = self._in_turn([agent for agent in candidates if agent.busy_share == lowest])
-        chosen.slots_processing += 1
+        generation = chosen.take_slot()
         if self.routes_by_prefix:
             chosen.prefixes.record(prefix, chosen.prefix_capacity)
         self.notify_changed()
-        return SlotClaim(chosen, self, prefix)
+        return SlotClaim(chosen, self, prefix, generation)
 
     def any_serving(self, wants: AgentWants, exclude: frozenset[str] = frozenset()) -> AgentController | None:
         """An agent of `wants` that accepts work, free slot or not (for requests that take no

@@ -10,7 +10,8 @@ from paddler_trio.protocol import ConversationMessage, ModelFileDoesNotExist
 from paddler_trio.proxy.agent_pool import BUSY_SHARE_MARGIN, AgentPool
 from paddler_trio.proxy.prefix_chain import PrefixChain, conversation_chain, raw_prompt_chain
 from paddler_trio.routing_policy import RoutingPolicy
-from tests.proxy.pool_fixtures import agent
+from paddler_trio.proxy.agent_wants import LLAMA_SERVER_AGENT
+from tests.proxy.pool_fixtures import agent, llama_server_agent
 
 
 def test_two_agents_two_slots_each_share_a_burst_evenly() -> None:
@@ -175,3 +176,30 @@ def test_an_agent_that_leaves_takes_its_affinity_with_it() -> None:
     returned.slots_processing = 1
     pool.register(returned)
     assert _served_by(pool, chain) == "other"
+
+
+def test_a_llama_server_slot_is_free_again_as_soon_as_its_claim_ends() -> None:
+    pool = AgentPool()
+    watcher = llama_server_agent("l", slots=2)
+    pool.register(watcher)
+    claims = [pool.try_claim(LLAMA_SERVER_AGENT), pool.try_claim(LLAMA_SERVER_AGENT)]
+    assert None not in claims and pool.try_claim(LLAMA_SERVER_AGENT) is None
+    # The agent's report shows both requests running; then one ends, before the next report.
+    watcher.update_status(attrs.evolve(watcher.status, slots_processing=2, version=2))
+    claims[0].release()  # type: ignore[union-attr]
+    assert watcher.slots_busy == 1
+    assert pool.try_claim(LLAMA_SERVER_AGENT) is not None
+
+
+def test_a_llama_server_slot_its_own_clients_hold_stays_busy() -> None:
+    pool = AgentPool()
+    watcher = llama_server_agent("l", slots=2)
+    pool.register(watcher)
+    watcher.update_status(attrs.evolve(watcher.status, slots_processing=1, version=2))  # a client of its own
+    claim = pool.try_claim(LLAMA_SERVER_AGENT)
+    assert claim is not None and pool.try_claim(LLAMA_SERVER_AGENT) is None
+    watcher.update_status(attrs.evolve(watcher.status, slots_processing=2, version=3))
+    claim.release()
+    assert watcher.slots_busy == 1  # its own client's request still runs
+    watcher.update_status(attrs.evolve(watcher.status, slots_processing=1, version=4))
+    assert watcher.slots_busy == 1
