@@ -92,38 +92,42 @@ class LlamaServerPassage:
     @asynccontextmanager
     async def open(self, request: UpstreamRequest, wants: AgentWants) -> AsyncIterator[httpx.Response]:
         for attempt in (1, 2):
-            claim: SlotClaim | None = None
-            if request.uses_slot:
+            claim, agent = await self._choose(request, wants)
+            try:
                 try:
-                    claim = await self._buffer.claim(request.prefix, wants)
-                except BufferOverflow:
-                    raise PassageRefused(429, "too many requests are waiting for a free llama-server slot") from None
-                except BufferTimeout:
-                    raise PassageRefused(504, "waiting for a free llama-server slot timed out") from None
-                agent = claim.agent
-            else:
-                chosen = self._pool.any_serving(wants)
-                if chosen is None:
-                    raise PassageRefused(503, "no llama-server agent is available")
-                agent = chosen
-            try:
-                response = await self._send(request, agent)
-            except _NoAnswer as failure:
-                self._take_out_of_rotation(agent, str(failure))
-                if claim is not None:
-                    claim.forget_prefix()
-                    claim.release()
-                if attempt == 1:
-                    _logger.info("sending %s %s to another llama-server agent", request.method, request.target)
-                continue
-            try:
-                yield response
+                    response = await self._send(request, agent)
+                except _NoAnswer as failure:
+                    self._take_out_of_rotation(agent, str(failure))
+                    if claim is not None:
+                        claim.forget_prefix()
+                    if attempt == 1:
+                        _logger.info("sending %s %s to another llama-server agent", request.method, request.target)
+                    continue
+                try:
+                    yield response
+                finally:
+                    await response.aclose()
+                return
             finally:
-                await response.aclose()
+                # However the attempt ends: answered, refused, failed, or cancelled (the client left).
                 if claim is not None:
                     claim.release()
-            return
         raise PassageRefused(502, "no llama-server agent answered the request")
+
+    async def _choose(self, request: UpstreamRequest, wants: AgentWants) -> tuple[SlotClaim | None, AgentController]:
+        """A slot claim for a request that runs the model, else just an agent."""
+        if request.uses_slot:
+            try:
+                claim = await self._buffer.claim(request.prefix, wants)
+            except BufferOverflow:
+                raise PassageRefused(429, "too many requests are waiting for a free llama-server slot") from None
+            except BufferTimeout:
+                raise PassageRefused(504, "waiting for a free llama-server slot timed out") from None
+            return claim, claim.agent
+        chosen = self._pool.any_serving(wants)
+        if chosen is None:
+            raise PassageRefused(503, "no llama-server agent is available")
+        return None, chosen
 
     async def _send(self, request: UpstreamRequest, agent: AgentController) -> httpx.Response:
         assert agent.status.llama_server is not None  # a llama_server agent reports its address

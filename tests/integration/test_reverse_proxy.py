@@ -4,13 +4,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import json
 import re
 import socket
 import threading
+import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -256,8 +258,9 @@ def test_the_proxy_key_is_required_before_anything_is_passed_on(cluster_factory)
 
 
 class _HeaderRecorder(http.server.BaseHTTPRequestHandler):
-    """Stands where a llama-server would (only the proxy's header handling is under test): it
-    answers every request with the Host header it got and the path."""
+    """Stands where a llama-server would (only the proxy's own handling is under test): it answers
+    every GET with the Host header it got and the path, and every POST the same after a while
+    (a long prefill)."""
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
         body = json.dumps({"host": self.headers["Host"], "path": self.path}).encode()
@@ -267,31 +270,48 @@ class _HeaderRecorder(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    def do_POST(self) -> None:  # noqa: N802
+        self.rfile.read(int(self.headers.get("content-length", "0")))
+        time.sleep(RECORDER_PREFILL_S)  # the prefill the client does not wait for
+        with contextlib.suppress(OSError):  # the proxy may have closed the connection meanwhile
+            self.do_GET()
+
     def log_message(self, *_: Any) -> None:
         pass
 
 
-def test_host_header_and_slots_endpoint_flags(cluster_factory) -> None:
+RECORDER_PREFILL_S = 3.0
+RECORDER_STATUS = {
+    "agent_name": "recorder",
+    "error": None,
+    "is_authorized": True,
+    "is_connect_error": False,
+    "is_decode_error": False,
+    "is_deserialize_error": False,
+    "is_request_error": False,
+    "is_slots_endpoint_enabled": True,
+    "is_unexpected_response_status": False,
+    "slots_idle": 1,
+    "slots_processing": 0,
+}
+
+
+@contextlib.contextmanager
+def _recorder() -> Iterator[str]:
+    """The recording upstream on a free port: its address."""
     recorder = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _HeaderRecorder)
     threading.Thread(target=recorder.serve_forever, daemon=True).start()
-    upstream = f"127.0.0.1:{recorder.server_address[1]}"
-    status = {
-        "agent_name": "recorder",
-        "error": None,
-        "external_llamacpp_addr": upstream,
-        "is_authorized": True,
-        "is_connect_error": False,
-        "is_decode_error": False,
-        "is_deserialize_error": False,
-        "is_request_error": False,
-        "is_slots_endpoint_enabled": True,
-        "is_unexpected_response_status": False,
-        "slots_idle": 1,
-        "slots_processing": 0,
-    }
     try:
+        yield f"127.0.0.1:{recorder.server_address[1]}"
+    finally:
+        recorder.shutdown()
+
+
+def test_host_header_and_slots_endpoint_flags(cluster_factory) -> None:
+    with _recorder() as upstream:
         for flags, host_seen in (((), "client.example"), (("--rewrite-host-header", "--slots-endpoint-enable"), upstream)):
             cluster, proxy_url = _proxied_cluster(cluster_factory, *flags)
+            status = {**RECORDER_STATUS, "external_llamacpp_addr": upstream}
             stream = _replayed_status_stream(cluster.management_addr, f"/api/v1/agent_status_update/{uuid.uuid4()}", status)
             try:
                 _wait_serving(cluster, ["recorder"])
@@ -301,5 +321,19 @@ def test_host_header_and_slots_endpoint_flags(cluster_factory) -> None:
                 assert slots.status_code == (200 if flags else 403)
             finally:
                 stream.close()
-    finally:
-        recorder.shutdown()
+
+
+def test_a_client_that_leaves_before_the_first_byte_frees_its_slot(cluster_factory) -> None:
+    with _recorder() as upstream:
+        cluster, proxy_url = _proxied_cluster(cluster_factory)
+        status = {**RECORDER_STATUS, "external_llamacpp_addr": upstream}
+        stream = _replayed_status_stream(cluster.management_addr, f"/api/v1/agent_status_update/{uuid.uuid4()}", status)
+        try:
+            _wait_serving(cluster, ["recorder"])
+            with pytest.raises(httpx.ReadTimeout):
+                httpx.post(f"{proxy_url}/v1/chat/completions", json={"messages": []}, timeout=0.5)
+            left_at = time.monotonic()
+            wait_until(lambda: cluster.slots_processing()["recorder"] == 0, RECORDER_PREFILL_S, "the claim to be released")
+            assert time.monotonic() - left_at < RECORDER_PREFILL_S  # released when the client left, not when upstream answered
+        finally:
+            stream.close()
