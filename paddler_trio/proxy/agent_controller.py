@@ -160,7 +160,7 @@ class AgentController:
         return all(isinstance(issue, _NON_BLOCKING_ISSUES) for issue in self.status.issues)
 
     def serves(self, wants: AgentWants) -> bool:
-        if wants.model is not None and wants.model not in self.model_names:
+        if self.id in wants.excluded_agents or (wants.model is not None and wants.model not in self.model_names):
             return False
         return self.kind is wants.kind and self.accepts_work
 

@@ -20,6 +20,11 @@ class AgentWants:
     kind: AgentKind = AgentKind.ENGINE
     # Only agents that serve this model (`AgentController.model_names`); None: any model.
     model: str | None = None
+    # Agents the request must not go to (one that just failed it).
+    excluded_agents: frozenset[str] = frozenset()
+
+    def without(self, agent_id: str) -> AgentWants:
+        return attrs.evolve(self, excluded_agents=self.excluded_agents | {agent_id})
 
 
 ENGINE_AGENT = AgentWants(AgentKind.ENGINE)

@@ -12,7 +12,8 @@ goes to any healthy agent it wants, free slot or not.
 
 A llama-server that refuses the connection, does not accept it within `CONNECT_TIMEOUT`, or
 closes it before its answer's first byte, is taken out of rotation until its agent's next status
-update, and the request is sent once more, to another agent (the body is held whole, so that it
+update (that report may have been polled before the failure: the request itself never goes back to
+it), and the request is sent once more, to another agent (the body is held whole, so that it
 can be sent again). What cannot be sent raises `PassageRefused` with the HTTP status and message
 the front answers with.
 """
@@ -100,6 +101,7 @@ class LlamaServerPassage:
                     self._take_out_of_rotation(agent, str(failure))
                     if claim is not None:
                         claim.forget_prefix()
+                    wants = wants.without(agent.id)  # even if its agent reports it healthy meanwhile
                     if attempt == 1:
                         _logger.info("sending %s %s to another llama-server agent", request.method, request.target)
                     continue
