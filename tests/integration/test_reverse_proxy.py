@@ -21,6 +21,7 @@ import openai
 import pytest
 
 from tests.integration.cluster import Cluster, free_port, wait_until
+from tests.legacy_agent_payloads import PADDLER_1_2_STATUS, ROWER_STATUS
 from tests.llama_server import LlamaServerProcess
 
 pytestmark = pytest.mark.slow
@@ -205,29 +206,13 @@ def test_paddler_1x_and_rower_agents_receive_traffic(cluster_factory, llama_serv
     for_paddler.wait_healthy()
     for_rower.wait_healthy()
     paddler_1x = {
-        "agent_name": "paddler-1.2",
-        "error": None,
+        **PADDLER_1_2_STATUS,
         "external_llamacpp_addr": for_paddler.addr,
         "idle_slots_count": 2,
-        "is_authorized": True,
-        "is_slots_endpoint_enabled": True,
         "processing_slots_count": 0,
         "slots": [{"id": 0, "is_processing": False}, {"id": 1, "is_processing": False}],
     }
-    rower = {
-        "agent_name": "rower",
-        "error": None,
-        "external_llamacpp_addr": for_rower.addr,
-        "is_authorized": True,
-        "is_connect_error": False,
-        "is_decode_error": False,
-        "is_deserialize_error": False,
-        "is_request_error": False,
-        "is_slots_endpoint_enabled": True,
-        "is_unexpected_response_status": False,
-        "slots_idle": 2,
-        "slots_processing": 0,
-    }
+    rower = {**ROWER_STATUS, "external_llamacpp_addr": for_rower.addr}
     streams = [
         _replayed_status_stream(cluster.management_addr, f"/status_update/{uuid.uuid4()}", paddler_1x),
         _replayed_status_stream(cluster.management_addr, f"/api/v1/agent_status_update/{uuid.uuid4()}", rower),
@@ -281,19 +266,7 @@ class _HeaderRecorder(http.server.BaseHTTPRequestHandler):
 
 
 RECORDER_PREFILL_S = 3.0
-RECORDER_STATUS = {
-    "agent_name": "recorder",
-    "error": None,
-    "is_authorized": True,
-    "is_connect_error": False,
-    "is_decode_error": False,
-    "is_deserialize_error": False,
-    "is_request_error": False,
-    "is_slots_endpoint_enabled": True,
-    "is_unexpected_response_status": False,
-    "slots_idle": 1,
-    "slots_processing": 0,
-}
+RECORDER_STATUS = {**ROWER_STATUS, "agent_name": "recorder", "slots_idle": 1}
 
 
 @contextlib.contextmanager
