@@ -180,6 +180,7 @@ class LlamaServerMonitor:
             slots_processing=outcome.slots_processing,
             model_path=outcome.model.path,
             llama_server=LlamaServerStatus(external_llamacpp_addr=str(self._external_addr), model_name=outcome.model.name),
+            fresh=True,
         )
 
     def _log_change(self, outcome: PollOutcome) -> None:

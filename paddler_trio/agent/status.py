@@ -86,12 +86,15 @@ class AgentStatus:
         chat_template_override: ChatTemplate | None | type[_Unchanged] = _Unchanged,
         slots_processing: int | None = None,
         llama_server: LlamaServerStatus | None = None,
+        fresh: bool = False,
     ) -> None:
         """Change the given fields at once (one version bump); a field left out keeps its value
         (`model_path=None` clears the model path, `multimodal_projection_path=None` the projector,
         `chat_template_override=None` the override).
-        `slots_processing` is for a watched llama-server's count: our own requests count
-        through `take_slot` and `release_slot`."""
+        `slots_processing` and `llama_server` are for a watched llama-server: our own requests
+        count through `take_slot` and `release_slot`. `fresh`: the version is bumped even when
+        nothing changed, because a new poll of llama-server is news in itself (the balancer puts a
+        llama-server it took out of rotation back only on a report newer than the failure)."""
         changed = False
         if issues is not None and frozenset(issues) != self.issues:
             self.issues, changed = frozenset(issues), True
@@ -109,7 +112,7 @@ class AgentStatus:
             self.slots_processing, changed = slots_processing, True
         if llama_server is not None and llama_server != self.llama_server:
             self.llama_server, changed = llama_server, True
-        if changed:
+        if changed or fresh:
             self._bump()
 
     def update_download(self, *, filename: str | None, current: int, total: int) -> None:

@@ -102,10 +102,11 @@ class AgentController:
     prefilled_prompt_tokens: int = 0
     # What the cache-aware routing policy assumes the agent's prompt cache holds.
     prefixes: AgentPrefixes = attrs.field(factory=AgentPrefixes)
-    # Set when a request on this agent hit the item timeout, or its llama-server refused a
-    # connection; cleared by its next status update (agents send one every second), so a frozen
-    # agent takes no new work until it answers again.
+    # Set by `take_out_of_rotation`: a request on this agent hit the item timeout, or its
+    # llama-server sent nothing back. Cleared by its next status update (see `update_status`), so
+    # a frozen agent takes no new work until it answers again.
     unresponsive: bool = False
+    _unresponsive_since_version: int = 0
     # Set when the agent refused a request because another balancer's took its last slot
     # (protocol/slot_race.py); cleared by its next status update, which counts the others' requests.
     every_slot_taken_elsewhere: bool = False
@@ -179,15 +180,25 @@ class AgentController:
     def busy_share(self) -> float:
         return self.slots_busy / self.slots_total if self.slots_total > 0 else 1.0
 
+    def take_out_of_rotation(self) -> None:
+        """No new work goes here until the agent shows it answers again (`update_status`)."""
+        self.unresponsive = True
+        self._unresponsive_since_version = self.status.version
+
     def update_status(self, status: SlotAggregatedStatusSnapshot) -> bool:
         """Take a newer snapshot; returns whether anything the pool cares about changed.
 
         An engine agent's own `slots_processing` is ignored: the balancer keeps its own count
-        (a llama-server's is kept, see `slots_busy`). Any snapshot, even a stale one, proves the
-        agent answers again.
+        (a llama-server's is kept, see `slots_busy`). Any snapshot from an engine agent, even a
+        stale one, proves it answers again. A llama-server agent's proves that its llama-server
+        does only when it is newer than the one the balancer had when it took the agent out: the
+        agent repeats its last report every second, and that may come from a poll before the failure.
         """
-        revived = self.unresponsive
-        self.unresponsive = False
+        revived = self.unresponsive and (
+            self.kind is AgentKind.ENGINE or status.version > self._unresponsive_since_version
+        )
+        if revived:
+            self.unresponsive = False
         if status.version < self.status.version:
             return revived
         # Bringing llama-server's count up to date starts again from this report: its busy slots may change.

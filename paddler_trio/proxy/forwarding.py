@@ -364,7 +364,7 @@ class RequestForwarder:
                         await emit(error_envelope(request_id, 502, "Response channel closed before terminator"))
                     return _Outcome.FINISHED
                 if reply is SILENCE:
-                    agent.unresponsive = True
+                    agent.take_out_of_rotation()
                     _logger.warning(
                         "request %s: agent %s sent nothing for %.0f ms (--inference-item-timeout)",
                         request_id,

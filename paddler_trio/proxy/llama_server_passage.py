@@ -38,10 +38,6 @@ _logger = logging.getLogger(__name__)
 # A llama-server that has not accepted the connection by then is taken as down. Nothing bounds
 # the answer: a long prompt may take minutes before its first token on a CPU.
 CONNECT_TIMEOUT = 3.0
-# How long an idle connection to a llama-server is kept for the next request: less than
-# llama-server's own keep-alive timeout (5 s), so that the balancer never sends a request on a
-# connection llama-server is closing at that moment.
-KEEP_ALIVE_EXPIRY = 4.0
 # Headers httpx adds to a request that did not have them; a proxy adds none.
 _HTTPX_DEFAULT_HEADERS = ("accept", "accept-encoding", "user-agent")
 
@@ -70,10 +66,13 @@ class UpstreamRequest:
 
 
 def upstream_client() -> httpx.AsyncClient:
-    """The balancer's connections to llama-servers, kept alive between requests."""
+    """The balancer's connections to llama-servers: a new one for each request. llama-server
+    closes its side after every streamed answer without saying so (no `Connection: close`), so a
+    request sent on a kept-alive connection the moment a stream ends, as a buffered request is,
+    finds it closing and fails. A connection costs well under a millisecond on a local network."""
     return httpx.AsyncClient(
         timeout=httpx.Timeout(None, connect=CONNECT_TIMEOUT),
-        limits=httpx.Limits(max_connections=None, max_keepalive_connections=256, keepalive_expiry=KEEP_ALIVE_EXPIRY),
+        limits=httpx.Limits(max_connections=None, max_keepalive_connections=0),
         follow_redirects=False,
         trust_env=False,
     )
@@ -158,5 +157,5 @@ class LlamaServerPassage:
             agent.id,
             why,
         )
-        agent.unresponsive = True
+        agent.take_out_of_rotation()
         self._pool.notify_changed()

@@ -11,6 +11,22 @@ from tests.integration.cluster import Cluster, free_port
 from tests.llama_server import LlamaServerProcess, required_llama_server, start_llama_server
 
 
+LOG_TAIL_CHARACTERS = 6000
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[pytest.TestReport]:
+    """A failed test's report ends with the tail of every log its processes wrote (balancer,
+    agents, llama-servers), so that a failure on CI says what the processes saw."""
+    report: pytest.TestReport = yield
+    tmp_path = getattr(item, "funcargs", {}).get("tmp_path")
+    if report.failed and report.when == "call" and isinstance(tmp_path, Path):
+        for log in sorted(tmp_path.rglob("*.log")):
+            tail = log.read_text(errors="replace")[-LOG_TAIL_CHARACTERS:]
+            report.sections.append((f"log {log.relative_to(tmp_path)} (last {LOG_TAIL_CHARACTERS} characters)", tail))
+    return report
+
+
 @pytest.fixture
 def cluster_factory(tmp_path) -> Iterator:
     """Start clusters on demand; every process is stopped (and its log shown) at the end."""

@@ -162,7 +162,7 @@ def test_a_killed_llama_server_is_taken_out_and_its_requests_go_to_the_other(clu
     doomed, steady = llama_servers(), llama_servers()
     cluster, proxy_url = _proxied_cluster(cluster_factory, "--routing-policy", "least-busy")
     # The doomed server's agent polls slowly, so the balancer learns of the crash from a refused connection first.
-    _watch(cluster, "doomed", doomed, "--monitoring-interval", "4000")
+    _watch(cluster, "doomed", doomed, "--monitoring-interval", "10000")
     _watch(cluster, "steady", steady)
     doomed.wait_healthy()
     steady.wait_healthy()
@@ -175,7 +175,14 @@ def test_a_killed_llama_server_is_taken_out_and_its_requests_go_to_the_other(clu
     with ThreadPoolExecutor(4) as pool:
         answers = list(pool.map(lambda n: _stream_chat(proxy_url, f"Say {n}.", max_tokens=4), range(4)))
     assert all(answers), answers
-    assert "sent nothing back" in cluster.balancer.log()  # type: ignore[union-attr]
+    failures = cluster.balancer.log().count("sent nothing back")  # type: ignore[union-attr]
+    assert failures >= 1
+    # Until its agent polls again, the doomed server gets nothing: the agent's report of every
+    # second repeats a poll made before the crash, which proves nothing.
+    started = time.monotonic()
+    while time.monotonic() - started < 2.5:
+        assert _stream_chat(proxy_url, "Say hi.", max_tokens=4)
+    assert cluster.balancer.log().count("sent nothing back") == failures  # type: ignore[union-attr]
 
     issue = wait_until(
         lambda: next((i for i in (cluster.agent_named("doomed") or {}).get("issues", []) if "LlamaServerIsUnreachable" in i), None),
@@ -186,6 +193,21 @@ def test_a_killed_llama_server_is_taken_out_and_its_requests_go_to_the_other(clu
     llama_servers(port=doomed_port).wait_healthy()
     _wait_serving(cluster, ["doomed"])
     assert _stream_chat(proxy_url, "Say hello.", max_tokens=4)
+
+
+def test_a_request_handed_the_slot_a_stream_just_freed_is_answered(cluster_factory, llama_servers) -> None:
+    # llama-server closes its connection after every streamed answer without saying so (no
+    # `Connection: close`): a request sent on that connection the moment the stream ends would
+    # fail. With one slot, each waiting request gets the slot the instant the stream before it ends.
+    server = llama_servers("-np", "1")
+    cluster, proxy_url = _proxied_cluster(cluster_factory)
+    _watch(cluster, "only", server)
+    server.wait_healthy()
+    _wait_serving(cluster, ["only"])
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda n: _stream_chat(proxy_url, f"Say {n}.", max_tokens=2), range(16)))
+    assert all(answers), answers
+    assert "sent nothing back" not in cluster.balancer.log()  # type: ignore[union-attr]
 
 
 def _replayed_status_stream(management_addr: str, path: str, status: dict[str, Any]) -> socket.socket:

@@ -203,3 +203,25 @@ def test_a_llama_server_slot_its_own_clients_hold_stays_busy() -> None:
     assert watcher.slots_busy == 1  # its own client's request still runs
     watcher.update_status(attrs.evolve(watcher.status, slots_processing=1, version=4))
     assert watcher.slots_busy == 1
+
+
+def test_a_llama_server_taken_out_of_rotation_comes_back_only_with_a_newer_poll() -> None:
+    pool = AgentPool()
+    watcher = llama_server_agent("l", slots=2)
+    pool.register(watcher)
+    watcher.take_out_of_rotation()
+    # The agent's report of every second repeats its last poll, made before the failure.
+    watcher.update_status(watcher.status)
+    assert pool.try_claim(LLAMA_SERVER_AGENT) is None
+    watcher.update_status(attrs.evolve(watcher.status, version=watcher.status.version + 1))
+    assert pool.try_claim(LLAMA_SERVER_AGENT) is not None
+
+
+def test_an_engine_agent_taken_out_of_rotation_comes_back_with_any_report() -> None:
+    pool = AgentPool()
+    frozen = agent("e", slots=2)
+    pool.register(frozen)
+    frozen.take_out_of_rotation()
+    assert pool.try_claim() is None
+    frozen.update_status(frozen.status)  # its link answers again
+    assert pool.try_claim() is not None
