@@ -147,6 +147,8 @@ class _Relay:
     # The agent ended the generation normally (its KV, and so the prompt's prefix, stays cached).
     completed: bool = False
     previous_reply_at: float = -math.inf
+    # Set while the relay gathers a fast stream's replies (`gather_replies`).
+    gathering: trio.Event | None = None
 
     def to_client(self, reply: ResponseEnvelope[Any]) -> ResponseEnvelope[Any]:
         return ResponseEnvelope(generated_by=self.agent.name, request_id=self.request_id, response=reply.response)
@@ -163,10 +165,14 @@ class _Relay:
     def take(self, reply: RouteItem) -> bool:
         """The route's taker (called by the agent socket's reader): hand a token on at once when
         the relay waits with nothing queued and the stream is not being gathered. Any other reply
-        goes into the route, and from then on every reply does until the relay waits again."""
+        goes into the route, and from then on every reply does until the relay waits again; one
+        that is not a token ends a gathering."""
+        is_token = type(reply) is ResponseEnvelope and isinstance(reply.response, _GENERATED_TOKENS)
         if self.waiting_since is None or self.emit_now is None:
+            if self.gathering is not None and not is_token:
+                self.gathering.set()
             return False
-        if type(reply) is ResponseEnvelope and isinstance(reply.response, _GENERATED_TOKENS):
+        if is_token:
             now = trio.current_time()
             if now - self.previous_reply_at >= self.gather and self.emit_now(self.to_client(reply)):
                 self.count(reply)
@@ -178,6 +184,17 @@ class _Relay:
 
     def stop_taking(self) -> None:
         self.emit_now = None
+
+    async def gather_replies(self) -> None:
+        """Let the replies of the next `gather` seconds queue in the route, to go on together;
+        a reply that is not a token (the stream's end, an error) stops the wait when it arrives,
+        so that the end of a stream, and the slot it frees, is never held back."""
+        self.gathering = trio.Event()
+        try:
+            with trio.move_on_after(self.gather):
+                await self.gathering.wait()
+        finally:
+            self.gathering = None
 
 
 class _SilenceWatch:
@@ -340,7 +357,7 @@ class RequestForwarder:
                 await emit(error_envelope(request_id, 400, paddler_agent_refusal_description(agent, shaped.fields)))
                 return _Outcome.FINISHED
             request = shaped
-        route = agent.open_route(agent_request_id, relay.take if relay.emit_now is not None else None)
+        route = agent.open_route(agent_request_id, relay.take)
         self._silence.add(relay)
         settled = False  # the agent owes us nothing more: release at once instead of draining
         try:
@@ -392,7 +409,7 @@ class RequestForwarder:
                 if stream_is_fast and not route.statistics().current_buffer_used:
                     # Replies that come meanwhile wait in the route and go on together; nothing is
                     # held outside the route, so a client leaving now loses no terminal reply.
-                    await trio.sleep(relay.gather)
+                    await relay.gather_replies()
         finally:
             relay.stop_taking()
             self._silence.discard(relay)

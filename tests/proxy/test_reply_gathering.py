@@ -1,7 +1,8 @@
 """Gathering replies (`RequestForwarder.serve(gather=...)`, used by the NDJSON routes and the
 inference socket): the first reply, the first after a quiet interval, and every reply of a slow
 stream go on at once; once replies follow each other closely, the ones after wait out the
-interval and go on together, in order. Driven on Trio's mock clock."""
+interval and go on together, in order, except the stream's end, which goes on when it comes.
+Driven on Trio's mock clock."""
 
 from __future__ import annotations
 
@@ -105,10 +106,28 @@ async def test_a_client_leaving_during_the_interval_frees_the_slot_at_once(mock_
         for text in ("first", "second"):  # close together: the relay now waits out the interval
             wire.reply(agent_request_id, ContentToken(text))
             await trio.testing.wait_all_tasks_blocked()
-        wire.reply(agent_request_id, DONE)  # the agent is done, inside the gathering interval
+        wire.reply(agent_request_id, ContentToken("third"))  # gathered
         await trio.testing.wait_all_tasks_blocked()
-        client.cancel()  # ... and the client leaves before the interval ends
+        client.cancel()  # the client leaves before the interval ends
+        await trio.testing.wait_all_tasks_blocked()
+        wire.reply(agent_request_id, DONE)
         await trio.testing.wait_all_tasks_blocked()
         assert texts(s.received) == ["first", "second"]
         assert all(message.response != DONE for message in s.received)
         assert s.pool.slots_processing == 0, "the agent's Done was kept: the slot needs no item timeout to come back"
+
+
+async def test_the_end_of_a_gathered_stream_is_not_held_for_the_interval(mock_clock: trio.testing.MockClock) -> None:
+    async with setup() as s:
+        wire = s.add_agent("a")
+        start_gathering(s, GATHER)
+        agent_request_id = await wire.next_request_id()
+        for text in ("first", "second"):  # close together: the relay now waits out the interval
+            wire.reply(agent_request_id, ContentToken(text))
+            await trio.testing.wait_all_tasks_blocked()
+        wire.reply(agent_request_id, ContentToken("last"))
+        wire.reply(agent_request_id, DONE)
+        await trio.testing.wait_all_tasks_blocked()  # the clock stands still: the interval has not passed
+        assert texts(s.received) == ["first", "second", "last"]
+        assert s.received[-1].response == DONE
+        assert s.pool.slots_processing == 0
