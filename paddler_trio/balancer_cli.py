@@ -69,7 +69,8 @@ def add_parser(subcommands: argparse._SubParsersAction) -> None:
         default=milliseconds(str(round(DEFAULT_STREAM_GATHER_INTERVAL * 1000))),
         metavar="MS",
         help="tokens of one stream (NDJSON or inference socket) that come closer together than this are written "
-        "to the client together (the first token, and any after a pause, go at once); 0 writes every token on its own "
+        "to the client together (the first token, any after a pause, and the stream's end go at once); 0 writes every "
+        "token on its own "
         f"(default: {round(DEFAULT_STREAM_GATHER_INTERVAL * 1000)})",
     )
     parser.add_argument(
