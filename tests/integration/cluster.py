@@ -13,7 +13,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -105,9 +105,9 @@ class Cluster:
     def management_addr(self) -> str:
         return f"127.0.0.1:{self.management_port}"
 
-    def _spawn(self, name: str, arguments: list[str]) -> PaddlerProcess:
+    def _spawn(self, name: str, arguments: list[str], more_environment: Mapping[str, str] | None = None) -> PaddlerProcess:
         log_path = self.directory / f"{name}.log"
-        environment = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        environment = {**os.environ, "PYTHONUNBUFFERED": "1", **(more_environment or {})}
         process = subprocess.Popen(
             [sys.executable, "-m", "paddler_trio", *arguments],
             stdout=log_path.open("wb"),
@@ -141,10 +141,16 @@ class Cluster:
             return False
 
     def start_agent(
-        self, name: str, slots: int, threads: int = 1, management_addr: str | None = None, flags: Sequence[str] = ()
+        self,
+        name: str,
+        slots: int,
+        threads: int = 1,
+        management_addr: str | None = None,
+        flags: Sequence[str] = (),
+        environment: Mapping[str, str] | None = None,
     ) -> PaddlerProcess:
         """An agent of this cluster; `management_addr` points it elsewhere (a proxy in front of the balancer),
-        `flags` are more of `paddler agent`'s flags."""
+        `flags` are more of `paddler agent`'s flags, `environment` more variables of its environment."""
         agent = self._spawn(
             f"agent-{name}",
             [
@@ -159,6 +165,7 @@ class Cluster:
                 str(threads),
                 *flags,
             ],
+            environment,
         )
         self.agents[name] = agent
         return agent
