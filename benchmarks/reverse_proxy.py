@@ -324,9 +324,10 @@ async def probe_ttft(clients: dict[str, openai.AsyncOpenAI], pairs: int) -> dict
 
 
 def open_clients(urls: dict[str, str]) -> dict[str, openai.AsyncOpenAI]:
-    """Fresh clients for each arm run, with the SDK's default retries (2): now and then llama-server
-    closes a kept-alive connection as a request is sent on it ("Server disconnected without sending a
-    response", seen on the direct arm), which the SDK retries at once, as it does for its users."""
+    """Fresh clients for each arm run, with the SDK's default retries (2): llama-server closes its
+    connection after every streamed answer without `Connection: close`, so a request the SDK sends on
+    it at that moment fails ("Server disconnected without sending a response", seen on the direct
+    arm), which the SDK retries at once, as it does for its users."""
     return {
         target: openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=2, timeout=REQUEST_TIMEOUT_S)
         for target, url in urls.items()
