@@ -9,30 +9,22 @@ import pytest
 
 from paddler_trio.management.legacy_status_update import InvalidStatusUpdate, read_status_update
 from paddler_trio.protocol import LegacyStatusStream
+from tests.legacy_agent_payloads import PADDLER_1_2_STATUS, ROWER_STATUS
 
 ADDR = "10.0.0.5:8080"
 
 PADDLER_1_2_OK: dict[str, Any] = {
+    **PADDLER_1_2_STATUS,
     "agent_name": None,
-    "error": None,
     "external_llamacpp_addr": ADDR,
     "idle_slots_count": 1,
-    "is_authorized": True,
-    "is_slots_endpoint_enabled": True,
     "processing_slots_count": 1,
     "slots": [{"id": 0, "is_processing": True}, {"id": 1, "is_processing": False}],
 }
 ROWER_OK: dict[str, Any] = {
+    **ROWER_STATUS,
     "agent_name": "r",
-    "error": None,
     "external_llamacpp_addr": ADDR,
-    "is_authorized": True,
-    "is_connect_error": False,
-    "is_decode_error": False,
-    "is_deserialize_error": False,
-    "is_request_error": False,
-    "is_slots_endpoint_enabled": True,
-    "is_unexpected_response_status": False,
     "slots_idle": 3,
     "slots_processing": 1,
 }
