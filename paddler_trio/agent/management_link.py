@@ -2,8 +2,9 @@
 
 The socket is trio-websocket's, on a TCP (or TLS) stream the link opens itself, so that the
 upgrade names the host as the URL gives it. On every connection: `RegisterAgent` first, then
-`UpdateAgentStatus` on every status change and every second; incoming `SetState` goes to
-`on_desired_state` (reconciliation; an agent watching a llama-server has none and ignores it),
+`UpdateAgentStatus` on every status change and every second, each sent between two engine
+steps; incoming `SetState` goes to `on_desired_state` (reconciliation; an agent watching a
+llama-server has none and ignores it),
 requests and `StopRespondingTo` to request handling. Everything the agent sends
 waits in one queue for the link's writer task (`LinkOutbox`); the replies of one engine step
 are queued together and go as one frame when the balancer offers it
@@ -79,6 +80,9 @@ STATUS_INTERVAL = 1.0
 # starting together) goes as one snapshot, and the request behind a change reaches the
 # engine before the snapshot is built.
 STATUS_CHANGE_SETTLE = 0.02
+# Longest a snapshot waits for the engine's step to end (seconds): a long prefill step does not
+# hold the status back for long.
+STEP_END_WAIT_LIMIT = 0.25
 CONNECT_TIMEOUT = 10.0
 # How long a shutting-down agent may spend flushing, deregistering and closing the socket.
 GOODBYE_TIMEOUT = 2.0
@@ -290,9 +294,20 @@ class ManagementLink:
                 await self._status.wait_for_change(seen_version)
             if not interval.cancelled_caught:
                 await trio.sleep(STATUS_CHANGE_SETTLE)
+            await self._engine_between_steps()
             snapshot = self._snapshot(requests, extended)
             seen_version = snapshot.version
             await outbox.put(UpdateAgentStatusNotification(slot_aggregated_status_snapshot=snapshot))
+
+    async def _engine_between_steps(self) -> None:
+        """Wait (at most `STEP_END_WAIT_LIMIT`) for the engine's running step to end. A snapshot
+        sent mid-step wakes the balancer while llama.cpp's threads compute, and on a machine whose
+        cores they all use that stalls the decode (a request's prefill step took a few ms longer
+        when a snapshot went during it); sent at the step's end, it goes with the step's replies."""
+        engine = self._engines.engine
+        if engine is not None:
+            with trio.move_on_after(STEP_END_WAIT_LIMIT):
+                await engine.wait_for_step_end()
 
     def _snapshot(self, requests: RequestHandling, extended: bool) -> SlotAggregatedStatusSnapshot:
         """The status to send this balancer: less the slots that other balancers' requests hold
@@ -376,15 +391,32 @@ class LinkOutbox:
         self._socket = socket
         self._batching = batching
         self._on_sent = on_sent
-        self._send, self._pending = trio.open_memory_channel[BalancerBoundMessage](OUTBOUND_QUEUE_SIZE)
-        # Request tasks wait while the queue is full (back-pressure).
-        self.put = put_into(self._send)
-        # The engine's hand-off never waits: False when the queue is full (the request task then
-        # forwards the result itself, with `put`).
-        self.send_now = send_now_into(self._send)
+        send, self._pending = trio.open_memory_channel[BalancerBoundMessage](OUTBOUND_QUEUE_SIZE)
+        self._put = put_into(send)
+        self._send_now = send_now_into(send)
         # Messages (as JSON) the writer has taken from the queue and not sent yet: when the writer
         # is cancelled (the agent leaving), `say_goodbye` sends them first.
         self._taken: list[str] = []
+        # Messages put in and not written yet. Not the queue's length: a message put while the
+        # writer waits goes straight to the writer, and the queue looks empty before it is sent.
+        self._unwritten = 0
+
+    async def put(self, message: BalancerBoundMessage) -> None:
+        """Queue `message`; request tasks wait here while the queue is full (back-pressure)."""
+        self._unwritten += 1
+        try:
+            await self._put(message)
+        except BaseException:
+            self._unwritten -= 1
+            raise
+
+    def send_now(self, message: BalancerBoundMessage) -> bool:
+        """Queue `message` without waiting, as the engine's hand-off does; False when the queue is
+        full (the request task then forwards the result itself, with `put`)."""
+        if not self._send_now(message):
+            return False
+        self._unwritten += 1
+        return True
 
     async def write_queued(self, link_scope: trio.CancelScope) -> None:
         """Send queued messages; cancel `link_scope` when the socket no longer takes them."""
@@ -397,6 +429,7 @@ class LinkOutbox:
                         await trio.lowlevel.checkpoint()
                     self._take_queued(MAX_MESSAGES_PER_FRAME)
                 await self._socket.send_message(batch_frame(self._taken))
+                self._unwritten -= len(self._taken)
                 self._taken.clear()
                 if self.all_sent():
                     self._on_sent()
@@ -405,7 +438,7 @@ class LinkOutbox:
 
     def all_sent(self) -> bool:
         """Whether everything queued has been written (nothing waits, nothing is being sent)."""
-        return not self._taken and not self._pending.statistics().current_buffer_used
+        return self._unwritten == 0
 
     def _take_queued(self, limit: int | None = None) -> None:
         """Move what is queued to `_taken`, until `_taken` holds `limit` messages."""
@@ -422,6 +455,7 @@ class LinkOutbox:
         self._take_queued()
         texts = [*self._taken, to_json(DeregisterAgentNotification())]
         self._taken.clear()
+        self._unwritten = 0
         try:
             for text in texts:
                 await self._socket.send_message(text)

@@ -242,6 +242,10 @@ class Engine:
         """What the streams' takers took has been sent (see `GenerationStream.hand_results_to`)."""
         self.scheduler.reader_waits()
 
+    async def wait_for_step_end(self) -> None:
+        """Return when the engine is between two steps (see `Scheduler.wait_for_step_end`)."""
+        await self.scheduler.wait_for_step_end()
+
     @property
     def state_cache_figures(self) -> StateCacheFigures:
         """What the prompt state cache holds now (read from any thread)."""

@@ -23,7 +23,8 @@ raised tokens/s by 2-3 % with 2 threads and about 5 % with 1 thread, for the eng
 through a balancer and an agent alike. When the
 decode runs on a GPU, the CPU is free while it runs, and a hand-off between steps would only add
 its time to every step: there only steps that sampled a first token wait, so that first tokens
-reach their clients without waiting for a core.
+reach their clients without waiting for a core. Other work for the same link (the agent's status
+snapshots) waits for a step's end (`wait_for_step_end`), so that it too goes out in the hand-off.
 
 Steps 1-4 run in one worker-thread call behind a CapacityLimiter(1): the context is only
 ever touched by one thread, and the Trio loop keeps serving while a step runs. A slot whose
@@ -107,6 +108,9 @@ class Scheduler:
         self.steps_started = 0
         # Set by the worker thread when a step samples some request's first token.
         self._sampled_first_token = False
+        # Whether a step runs in the worker thread; `_step_over` is set as it ends (and replaced).
+        self._stepping = False
+        self._step_over = trio.Event()
 
     @property
     def limiter(self) -> trio.CapacityLimiter:
@@ -135,6 +139,13 @@ class Scheduler:
             generation.cancelled = True
             self._cancellations.append(generation)
             self._poke()
+
+    async def wait_for_step_end(self) -> None:
+        """Return when no step runs: at once, or when the running one ends. What a task queues
+        for the link then goes out in the hand-off after that step (which waits for it to be
+        sent), not beside the next decode."""
+        if self._stepping:
+            await self._step_over.wait()
 
     def reader_waits(self) -> None:
         """A stream's reader has taken everything queued for it and waits for more."""
@@ -168,7 +179,13 @@ class Scheduler:
                 self._admissions, self._cancellations, self._stops = [], [], []
                 self.steps_started += 1
                 self._sampled_first_token = False
-                await trio.to_thread.run_sync(self._step, step, limiter=self._limiter)
+                self._stepping = True
+                try:
+                    await trio.to_thread.run_sync(self._step, step, limiter=self._limiter)
+                finally:
+                    self._stepping = False
+                    self._step_over.set()
+                    self._step_over = trio.Event()
                 if self._hand_off_every_step or self._sampled_first_token:
                     await self._hand_off()
         finally:

@@ -97,6 +97,23 @@ async def test_the_replies_of_one_hand_off_go_as_one_frame_only_with_batching(ba
     assert seen.close_code == 1000
 
 
+async def test_a_lone_reply_handed_to_the_waiting_writer_is_not_sent_until_written() -> None:
+    """The engine's hand-off waits for `all_sent()` before the next step. A lone reply goes
+    straight to the writer, which waits on an empty queue: the queue is empty at once, but the
+    reply has not left yet, and the next step must not run beside its write."""
+    async with linked_outbox(batching=True) as (outbox, seen):
+        async with trio.open_nursery() as link:
+            link.start_soon(outbox.write_queued, link.cancel_scope)
+            await trio.testing.wait_all_tasks_blocked()
+            assert outbox.send_now(token("r-1", "Hello"))
+            assert not outbox.all_sent()
+            await trio.testing.wait_all_tasks_blocked()
+            assert outbox.all_sent()
+            assert len(seen.all_sent_at) == 1
+            link.cancel_scope.cancel()
+        await leave(outbox, seen)
+
+
 async def test_a_request_task_woken_by_the_same_hand_off_shares_the_frame() -> None:
     """The writer waits one scheduler round before sending a lone message: a request task that the
     hand-off woke (its result did not fit the engine's fast path) queues its reply in time."""

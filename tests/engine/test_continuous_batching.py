@@ -267,6 +267,33 @@ async def test_on_the_cpu_every_token_is_handed_on_before_the_next_step_starts(g
     assert decoding == [False] * 26
 
 
+async def test_a_task_waiting_for_the_step_end_runs_before_the_next_step_starts(gemma_model_path, monkeypatch):
+    """The agent's status snapshots wait for this, so that they go between two decodes."""
+    monkeypatch.setattr(scheduler_module, "HANDOFF_LIMIT", 5.0)
+    async with Engine.open(EngineSettings(str(gemma_model_path), slots=1, inference_parameters=GREEDY)) as engine:
+        # For each wait begun while a step was decoding: whether one was decoding when it ended.
+        decoding_after_wait: list[bool] = []
+
+        async def wait_for_step_ends() -> None:
+            while True:
+                await trio.sleep(0.002)
+                if engine.scheduler.limiter.borrowed_tokens > 0:
+                    await engine.wait_for_step_end()
+                    decoding_after_wait.append(engine.scheduler.limiter.borrowed_tokens > 0)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(wait_for_step_ends)
+            params = ContinueFromRawPromptParams(raw_prompt=counting_prompt(10), max_tokens=24)
+            async with engine.continue_from_raw_prompt(params) as results:
+                async for _ in results:
+                    pass
+            nursery.cancel_scope.cancel()
+        assert decoding_after_wait  # some waits began mid-step
+        assert not any(decoding_after_wait)
+        with trio.fail_after(1):
+            await engine.wait_for_step_end()  # no step runs: at once
+
+
 async def test_with_a_gpu_decode_only_first_tokens_wait_for_their_hand_off(gemma_model_path, monkeypatch):
     monkeypatch.setattr(scheduler_module, "HANDOFF_LIMIT", 5.0)
     # What the engine decides for a model with layers on a GPU (this machine's build has none).
