@@ -8,7 +8,10 @@ sent (i) straight into an in-process `Engine` ("direct") and (ii) through a real
 and agent (subprocesses) over the HTTP NDJSON route ("ndjson": a lean HTTP/1.1 client on h11,
 so that what is measured is the balancer and not the client library; "ndjson-httpx": the same
 through httpx, on request) and over the inference WebSocket ("websocket", trio-websocket). The
-engine and the agent get the same model, slots, threads and inference parameters. Every repeat runs each side once, rotating
+engine and the agent get the same model, slots, threads and inference parameters, and neither
+has a prompt state cache (the agent runs with `--cache-ram-mib 0`): saving a slot's state as a
+new prompt takes the slot costs the prefill step about a millisecond here, which is the cache's
+cost, not the balancer's, and with it the probes' repeated prompts would be cache hits. Every repeat runs each side once, rotating
 which goes first; figures are medians over the repeats: time to first token p50/p99 (and
 pooled over every request), aggregate tok/s, and for each balancer side the added TTFT and
 the tok/s ratio against direct, paired by repeat. Both cores are shared: the balancer and
@@ -405,7 +408,7 @@ async def open_cluster(options: LatencyOptions, parameters: dict[str, Any]) -> A
     cluster = Cluster(directory)
     try:
         await trio.to_thread.run_sync(cluster.start_balancer)
-        cluster.start_agent(AGENT_NAME, slots=options.slots, threads=options.threads)
+        cluster.start_agent(AGENT_NAME, slots=options.slots, threads=options.threads, flags=("--cache-ram-mib", "0"))
         await trio.to_thread.run_sync(lambda: cluster.put_desired_state(options.model_path, **parameters))
         await trio.to_thread.run_sync(lambda: cluster.wait_for_ready_agents([AGENT_NAME], timeout=180))
         yield cluster
