@@ -108,9 +108,8 @@ class Scheduler:
         self.steps_started = 0
         # Set by the worker thread when a step samples some request's first token.
         self._sampled_first_token = False
-        # Whether a step runs in the worker thread; `_step_over` is set as it ends (and replaced).
-        self._stepping = False
-        self._step_over = trio.Event()
+        # Set as the step running in the worker thread ends; None while no step runs.
+        self._step_over: trio.Event | None = None
 
     @property
     def limiter(self) -> trio.CapacityLimiter:
@@ -144,7 +143,7 @@ class Scheduler:
         """Return when no step runs: at once, or when the running one ends. What a task queues
         for the link then goes out in the hand-off after that step (which waits for it to be
         sent), not beside the next decode."""
-        if self._stepping:
+        if self._step_over is not None:
             await self._step_over.wait()
 
     def reader_waits(self) -> None:
@@ -179,13 +178,12 @@ class Scheduler:
                 self._admissions, self._cancellations, self._stops = [], [], []
                 self.steps_started += 1
                 self._sampled_first_token = False
-                self._stepping = True
+                step_over = self._step_over = trio.Event()
                 try:
                     await trio.to_thread.run_sync(self._step, step, limiter=self._limiter)
                 finally:
-                    self._stepping = False
-                    self._step_over.set()
-                    self._step_over = trio.Event()
+                    self._step_over = None
+                    step_over.set()
                 if self._hand_off_every_step or self._sampled_first_token:
                     await self._hand_off()
         finally:
